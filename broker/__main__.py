@@ -1,0 +1,193 @@
+"""Command line entry point: `python -m broker` runs the project's MQTT broker.
+
+Mosquitto in the foreground when installed, else the embedded amqtt fallback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import tomllib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from broker.mosquitto_process import DEFAULT_CONFIG, connect_host, find_mosquitto, render_config
+
+log = logging.getLogger("broker")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TOML = REPO_ROOT / "config" / "default.toml"
+DEFAULT_PORT = 1883
+DEFAULT_BIND = "0.0.0.0"
+EXIT_USAGE = 2
+_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class ConfigError(ValueError):
+    """The TOML config file exists but its `[broker] port` is unusable."""
+
+
+@dataclass(frozen=True)
+class BrokerOptions:
+    """What to run, resolved from the command line and the TOML config."""
+
+    port: int
+    bind: str
+    mosquitto: str | None
+    """Path of the mosquitto binary; None means run the embedded amqtt broker."""
+    embedded_requested: bool
+    """True when --embedded was given (rather than mosquitto being missing)."""
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the `python -m broker` command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m broker",
+        description="Run the fedmq MQTT broker (Mosquitto, or the embedded amqtt fallback).",
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_TOML,
+                        help="TOML file whose [broker] port key sets the port (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"TCP port; overrides the config file (default: config or {DEFAULT_PORT})")
+    parser.add_argument("--bind", default=DEFAULT_BIND,
+                        help="address to listen on (default: %(default)s, i.e. all interfaces)")
+    parser.add_argument("--embedded", action="store_true",
+                        help="use the embedded amqtt broker (MQTT 3.1.1 only) even if mosquitto exists")
+    return parser.parse_args(argv)
+
+
+def port_from_toml(path: Path) -> int | None:
+    """Return `[broker] port` from the TOML file at `path`; None if file or key is absent."""
+    if not path.is_file():
+        return None
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML: {error}") from error
+    section = data.get("broker")
+    if not isinstance(section, dict) or "port" not in section:
+        return None
+    port = section["port"]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ConfigError(f"{path}: [broker] port must be an integer in 1..65535, got {port!r}")
+    return port
+
+
+def resolve_options(args: argparse.Namespace) -> BrokerOptions:
+    """Combine CLI flags, the TOML config and what is installed into BrokerOptions."""
+    if args.port is not None:
+        port = args.port
+    else:
+        if not args.config.is_file() and args.config != DEFAULT_TOML:
+            log.warning("config file %s not found; using port %s", args.config, DEFAULT_PORT)
+        port = port_from_toml(args.config) or DEFAULT_PORT
+    mosquitto = None if args.embedded else find_mosquitto()
+    return BrokerOptions(port=port, bind=args.bind, mosquitto=mosquitto, embedded_requested=args.embedded)
+
+
+def bind_problem(bind: str, port: int) -> str | None:
+    """Return why `bind:port` cannot be listened on, or None if it is free."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((bind, port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            return f"port {port} on {bind} is already in use (another broker running?); pick one with --port"
+        if error.errno == errno.EACCES:
+            return f"permission denied to listen on port {port} (ports below 1024 need root)"
+        return f"cannot listen on {bind}:{port}: {error.strerror or error}"
+    return None
+
+
+@contextmanager
+def forwarding_signals(process: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Forward SIGINT/SIGTERM received by this process to `process` while inside."""
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if process.poll() is None:
+            process.send_signal(signum)
+
+    previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_code(returncode: int) -> int:
+    """Map a child's return code (negative = killed by signal) to a shell exit code."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_mosquitto_foreground(binary: str, port: int, bind: str) -> int:
+    """Run Mosquitto with the rendered project config until it exits; return its exit code."""
+    with tempfile.TemporaryDirectory(prefix="fedmq-broker-") as workdir:
+        config_path = Path(workdir) / "mosquitto.conf"
+        config_path.write_text(render_config(DEFAULT_CONFIG, port, bind), encoding="utf-8")
+        log.info("starting %s on mqtt://%s:%s (local clients: mqtt://%s:%s); Ctrl-C stops it",
+                 binary, bind, port, connect_host(bind), port)
+        process = subprocess.Popen([binary, "-c", str(config_path)], stdin=subprocess.DEVNULL)
+        with forwarding_signals(process):
+            returncode = process.wait()
+    log.info("mosquitto exited with code %s", returncode)
+    return exit_code(returncode)
+
+
+def run_embedded(port: int, bind: str) -> int:
+    """Run the embedded amqtt broker until SIGINT/SIGTERM; return the exit code."""
+    from broker.embedded import run_embedded_broker  # imported lazily: amqtt is optional
+
+    logging.getLogger("amqtt").setLevel(logging.WARNING)
+    logging.getLogger("transitions").setLevel(logging.WARNING)
+    log.info("embedded broker on mqtt://%s:%s (local clients: mqtt://%s:%s)",
+             bind, port, connect_host(bind), port)
+    try:
+        run_embedded_broker(bind, port)
+    except Exception as error:  # amqtt raises its own BrokerError and OSErrors
+        log.error("embedded broker failed: %s", error)
+        return 1
+    return 0
+
+
+def announce_embedded(requested: bool) -> None:
+    """Log why the embedded broker is used instead of Mosquitto."""
+    if requested:
+        log.info("--embedded given; starting the embedded amqtt broker (MQTT 3.1.1 only)")
+    else:
+        log.warning("mosquitto not found (install with: sudo apt-get install mosquitto); "
+                    "starting the embedded amqtt broker (MQTT 3.1.1 only)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the broker described by `argv`; return the process exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        options = resolve_options(parse_args(argv))
+    except ConfigError as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+    problem = bind_problem(options.bind, options.port)
+    if problem:
+        log.error("%s", problem)
+        return EXIT_USAGE
+    if options.mosquitto is None:
+        announce_embedded(options.embedded_requested)
+        return run_embedded(options.port, options.bind)
+    return run_mosquitto_foreground(options.mosquitto, options.port, options.bind)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,287 @@
+"""Locate, configure and run a real Mosquitto broker as a child process.
+
+Used by `python -m broker` and by tests that need a broker on a free port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG: Path = Path(__file__).with_name("mosquitto.conf")
+"""The project's development Mosquitto config (template for `render_config`)."""
+
+FALLBACK_PATHS: tuple[str, ...] = (
+    "/usr/sbin/mosquitto",
+    "/usr/local/sbin/mosquitto",
+    "/opt/homebrew/sbin/mosquitto",
+)
+"""Where packages install mosquitto when its sbin directory is not on PATH."""
+
+_LISTENER_LINE = re.compile(r"^\s*listener\s+\d+\b.*$")
+_LOG_TAIL_LINES = 20
+_WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
+
+
+class BrokerError(RuntimeError):
+    """Mosquitto could not be found, started or stopped."""
+
+
+def find_mosquitto() -> str | None:
+    """Return the path of the mosquitto binary, or None when it is not installed."""
+    on_path = shutil.which("mosquitto")
+    if on_path:
+        return on_path
+    for candidate in FALLBACK_PATHS:
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port on `host` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def listener_line(port: int, bind: str | None) -> str:
+    """Return a Mosquitto `listener` line for `port`, bound to `bind` if given."""
+    return f"listener {port} {bind}" if bind else f"listener {port}"
+
+
+def render_config(
+    template: Path,
+    port: int,
+    bind: str | None,
+    extra_lines: Sequence[str] = (),
+) -> str:
+    """Return `template`'s text with its first `listener NNNN` line set to `port`/`bind`.
+
+    If the template has no listener line one is appended. `extra_lines` are
+    appended at the end, after the listener, so listener options apply to it.
+    """
+    lines = Path(template).read_text(encoding="utf-8").splitlines()
+    new_listener = listener_line(port, bind)
+    for index, line in enumerate(lines):
+        if _LISTENER_LINE.match(line):
+            lines[index] = new_listener
+            break
+    else:
+        lines.append(new_listener)
+    lines.extend(extra_lines)
+    return "\n".join(lines) + "\n"
+
+
+def connect_host(bind: str | None) -> str:
+    """Return the address a local client should dial for a listener bound to `bind`."""
+    if bind is None or bind in _WILDCARD_ADDRESSES:
+        return "127.0.0.1"
+    return bind
+
+
+def port_accepts(host: str, port: int, timeout: float = 0.25) -> bool:
+    """Return True when a TCP connection to `host:port` succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def read_tail(path: Path, offset: int = 0, lines: int = _LOG_TAIL_LINES) -> str:
+    """Return the last `lines` lines of `path` written after byte `offset`."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class MosquittoProcess:
+    """A Mosquitto broker child process on one port; a context manager.
+
+    `with MosquittoProcess() as broker:` starts Mosquitto on a free loopback
+    port (`broker.port`) and stops it on exit. Mosquitto's output goes to
+    `log_path`. A temporary work directory is removed on exit; a given
+    `workdir` is left in place.
+    """
+
+    def __init__(
+        self,
+        port: int | None = None,
+        config_template: Path = DEFAULT_CONFIG,
+        bind: str | None = "127.0.0.1",
+        extra_config: Sequence[str] = (),
+        workdir: Path | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.port: int = port if port is not None else free_port(connect_host(bind))
+        self.config_template: Path = Path(config_template)
+        self.bind: str | None = bind
+        self.extra_config: list[str] = list(extra_config)
+        self.binary: str | None = binary
+        self._workdir: Path | None = Path(workdir) if workdir is not None else None
+        self._owns_workdir: bool = workdir is None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_handle: IO[bytes] | None = None
+
+    # -- public properties ---------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """Address a local client should connect to."""
+        return connect_host(self.bind)
+
+    @property
+    def workdir(self) -> Path:
+        """Directory holding the rendered config and the log (created on demand)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="fedmq-mosquitto-"))
+        return self._workdir
+
+    @property
+    def config_path(self) -> Path:
+        """The rendered config file Mosquitto is started with."""
+        return self.workdir / "mosquitto.conf"
+
+    @property
+    def log_path(self) -> Path:
+        """File receiving Mosquitto's stdout and stderr (appended across restarts)."""
+        return self.workdir / "mosquitto.log"
+
+    @property
+    def running(self) -> bool:
+        """True while the Mosquitto child process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running Mosquitto, if any."""
+        return self._process.pid if self.running and self._process else None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start Mosquitto and return once its port accepts TCP connections.
+
+        Raises BrokerError (with the tail of Mosquitto's log) if the binary is
+        missing, the process exits early, or the port does not open in time.
+        """
+        if self.running:
+            raise BrokerError(f"mosquitto is already running on port {self.port}")
+        binary = self._resolve_binary()
+        if port_accepts(self.host, self.port):
+            raise BrokerError(f"port {self.port} on {self.host} is already in use")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self._render(), encoding="utf-8")
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._spawn(binary)
+        self._wait_until_listening(timeout, log_offset)
+        log.info("mosquitto (pid %s) listening on %s:%s", self.pid, self.host, self.port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop Mosquitto: SIGTERM, then SIGKILL after `timeout` seconds."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("mosquitto (pid %s) ignored SIGTERM; killing it", process.pid)
+                process.kill()
+                process.wait()
+            log.info("mosquitto on port %s stopped (exit code %s)", self.port, process.returncode)
+        self._process = None
+        self._close_log()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (in-memory state is lost)."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop Mosquitto and remove the temporary work directory, if we made one."""
+        self.stop()
+        if self._owns_workdir and self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> MosquittoProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.running else "stopped"
+        return f"MosquittoProcess(port={self.port}, bind={self.bind!r}, {state})"
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _resolve_binary(self) -> str:
+        binary = self.binary or find_mosquitto()
+        if binary is None:
+            raise BrokerError("mosquitto not found (install with: sudo apt-get install mosquitto)")
+        return binary
+
+    def _render(self) -> str:
+        return render_config(self.config_template, self.port, self.bind, self.extra_config)
+
+    def _spawn(self, binary: str) -> None:
+        self._log_handle = self.log_path.open("ab")
+        command = [binary, "-c", str(self.config_path)]
+        log.debug("starting %s", " ".join(command))
+        try:
+            self._process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_handle,
+                stderr=subprocess.STDOUT,
+            )
+        except OSError as error:
+            self._close_log()
+            raise BrokerError(f"cannot run {binary}: {error}") from error
+
+    def _wait_until_listening(self, timeout: float, log_offset: int) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                code = self._process.returncode
+                self.stop()
+                raise self._failure(f"mosquitto exited with code {code} during startup", log_offset)
+            if port_accepts(self.host, self.port):
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise self._failure(f"mosquitto did not open port {self.port} within {timeout:.1f} s", log_offset)
+
+    def _failure(self, reason: str, log_offset: int) -> BrokerError:
+        tail = read_tail(self.log_path, log_offset)
+        return BrokerError(f"{reason}; log {self.log_path}:\n{tail}" if tail else reason)
+
+    def _close_log(self) -> None:
+        if self._log_handle is not None:
+            self._log_handle.close()
+            self._log_handle = None

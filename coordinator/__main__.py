@@ -1,0 +1,98 @@
+"""Command line of the coordinator: `python -m coordinator [run] --config FILE [--section.key VALUE ...]`
+and `python -m coordinator evaluate MODEL`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from federation.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
+
+log = logging.getLogger("coordinator")
+COMMANDS = ("run", "evaluate")
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    return {"run": run_command, "evaluate": evaluate_command}[command](argv)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file (config/default.toml)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def run_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coordinator [run]",
+                                     description="Run a federated training over MQTT and export the model.")
+    _common(parser)
+    add_override_flags(parser)
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        settings = load_settings(args.config, overrides_from_args(args))
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    from coordinator.engine import Coordinator
+    from federation.datasets import DatasetError, DatasetNotFoundError
+
+    try:
+        result = Coordinator(settings).run()
+    except (DatasetNotFoundError, DatasetError) as exc:
+        print(f"data error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+    return 0 if result.reason == "completed" else 1
+
+
+def evaluate_command(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m coordinator evaluate",
+                                     description="Evaluate a saved .keras or .tflite model on the full test set.")
+    parser.add_argument("model", type=Path, help="a .keras or .tflite file")
+    _common(parser)
+    parser.add_argument("--dataset", default=None, help="dataset name or image folder (default: from the config)")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--max-examples", type=int, default=0, help="evaluate on the first N test examples")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if not args.model.is_file():
+        print(f"error: {args.model} does not exist", file=sys.stderr)
+        return 2
+    from coordinator.evaluation import evaluate_file
+    from federation.datasets import DatasetError, DatasetNotFoundError, load_dataset
+
+    try:
+        dataset = load_dataset(args.dataset or settings.model.dataset,
+                               data_dir=args.data_dir or settings.model.data_dir or None,
+                               image_size=tuple(settings.model.image_size) or None)
+        ev = evaluate_file(args.model, dataset, args.max_examples)
+    except (DatasetNotFoundError, DatasetError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.model}: test accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f} on {ev.examples} examples of {dataset.name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

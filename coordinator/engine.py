@@ -1,0 +1,337 @@
+"""The round engine: publishes the global model, collects and validates updates, closes rounds on
+quorum, aggregates, evaluates, saves, and exports TFLite at the end of the run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from coordinator.aggregation import ClientResult, make_aggregator
+from coordinator.evaluation import Evaluation, evaluate_keras, evaluate_tflite, test_split
+from coordinator.export import export_tflite
+from coordinator.metrics import RoundMetrics, append_metrics
+from coordinator.quorum import Decision, QuorumRule, RoundTracker
+from federation.settings import Settings
+from federation.codec import DecodeError, check_tensors
+from federation.datasets import Dataset, load_dataset
+from federation.messages import (
+    ClientStatus, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, Update, check_finite,
+    decode_message,
+)
+from federation.models import build_model, compile_model, named_weights, weight_specs
+from federation.mqtt_link import BrokerAddress, MqttLink
+from federation.topics import RunTopics
+
+log = logging.getLogger(__name__)
+
+COORDINATOR_ID = "coordinator"
+_POLL_S = 0.5
+
+
+@dataclass
+class RunResult:
+    """What a finished (or stopped) run produced."""
+
+    run_dir: Path
+    rounds_completed: int
+    reason: str                                  # "completed" or "stopped"
+    detail: str = ""
+    keras_accuracy: float | None = None
+    tflite: dict[str, dict] = field(default_factory=dict)
+
+
+class Coordinator:
+    def __init__(self, settings: Settings, dataset: Dataset | None = None) -> None:
+        self.settings = settings
+        self.topics = RunTopics(settings.broker.topic_prefix, settings.run.name)
+        self.run_dir = settings.run_dir
+        self.max_payload = int(settings.broker.max_payload_mb * 1024 * 1024)
+        self._dataset = dataset
+        self._events: queue.Queue[tuple[str, bytes, bool]] = queue.Queue()
+        self.online: dict[str, ClientStatus] = {}
+        self.round = 0
+        self.phase = "starting"
+        self._rejected: Counter[str] = Counter()
+        self._tracker: RoundTracker | None = None
+        self._round_stats: dict = {}
+        self._state_payload = self._state_message().encode()
+        self.aggregator = make_aggregator(settings.aggregation.rule)
+        self.rule = QuorumRule(settings.quorum.min_clients, settings.quorum.fraction,
+                               settings.quorum.round_deadline_s, settings.quorum.on_no_quorum)
+        self.link = MqttLink(
+            client_id=f"fedmq-coordinator-{settings.run.name}",
+            address=BrokerAddress(settings.broker.host, settings.broker.port, settings.broker.mqtt_version,
+                                  settings.broker.keepalive_s),
+            subscriptions=[(self.topics.updates_wildcard, 1), (self.topics.statuses_wildcard, 1)],
+            on_message=lambda topic, payload, retained: self._events.put((topic, payload, retained)),
+            will=(self.topics.coordinator_state, self._state_message("offline", "crashed").encode()),
+            on_connected=lambda: self.link.publish(self.topics.coordinator_state, self._state_payload, retain=True),
+        )
+
+    # ---- set-up -------------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        s = self.settings
+        if self._dataset is None:
+            image_size = tuple(s.model.image_size) if s.model.image_size else None
+            self._dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None, image_size=image_size)
+        self.x_test, self.y_test = test_split(self._dataset, s.evaluation.max_examples)
+        import keras
+
+        keras.utils.set_random_seed(s.model.seed)
+        self.model_info = ModelInfo(s.model.name, self._dataset.input_shape, self._dataset.num_classes)
+        self.model = build_model(s.model.name, self.model_info.input_shape, self.model_info.num_classes)
+        compile_model(self.model)
+        self.specs = weight_specs(self.model)
+        self.plan = TrainingPlan(s.training.local_epochs, s.training.batch_size, s.training.learning_rate,
+                                 s.training.optimizer)
+        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.metrics_path.unlink(missing_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(asdict(s), indent=2))
+
+    # ---- main loop ----------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        self._prepare()
+        s = self.settings
+        log.info("run %r: %d rounds of %s on %s; results in %s", s.run.name, s.training.rounds, s.model.name,
+                 self._dataset.name, self.run_dir)
+        self.link.start()
+        while not self.link.wait_connected(10):
+            log.warning("still waiting for the MQTT broker at %s", self.link.address)
+        self.link.publish(self.topics.run_end, b"", retain=True)  # forget a previous run's end
+        result = self._run_rounds()
+        self._finish(result)
+        return result
+
+    def _run_rounds(self) -> RunResult:
+        s = self.settings
+        if not self._wait_for_clients():
+            return RunResult(self.run_dir, 0, "stopped",
+                             f"fewer than {s.quorum.min_clients} clients came online within "
+                             f"{s.quorum.wait_for_clients_s:g} s")
+        for r in range(1, s.training.rounds + 1):
+            stop_detail = self._run_round(r)
+            if stop_detail:
+                return RunResult(self.run_dir, r - 1, "stopped", stop_detail)
+        return RunResult(self.run_dir, s.training.rounds, "completed")
+
+    def _wait_for_clients(self) -> bool:
+        need = self.settings.quorum.min_clients
+        limit = self.settings.quorum.wait_for_clients_s
+        started = last_log = time.monotonic()
+        self._set_phase("waiting_for_clients", f"need {need} online clients")
+        while len(self.online) < need:
+            now = time.monotonic()
+            if limit and now - started > limit:
+                return False
+            if now - last_log > 10:
+                log.info("waiting for clients: %d/%d online (%s)", len(self.online), need,
+                         ", ".join(sorted(self.online)) or "none")
+                last_log = now
+            self._process_next(_POLL_S)
+        return True
+
+    def _run_round(self, r: int) -> str | None:
+        """Run round r; return None when it closed, or why the run must stop."""
+        self.round = r
+        weights = [w for _, w in named_weights(self.model)]
+        message = GlobalModel(run=self.settings.run.name, round=r, sender=COORDINATOR_ID, model=self.model_info,
+                              train=self.plan, tensors=[(spec.name, w) for spec, w in zip(self.specs, weights)],
+                              total_rounds=self.settings.training.rounds)
+        payload = message.encode()
+        self.aggregator.begin(weights)
+        self._rejected = Counter()
+        self._round_stats = {"bytes_in": 0, "examples": 0, "train_s": [], "client_ids": []}
+        started = time.monotonic()
+        self._tracker = RoundTracker(self.rule, r, started, frozenset(self.online))
+        self.link.publish(self.topics.global_model, payload, qos=1, retain=True)
+        self._set_phase("training", f"expecting {self._tracker.target} of {len(self.online)} online clients")
+        log.info("round %d/%d: model published (%.1f MB) to %d online clients", r, self.settings.training.rounds,
+                 len(payload) / 1e6, len(self.online))
+        overdue_logged = False
+        while True:
+            decision = self._tracker.decide(time.monotonic(), set(self.online))
+            if decision is Decision.CLOSE:
+                break
+            if decision is Decision.STOP:
+                return self._no_quorum_detail()
+            if decision is Decision.OVERDUE and not overdue_logged:
+                detail = self._no_quorum_detail() + "; waiting (quorum.on_no_quorum = wait)"
+                log.warning("round %d: %s", r, detail)
+                self._set_phase("training", detail)
+                overdue_logged = True
+            self._process_next(min(_POLL_S, max(0.01, self._tracker.deadline - time.monotonic())))
+        round_time = time.monotonic() - started
+        self._close_round(r, round_time, len(payload))
+        self._tracker = None
+        return None
+
+    def _no_quorum_detail(self) -> str:
+        t = self._tracker
+        assert t is not None
+        return (f"round {t.round}: {len(t.received)} of at least {self.rule.min_clients} updates after the "
+                f"{self.rule.deadline_s:g} s deadline; online: {', '.join(sorted(self.online)) or 'none'}")
+
+    def _close_round(self, r: int, round_time: float, bytes_out: int) -> None:
+        self._set_phase("aggregating")
+        t0 = time.monotonic()
+        self.model.set_weights(self.aggregator.result())
+        aggregate_s = time.monotonic() - t0
+        self._set_phase("evaluating")
+        t0 = time.monotonic()
+        ev = evaluate_keras(self.model, self.x_test, self.y_test, self.settings.evaluation.batch_size)
+        evaluate_s = time.monotonic() - t0
+        self.model.save(self.run_dir / "models" / f"round_{r:03d}.keras")
+        stats = self._round_stats
+        slowest = max(stats["train_s"], default=0.0)
+        metrics = RoundMetrics(
+            round=r, clients=self.aggregator.count, examples=stats["examples"], test_loss=ev.loss,
+            test_accuracy=ev.accuracy, bytes_in=stats["bytes_in"], bytes_out=bytes_out,
+            round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
+            overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
+            evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats["client_ids"]), rejected=dict(self._rejected),
+        )
+        append_metrics(self.metrics_path, metrics)
+        self.last_evaluation = ev
+        log.info("round %d/%d: %d clients, %d examples, test accuracy %.4f, loss %.4f, %.2f MB in, %.2f MB out, "
+                 "%.1f s (overhead %.2f s)%s", r, self.settings.training.rounds, metrics.clients, metrics.examples,
+                 ev.accuracy, ev.loss, metrics.bytes_in / 1e6, bytes_out / 1e6, round_time, metrics.overhead_s,
+                 f", rejected {dict(self._rejected)}" if self._rejected else "")
+
+    # ---- incoming messages --------------------------------------------------------------------------
+
+    def _process_next(self, timeout: float) -> None:
+        try:
+            topic, payload, retained = self._events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        client_id = self.topics.client_of(topic)
+        if client_id is None:
+            log.warning("ignoring a message on unexpected topic %s", topic)
+        elif topic == self.topics.client_status(client_id):
+            self._handle_status(client_id, payload)
+        else:
+            self._handle_update(client_id, payload)
+
+    def _handle_status(self, client_id: str, payload: bytes) -> None:
+        if not payload:  # a cleared retained status
+            self.online.pop(client_id, None)
+            return
+        try:
+            status = decode_message(payload, self.max_payload)
+            if not isinstance(status, ClientStatus):
+                raise DecodeError(f"{status.TYPE} message on a status topic", "wrong_type")
+            if status.sender != client_id:
+                raise DecodeError(f"status names sender {status.sender!r}", "sender_mismatch")
+        except DecodeError as exc:
+            log.warning("rejected status on %s: %s", self.topics.client_status(client_id), exc)
+            return
+        if status.status == "online" and status.run == self.settings.run.name:
+            if client_id not in self.online:
+                log.info("client %s online (%d examples, %s)", client_id, status.num_examples,
+                         status.device.get("host", "?"))
+            self.online[client_id] = status
+        elif self.online.pop(client_id, None) is not None:
+            log.warning("client %s offline", client_id)
+        self._publish_state()
+
+    def _handle_update(self, client_id: str, payload: bytes) -> None:
+        try:
+            update = self._validate_update(client_id, payload)
+        except DecodeError as exc:
+            self._rejected[exc.reason] += 1
+            log.warning("rejected update from %s (%s): %s", client_id, exc.reason, exc)
+            return
+        tracker = self._tracker
+        assert tracker is not None
+        tracker.add(client_id)
+        self.aggregator.add(ClientResult(client_id, update.num_examples, [w for _, w in update.tensors]))
+        stats = self._round_stats
+        stats["bytes_in"] += len(payload)
+        stats["examples"] += update.num_examples
+        stats["train_s"].append(float(update.metrics.get("train_time_s", 0.0)))
+        stats["client_ids"].append(client_id)
+        log.info("round %d: update %d/%d from %s (%d examples, local accuracy %.3f)", tracker.round,
+                 len(tracker.received), tracker.target, client_id, update.num_examples,
+                 update.metrics.get("accuracy", float("nan")))
+
+    def _validate_update(self, client_id: str, payload: bytes) -> Update:
+        update = decode_message(payload, self.max_payload)
+        if not isinstance(update, Update):
+            raise DecodeError(f"{update.TYPE} message on an update topic", "wrong_type")
+        if update.sender != client_id:
+            raise DecodeError(f"payload names sender {update.sender!r}, topic says {client_id!r}", "sender_mismatch")
+        if update.run != self.settings.run.name:
+            raise DecodeError(f"update for run {update.run!r}", "wrong_run")
+        if self._tracker is None or update.round != self._tracker.round:
+            open_round = self._tracker.round if self._tracker else "none"
+            raise DecodeError(f"update for round {update.round}, open round is {open_round}", "wrong_round")
+        if client_id in self._tracker.received:
+            raise DecodeError(f"second update for round {update.round}", "duplicate")
+        check_tensors(update.tensors, self.specs)
+        check_finite(update.tensors)
+        return update
+
+    # ---- state and end of run -----------------------------------------------------------------------
+
+    def _state_message(self, status: str = "online", detail: str = "") -> CoordinatorState:
+        return CoordinatorState(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID,
+                                status=status, phase=self.phase, total_rounds=self.settings.training.rounds,
+                                online_clients=sorted(self.online), detail=detail)
+
+    def _set_phase(self, phase: str, detail: str = "") -> None:
+        self.phase = phase
+        self._publish_state(detail)
+
+    def _publish_state(self, detail: str = "") -> None:
+        """Publish the retained state; the payload is kept for re-publishing after a reconnect."""
+        self._state_payload = self._state_message("online", detail).encode()
+        self.link.publish(self.topics.coordinator_state, self._state_payload, qos=1, retain=True)
+
+    def _finish(self, result: RunResult) -> None:
+        if result.rounds_completed:
+            self._set_phase("exporting")
+            self.model.save(self.run_dir / "model.keras")
+            result.keras_accuracy = self.last_evaluation.accuracy
+            result.tflite = self._export()
+            self._write_summary(result)
+        if result.reason == "stopped":
+            log.error("run %r stopped: %s", self.settings.run.name, result.detail)
+        self.phase = "done" if result.reason == "completed" else "stopped"
+        end = RunEnd(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID, reason=result.reason,
+                     test_accuracy=result.keras_accuracy, detail=result.detail)
+        self.link.publish_and_wait(self.topics.run_end, end.encode(), retain=True)
+        self.link.publish_and_wait(self.topics.global_model, b"", retain=True)
+        self.link.publish_and_wait(self.topics.coordinator_state,
+                                   self._state_message("offline", result.detail).encode(), retain=True)
+        self.link.stop()
+        log.info("run %r %s after %d rounds; results in %s", self.settings.run.name, result.reason,
+                 result.rounds_completed, self.run_dir)
+
+    def _export(self) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        keras_acc = self.last_evaluation.accuracy
+        for variant in self.settings.export.tflite:
+            representative = self.x_test[: self.settings.export.representative_examples]
+            path = export_tflite(self.model, self.run_dir, variant, representative)
+            ev: Evaluation = evaluate_tflite(path, self.x_test, self.y_test)
+            out[variant] = {"path": path.name, "bytes": path.stat().st_size, "accuracy": ev.accuracy,
+                            "delta_points": round(100 * (ev.accuracy - keras_acc), 4)}
+            log.info("TFLite %s: %s, %d bytes, test accuracy %.4f (Keras %.4f, delta %+.2f points)", variant,
+                     path, out[variant]["bytes"], ev.accuracy, keras_acc, out[variant]["delta_points"])
+        return out
+
+    def _write_summary(self, result: RunResult) -> None:
+        summary = {"run": self.settings.run.name, "reason": result.reason, "rounds": result.rounds_completed,
+                   "examples_evaluated": int(len(self.y_test)),
+                   "keras": {"path": "model.keras", "accuracy": result.keras_accuracy,
+                             "loss": self.last_evaluation.loss},
+                   "tflite": result.tflite}
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,57 @@
+"""Central evaluation of a model on the held-out test set: a Keras model or a .tflite file.
+
+`evaluate_file` backs `python -m coordinator evaluate MODEL`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from federation.datasets import Dataset
+from federation.inference import TFLiteClassifier
+from federation.models import compile_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    loss: float
+    accuracy: float
+    examples: int
+
+
+def evaluate_keras(model: "keras.Model", x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Evaluation:  # noqa: F821
+    if model.optimizer is None or not model.compiled:
+        compile_model(model)
+    loss, acc = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    return Evaluation(float(loss), float(acc), len(x))
+
+
+def evaluate_tflite(model: bytes | str | Path, x: np.ndarray, y: np.ndarray) -> Evaluation:
+    classifier = TFLiteClassifier(model)
+    probs = classifier.predict(x)
+    picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
+    return Evaluation(float(-np.log(picked).mean()), float((probs.argmax(1) == y).mean()), len(x))
+
+
+def test_split(dataset: Dataset, max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    if len(dataset.x_test) == 0:
+        raise ValueError(f"dataset {dataset.name} has no test split to evaluate on")
+    n = max_examples or len(dataset.x_test)
+    return dataset.x_test[:n], dataset.y_test[:n]
+
+
+def evaluate_file(path: Path, dataset: Dataset, max_examples: int = 0) -> Evaluation:
+    """Evaluate a saved .keras or .tflite model on `dataset`'s test split."""
+    x, y = test_split(dataset, max_examples)
+    if path.suffix == ".tflite":
+        return evaluate_tflite(path, x, y)
+    if path.suffix == ".keras":
+        import keras
+
+        return evaluate_keras(keras.models.load_model(path), x, y)
+    raise ValueError(f"{path}: expected a .keras or .tflite file")

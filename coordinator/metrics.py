@@ -1,0 +1,37 @@
+"""Per-round metrics of a run: one dataclass per round, appended as JSON lines to metrics.jsonl.
+
+The same format is written by every run, so plots and reports read any of them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RoundMetrics:
+    round: int
+    clients: int                 # accepted updates
+    examples: int                # sum of their num_examples
+    test_loss: float
+    test_accuracy: float
+    bytes_in: int                # update payload bytes accepted this round
+    bytes_out: int               # global model payload bytes published for this round
+    round_time_s: float          # from publishing the model to closing the round
+    slowest_train_s: float       # longest local training time reported by a client
+    overhead_s: float            # round_time_s - slowest_train_s
+    aggregate_s: float
+    evaluate_s: float
+    client_ids: list[str] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)   # reason -> count
+
+
+def append_metrics(path: Path, metrics: RoundMetrics) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(asdict(metrics)) + "\n")
+
+
+def read_metrics(path: Path) -> list[RoundMetrics]:
+    with open(path, encoding="utf-8") as fh:
+        return [RoundMetrics(**json.loads(line)) for line in fh if line.strip()]

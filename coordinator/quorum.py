@@ -1,0 +1,80 @@
+"""When a round may close: the quorum and deadline rules, as pure logic over client sets and time.
+
+The engine asks `RoundTracker.decide` after every event and on a timer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Decision(Enum):
+    OPEN = "open"            # keep collecting
+    CLOSE = "close"          # aggregate what arrived
+    OVERDUE = "overdue"      # deadline passed without quorum; keep waiting (on_no_quorum = "wait")
+    STOP = "stop"            # deadline passed without quorum; stop the run (on_no_quorum = "stop")
+
+
+@dataclass(frozen=True)
+class QuorumRule:
+    min_clients: int
+    fraction: float
+    deadline_s: float
+    on_no_quorum: str = "wait"
+
+    def __post_init__(self) -> None:
+        if self.min_clients < 1:
+            raise ValueError("min_clients must be at least 1")
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError("fraction must be within [0, 1]")
+        if self.deadline_s <= 0:
+            raise ValueError("deadline_s must be positive")
+        if self.on_no_quorum not in ("wait", "stop"):
+            raise ValueError("on_no_quorum must be 'wait' or 'stop'")
+
+
+@dataclass
+class RoundTracker:
+    """One round's bookkeeping: who was expected, who answered, when it started."""
+
+    rule: QuorumRule
+    round: int
+    started_at: float
+    expected: frozenset[str]
+    received: set[str] = field(default_factory=set)
+
+    @property
+    def deadline(self) -> float:
+        return self.started_at + self.rule.deadline_s
+
+    @property
+    def target(self) -> int:
+        """Updates that close the round before its deadline."""
+        return max(self.rule.min_clients, math.ceil(self.rule.fraction * len(self.expected)))
+
+    def add(self, client_id: str) -> bool:
+        """Record an answer; False if this client already answered this round."""
+        if client_id in self.received:
+            return False
+        self.received.add(client_id)
+        return True
+
+    def waiting_for(self, online: set[str]) -> set[str]:
+        """Expected clients still online that have not answered."""
+        return (set(self.expected) & online) - self.received
+
+    def quorum_possible(self, online: set[str]) -> bool:
+        return len(self.received | online) >= self.rule.min_clients
+
+    def decide(self, now: float, online: set[str]) -> Decision:
+        have = len(self.received)
+        if have >= self.rule.min_clients:
+            if have >= self.target or not self.waiting_for(online):
+                return Decision.CLOSE
+            if now >= self.deadline:
+                return Decision.CLOSE
+            return Decision.OPEN
+        if now < self.deadline:
+            return Decision.OPEN
+        return Decision.STOP if self.rule.on_no_quorum == "stop" else Decision.OVERDUE

@@ -1,0 +1,98 @@
+"""Command line of the edge client: `python -m edge_client --broker HOST --client-id NAME --dataset D`.
+
+Trains every round of the run on this device's data until the coordinator announces the end."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from federation.settings import ConfigError, load_settings
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m edge_client", description=__doc__.splitlines()[0])
+    conn = p.add_argument_group("broker and run")
+    conn.add_argument("--config", type=Path, default=None,
+                      help="read [broker] and [run] defaults from this TOML file (config/default.toml)")
+    conn.add_argument("--broker", default=None, help="broker host (default: config, else localhost)")
+    conn.add_argument("--port", type=int, default=None, help="broker port (default: config, else 1883)")
+    conn.add_argument("--mqtt-version", choices=("3.1.1", "5"), default=None)
+    conn.add_argument("--run", default=None, help="run id to join (default: config, else demo)")
+    conn.add_argument("--topic-prefix", default=None)
+    conn.add_argument("--client-id", default=socket.gethostname().split(".")[0],
+                      help="this device's name in topics (default: the host name)")
+    data = p.add_argument_group("local data")
+    data.add_argument("--dataset", required=True,
+                      help="fashion_mnist, mnist, cifar10, or a folder of images with one sub-folder per class")
+    data.add_argument("--data-dir", default=None, help="where offline copies of the built-in datasets live")
+    data.add_argument("--partition", default=None, help="take part K of N of the training set, e.g. 1/2")
+    data.add_argument("--scheme", default="iid", choices=("iid", "dirichlet", "shards"),
+                      help="how the training set is split into parts")
+    data.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (scheme dirichlet)")
+    data.add_argument("--shards-per-client", type=int, default=2, help="label shards per part (scheme shards)")
+    data.add_argument("--seed", type=int, default=0, help="partition and training seed")
+    data.add_argument("--index-range", default=None, help="take training examples L:R instead of a part")
+    data.add_argument("--max-examples", type=int, default=0, help="use only the first N training examples")
+    data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                      help="resize image-folder images")
+    p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    log = logging.getLogger("edge_client")
+    try:
+        cfg = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+    from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError
+    from edge_client.local_data import DataChoice, load_local_data
+    from federation.datasets import DatasetError, DatasetNotFoundError
+    from federation.mqtt_link import BrokerAddress
+    from federation.partition import PartitionError
+
+    try:
+        data = load_local_data(DataChoice(
+            dataset=args.dataset, data_dir=args.data_dir, partition=args.partition, scheme=args.scheme,
+            alpha=args.alpha, shards_per_client=args.shards_per_client, seed=args.seed,
+            index_range=args.index_range, max_examples=args.max_examples,
+            image_size=tuple(args.image_size) if args.image_size else None))
+        settings = ClientSettings(
+            client_id=args.client_id,
+            broker=BrokerAddress(args.broker or cfg.broker.host, args.port or cfg.broker.port,
+                                 args.mqtt_version or cfg.broker.mqtt_version, cfg.broker.keepalive_s),
+            run=args.run or cfg.run.name, topic_prefix=args.topic_prefix or cfg.broker.topic_prefix,
+            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed)
+        client = EdgeClient(settings, data)
+    except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        client.run(max_rounds=args.max_rounds)
+    except IncompatibleModelError as exc:
+        log.error("%s", exc)
+        return 3
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

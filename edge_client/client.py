@@ -1,0 +1,191 @@
+"""The edge client's loop: announce presence, wait for each round's global model, train locally,
+publish the update, and stop when the run ends."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+from federation.codec import DecodeError, check_tensors
+from federation.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, Update, check_finite, decode_message
+from federation.mqtt_link import BrokerAddress, MqttLink
+from federation.topics import RunTopics, check_level
+from federation.version import SOFTWARE_VERSION
+from edge_client.local_data import LocalData
+
+log = logging.getLogger(__name__)
+
+
+class IncompatibleModelError(RuntimeError):
+    """The coordinator's model can't be trained on this device's data."""
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    client_id: str
+    broker: BrokerAddress
+    run: str = "demo"
+    topic_prefix: str = "fedmq"
+    max_payload_mb: float = 64.0
+    seed: int = 0
+
+
+def device_info() -> dict[str, object]:
+    return {"host": socket.gethostname(), "platform": platform.platform(), "machine": platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count() or 0}
+
+
+class EdgeClient:
+    def __init__(self, settings: ClientSettings, data: LocalData) -> None:
+        check_level(settings.client_id, "client id")
+        self.settings = settings
+        self.data = data
+        self.topics = RunTopics(settings.topic_prefix, settings.run)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._latest: GlobalModel | None = None
+        self._end: RunEnd | None = None
+        self._seen_run_model = False
+        self._model = None
+        self._model_info: ModelInfo | None = None
+        self.rounds_trained: list[int] = []
+        self.link = MqttLink(
+            client_id=f"fedmq-client-{settings.client_id}",
+            address=settings.broker,
+            subscriptions=[(self.topics.global_model, 1), (self.topics.run_end, 1)],
+            on_message=self._on_message,
+            will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
+            on_connected=self._announce,
+        )
+
+    def _status(self, status: str) -> ClientStatus:
+        return ClientStatus(run=self.settings.run, round=self.rounds_trained[-1] if self.rounds_trained else 0,
+                            sender=self.settings.client_id, status=status, software=f"fedmq {SOFTWARE_VERSION}",
+                            num_examples=len(self.data.y), device=device_info())
+
+    def _announce(self) -> None:
+        self.link.publish(self.topics.client_status(self.settings.client_id), self._status("online").encode(),
+                          qos=1, retain=True)
+
+    # ---- receiving (paho's network thread) ------------------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not payload:
+            return  # a cleared retained message
+        try:
+            message = decode_message(payload, int(self.settings.max_payload_mb * 1024 * 1024))
+        except DecodeError as exc:
+            log.warning("ignored a bad message on %s: %s", topic, exc)
+            return
+        if message.run != self.settings.run:
+            log.warning("ignored a message for run %r on %s", message.run, topic)
+            return
+        with self._lock:
+            if topic == self.topics.global_model and isinstance(message, GlobalModel):
+                self._seen_run_model = True
+                if self._latest is None or message.round > self._latest.round:
+                    self._latest = message
+            elif topic == self.topics.run_end and isinstance(message, RunEnd):
+                if not retained or self._seen_run_model:
+                    self._end = message
+                else:
+                    log.info("run %r ended earlier (%s); waiting for it to start again", message.run, message.reason)
+            else:
+                log.warning("ignored a %s message on %s", message.TYPE, topic)
+                return
+        self._wake.set()
+
+    # ---- main loop ---------------------------------------------------------------------------------------
+
+    def run(self, max_rounds: int = 0) -> int:
+        """Train until the run ends (or `max_rounds` were trained); return the number of rounds trained."""
+        log.info("client %s: %d local examples (%s); broker %s, run %r", self.settings.client_id,
+                 len(self.data.y), self.data.name, self.settings.broker, self.settings.run)
+        import keras  # noqa: F401  (import TensorFlow now, not inside the first round)
+
+        self.link.start()
+        try:
+            while True:
+                self._wake.wait(timeout=30)
+                self._wake.clear()
+                with self._lock:
+                    end, model = self._end, self._latest
+                last = self.rounds_trained[-1] if self.rounds_trained else 0
+                if model is not None and model.round > last and (end is None or model.round > end.round):
+                    self._train_and_publish(model)
+                    if max_rounds and len(self.rounds_trained) >= max_rounds:
+                        break
+                    self._wake.set()  # a newer model may have arrived while training
+                elif end is not None:
+                    log.info("run %r %s (final test accuracy %s); %d rounds trained here", end.run, end.reason,
+                             f"{end.test_accuracy:.4f}" if end.test_accuracy is not None else "n/a",
+                             len(self.rounds_trained))
+                    break
+                elif model is None and not self.link.connected.is_set():
+                    log.info("waiting for the broker at %s", self.settings.broker)
+        finally:
+            self._shutdown()
+        return len(self.rounds_trained)
+
+    def _shutdown(self) -> None:
+        if self.link.connected.is_set():
+            self.link.publish_and_wait(self.topics.client_status(self.settings.client_id),
+                                       self._status("offline").encode(), retain=True, timeout=5)
+        self.link.stop()
+
+    def _train_and_publish(self, message: GlobalModel) -> None:
+        import keras
+
+        from federation.models import compile_model, weight_specs
+
+        model = self._model_for(message.model)
+        specs = weight_specs(model)
+        try:
+            check_tensors(message.tensors, specs)
+            check_finite(message.tensors)
+        except DecodeError as exc:
+            raise IncompatibleModelError(f"global model of round {message.round} does not fit the "
+                                         f"{message.model.name} built here: {exc}") from None
+        model.set_weights([w for _, w in message.tensors])
+        plan = message.train
+        compile_model(model, plan.optimizer, plan.learning_rate)
+        keras.utils.set_random_seed(self.settings.seed * 100003 + message.round)
+        log.info("round %d/%d: training %d epoch(s) on %d examples", message.round, message.total_rounds,
+                 plan.epochs, len(self.data.y))
+        started = time.monotonic()
+        history = model.fit(self.data.x, self.data.y, epochs=plan.epochs, batch_size=plan.batch_size,
+                            shuffle=True, verbose=0)
+        train_time = time.monotonic() - started
+        metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
+                   "train_time_s": round(train_time, 4)}
+        update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
+                        num_examples=int(len(self.data.y)), metrics=metrics,
+                        tensors=[(spec.name, w.numpy()) for spec, w in zip(specs, model.weights)])
+        payload = update.encode()
+        ok = self.link.publish_and_wait(self.topics.update(self.settings.client_id), payload, qos=1, timeout=120)
+        self.rounds_trained.append(message.round)
+        log.info("round %d: trained in %.1f s (loss %.4f, accuracy %.4f); update of %.2f MB %s", message.round,
+                 train_time, metrics["loss"], metrics["accuracy"], len(payload) / 1e6,
+                 "published" if ok else "queued until the broker is back")
+
+    def _model_for(self, info: ModelInfo) -> "keras.Model":  # noqa: F821
+        if self._model is not None and self._model_info == info:
+            return self._model
+        if tuple(info.input_shape) != self.data.input_shape:
+            raise IncompatibleModelError(
+                f"the coordinator's model {info.name} takes inputs of shape {tuple(info.input_shape)}, but this "
+                f"device's data ({self.data.name}) has shape {self.data.input_shape}")
+        if self.data.y.size and int(self.data.y.max()) >= info.num_classes:
+            raise IncompatibleModelError(
+                f"the coordinator's model has {info.num_classes} classes, but local labels go up to "
+                f"{int(self.data.y.max())}")
+        from federation.models import build_model
+
+        self._model = build_model(info.name, info.input_shape, info.num_classes)
+        self._model_info = info
+        return self._model

@@ -1,0 +1,3 @@
+"""What the coordinator and edge clients share: wire protocol, models, data.
+
+Submodules: codec, messages, topics, models, datasets, partition."""

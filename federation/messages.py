@@ -1,0 +1,279 @@
+"""The messages of fedmq's wire protocol (PROTOCOL.md) as dataclasses, with encode and validating decode.
+
+Every message is a msgpack map carrying version, type, run, round, sender and sent_at."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from federation.codec import DecodeError, decode_tensors, encode_tensors, pack, unpack
+from federation.version import PROTOCOL_VERSION
+
+Tensors = list[tuple[str, np.ndarray]]
+
+# Upper bound on a client's claimed example count; larger claims are rejected as absurd.
+MAX_NUM_EXAMPLES = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a client does with the global model in a round; sent with the model."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str = "adam"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size,
+                "learning_rate": self.learning_rate, "optimizer": self.optimizer}
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> "TrainingPlan":
+        m = _require_map(raw, "train")
+        plan = cls(
+            epochs=_get(m, "epochs", int, "train"),
+            batch_size=_get(m, "batch_size", int, "train"),
+            learning_rate=float(_get(m, "learning_rate", (int, float), "train")),
+            optimizer=_get(m, "optimizer", str, "train"),
+        )
+        if plan.epochs < 1 or plan.batch_size < 1 or not (0 < plan.learning_rate < 10):
+            raise DecodeError(f"train: out-of-range settings {plan}")
+        return plan
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Which model the tensors belong to: registry name, input shape, class count."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes}
+
+    @classmethod
+    def from_wire(cls, raw: Any) -> "ModelInfo":
+        m = _require_map(raw, "model")
+        shape = _get(m, "input_shape", list, "model")
+        if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+            raise DecodeError(f"model: bad input_shape {shape!r}")
+        num_classes = _get(m, "num_classes", int, "model")
+        if num_classes < 2:
+            raise DecodeError(f"model: num_classes {num_classes} < 2")
+        return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes)
+
+
+@dataclass
+class Message:
+    """Fields every message carries. Subclasses add their own and set TYPE."""
+
+    TYPE: ClassVar[str] = ""
+    run: str
+    round: int
+    sender: str
+    version: int = PROTOCOL_VERSION
+    sent_at: float = field(default_factory=time.time)
+
+    def _envelope(self) -> dict[str, Any]:
+        return {"version": self.version, "type": self.TYPE, "run": self.run, "round": self.round,
+                "sender": self.sender, "sent_at": self.sent_at}
+
+    def body(self) -> dict[str, Any]:
+        return {}
+
+    def encode(self) -> bytes:
+        return pack({**self._envelope(), **self.body()})
+
+
+@dataclass
+class GlobalModel(Message):
+    """The coordinator's model for a round, published retained on the model topic."""
+
+    TYPE: ClassVar[str] = "global_model"
+    model: ModelInfo = None  # type: ignore[assignment]
+    train: TrainingPlan = None  # type: ignore[assignment]
+    tensors: Tensors = field(default_factory=list)
+    total_rounds: int = 0
+
+    def body(self) -> dict[str, Any]:
+        return {"model": self.model.to_wire(), "train": self.train.to_wire(),
+                "total_rounds": self.total_rounds, "tensors": encode_tensors(self.tensors)}
+
+
+@dataclass
+class Update(Message):
+    """A client's locally trained weights for a round."""
+
+    TYPE: ClassVar[str] = "update"
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    tensors: Tensors = field(default_factory=list)
+
+    def body(self) -> dict[str, Any]:
+        return {"num_examples": self.num_examples, "metrics": self.metrics,
+                "tensors": encode_tensors(self.tensors)}
+
+
+@dataclass
+class ClientStatus(Message):
+    """A client's presence: birth (online, retained) and death (offline, its last will)."""
+
+    TYPE: ClassVar[str] = "client_status"
+    status: str = "online"
+    software: str = ""
+    num_examples: int = 0
+    device: dict[str, Any] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {"status": self.status, "software": self.software,
+                "num_examples": self.num_examples, "device": self.device}
+
+
+@dataclass
+class CoordinatorState(Message):
+    """The coordinator's retained state: online or offline, current round and phase."""
+
+    TYPE: ClassVar[str] = "coordinator_state"
+    status: str = "online"
+    phase: str = "starting"
+    total_rounds: int = 0
+    online_clients: list[str] = field(default_factory=list)
+    detail: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
+                "online_clients": self.online_clients, "detail": self.detail}
+
+
+@dataclass
+class RunEnd(Message):
+    """Announces the end of a run (retained): why it ended and the final accuracy."""
+
+    TYPE: ClassVar[str] = "run_end"
+    reason: str = "completed"
+    test_accuracy: float | None = None
+    detail: str = ""
+
+    def body(self) -> dict[str, Any]:
+        return {"reason": self.reason, "test_accuracy": self.test_accuracy, "detail": self.detail}
+
+
+CLIENT_STATUSES = ("online", "offline")
+COORDINATOR_STATUSES = ("online", "offline")
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls for cls in (GlobalModel, Update, ClientStatus, CoordinatorState, RunEnd)
+}
+
+
+def decode_message(payload: bytes | bytearray | memoryview, max_size: int = 0) -> Message:
+    """Decode and structurally validate any fedmq message. Raises DecodeError with the reason."""
+    raw = unpack(payload, max_size=max_size)
+    version = raw.get("version")
+    if version != PROTOCOL_VERSION:
+        raise DecodeError(f"protocol version {version!r}, this software speaks {PROTOCOL_VERSION}", "version")
+    mtype = raw.get("type")
+    if mtype not in MESSAGE_TYPES:
+        raise DecodeError(f"unknown message type {mtype!r}")
+    env = dict(
+        version=version,
+        run=_get(raw, "run", str, mtype),
+        round=_get(raw, "round", int, mtype),
+        sender=_get(raw, "sender", str, mtype),
+        sent_at=float(_get(raw, "sent_at", (int, float), mtype)),
+    )
+    if env["round"] < 0:
+        raise DecodeError(f"{mtype}: negative round {env['round']}")
+    if not env["sender"] or not env["run"]:
+        raise DecodeError(f"{mtype}: empty sender or run")
+    return _DECODERS[mtype](raw, env)
+
+
+def _decode_global_model(raw: dict[str, Any], env: dict[str, Any]) -> GlobalModel:
+    return GlobalModel(
+        **env, model=ModelInfo.from_wire(raw.get("model")), train=TrainingPlan.from_wire(raw.get("train")),
+        total_rounds=_get(raw, "total_rounds", int, "global_model"),
+        tensors=decode_tensors(raw.get("tensors")),
+    )
+
+
+def _decode_update(raw: dict[str, Any], env: dict[str, Any]) -> Update:
+    num_examples = _get(raw, "num_examples", int, "update")
+    if not 0 < num_examples <= MAX_NUM_EXAMPLES:
+        raise DecodeError(f"update: num_examples {num_examples} is out of range (1..{MAX_NUM_EXAMPLES})",
+                          "bad_num_examples")
+    metrics = _require_map(raw.get("metrics", {}), "update metrics")
+    clean: dict[str, float] = {}
+    for key, value in metrics.items():
+        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DecodeError(f"update: metric {key!r} is not a number")
+        clean[key] = float(value)
+    return Update(**env, num_examples=num_examples, metrics=clean, tensors=decode_tensors(raw.get("tensors")))
+
+
+def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientStatus:
+    status = _get(raw, "status", str, "client_status")
+    if status not in CLIENT_STATUSES:
+        raise DecodeError(f"client_status: unknown status {status!r}")
+    return ClientStatus(
+        **env, status=status, software=str(raw.get("software", "")),
+        num_examples=int(raw.get("num_examples", 0) or 0),
+        device=raw.get("device") if isinstance(raw.get("device"), dict) else {},
+    )
+
+
+def _decode_coordinator_state(raw: dict[str, Any], env: dict[str, Any]) -> CoordinatorState:
+    online = raw.get("online_clients", [])
+    return CoordinatorState(
+        **env, status=_get(raw, "status", str, "coordinator_state"),
+        phase=_get(raw, "phase", str, "coordinator_state"),
+        total_rounds=int(raw.get("total_rounds", 0) or 0),
+        online_clients=[c for c in online if isinstance(c, str)] if isinstance(online, list) else [],
+        detail=str(raw.get("detail", "")),
+    )
+
+
+def _decode_run_end(raw: dict[str, Any], env: dict[str, Any]) -> RunEnd:
+    acc = raw.get("test_accuracy")
+    return RunEnd(**env, reason=_get(raw, "reason", str, "run_end"),
+                  test_accuracy=float(acc) if isinstance(acc, (int, float)) else None,
+                  detail=str(raw.get("detail", "")))
+
+
+_DECODERS = {
+    "global_model": _decode_global_model,
+    "update": _decode_update,
+    "client_status": _decode_client_status,
+    "coordinator_state": _decode_coordinator_state,
+    "run_end": _decode_run_end,
+}
+
+
+def check_finite(tensors: Tensors) -> None:
+    """Raise DecodeError naming the first floating tensor holding NaN or Inf."""
+    for name, arr in tensors:
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DecodeError(f"tensor {name!r} holds NaN or Inf", "not_finite")
+
+
+def _require_map(raw: Any, what: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise DecodeError(f"{what}: expected a map, got {type(raw).__name__}")
+    return raw
+
+
+def _get(m: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:
+    if key not in m:
+        raise DecodeError(f"{what}: missing field {key!r}")
+    value = m[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise DecodeError(f"{what}: field {key!r} has type {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DecodeError(f"{what}: field {key!r} is not finite")
+    return value

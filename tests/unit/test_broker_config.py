@@ -1,0 +1,168 @@
+"""Unit tests for the broker package's config rendering and binary lookup.
+
+No broker is started here; see tests/integration/test_broker.py for that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import stat
+from pathlib import Path
+
+import pytest
+
+from broker import mosquitto_process
+from broker.__main__ import ConfigError, main, port_from_toml, resolve_options
+from broker.mosquitto_process import DEFAULT_CONFIG, find_mosquitto, render_config
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def make_executable(path: Path) -> Path:
+    path.write_text("#!/bin/sh\nexit 0\n", encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def active_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+# -- render_config --------------------------------------------------------------
+
+
+def test_render_rewrites_listener_port_without_bind(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", "allow_anonymous true\nlistener 1883\npersistence false\n")
+    rendered = render_config(template, 18830, None)
+    assert active_lines(rendered) == ["allow_anonymous true", "listener 18830", "persistence false"]
+
+
+def test_render_appends_bind_address_to_listener(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", "listener 1883\n")
+    assert active_lines(render_config(template, 5000, "127.0.0.1")) == ["listener 5000 127.0.0.1"]
+
+
+def test_render_replaces_an_existing_bind_address(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", "listener 1883 0.0.0.0\n")
+    assert active_lines(render_config(template, 5000, "::1")) == ["listener 5000 ::1"]
+
+
+def test_render_appends_extra_lines_after_listener(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", "listener 1883\nlog_dest stderr\n")
+    rendered = render_config(template, 5000, None, ["max_inflight_messages 5", "max_keepalive 30"])
+    assert active_lines(rendered) == [
+        "listener 5000", "log_dest stderr", "max_inflight_messages 5", "max_keepalive 30",
+    ]
+    assert rendered.endswith("\n")
+
+
+def test_render_leaves_comments_and_later_listeners_alone(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", "# listener 1883 is the default\nlistener 1883\nlistener 9001\nprotocol websockets\n")
+    rendered = render_config(template, 5000, None)
+    assert rendered.splitlines() == [
+        "# listener 1883 is the default", "listener 5000", "listener 9001", "protocol websockets",
+    ]
+
+
+def test_render_adds_listener_when_template_has_none(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", "allow_anonymous true\n")
+    assert active_lines(render_config(template, 5000, "127.0.0.1")) == ["allow_anonymous true", "listener 5000 127.0.0.1"]
+
+
+def test_project_config_renders_with_expected_settings() -> None:
+    lines = active_lines(render_config(DEFAULT_CONFIG, 24567, "127.0.0.1"))
+    assert lines.count("listener 24567 127.0.0.1") == 1
+    assert not any(line.startswith("listener 1883") for line in lines)
+    for setting in (
+        "allow_anonymous true", "persistence false", "max_queued_messages 1000", "message_size_limit 0",
+        "log_dest stderr", "per_listener_settings false", "log_type error", "log_type information",
+    ):
+        assert setting in lines
+    assert lines[0] == "per_listener_settings false"
+
+
+# -- find_mosquitto ---------------------------------------------------------------
+
+
+def test_find_mosquitto_prefers_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = make_executable(tmp_path / "mosquitto")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert find_mosquitto() == str(fake)
+
+
+def test_find_mosquitto_falls_back_to_sbin_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "empty").mkdir()
+    fallback = make_executable(tmp_path / "sbin-mosquitto")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(mosquitto_process, "FALLBACK_PATHS", (str(tmp_path / "missing"), str(fallback)))
+    assert find_mosquitto() == str(fallback)
+
+
+def test_find_mosquitto_ignores_non_executable_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "mosquitto", "not a program")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(mosquitto_process, "FALLBACK_PATHS", (str(tmp_path / "mosquitto"),))
+    assert find_mosquitto() is None
+
+
+def test_find_mosquitto_returns_none_when_absent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(mosquitto_process, "FALLBACK_PATHS", ())
+    assert find_mosquitto() is None
+
+
+# -- CLI port / backend resolution -----------------------------------------------------
+
+
+def cli_args(config: Path, port: int | None = None, embedded: bool = False) -> argparse.Namespace:
+    return argparse.Namespace(config=config, port=port, bind="0.0.0.0", embedded=embedded)
+
+
+def test_port_from_toml_reads_only_broker_port(tmp_path: Path) -> None:
+    toml = write(tmp_path / "c.toml", "[coordinator]\nport = 1\n\n[broker]\nport = 2883\nhost = 'x'\n")
+    assert port_from_toml(toml) == 2883
+
+
+def test_port_from_toml_missing_file_or_key(tmp_path: Path) -> None:
+    assert port_from_toml(tmp_path / "absent.toml") is None
+    assert port_from_toml(write(tmp_path / "c.toml", "[training]\nrounds = 3\n")) is None
+
+
+@pytest.mark.parametrize("value", ["'1883'", "0", "70000", "true"])
+def test_port_from_toml_rejects_bad_values(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="port"):
+        port_from_toml(write(tmp_path / "c.toml", f"[broker]\nport = {value}\n"))
+
+
+def test_cli_port_overrides_toml_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: "/usr/sbin/mosquitto")
+    toml = write(tmp_path / "c.toml", "[broker]\nport = 2883\n")
+    assert resolve_options(cli_args(toml)).port == 2883
+    assert resolve_options(cli_args(toml, port=4000)).port == 4000
+    assert resolve_options(cli_args(tmp_path / "absent.toml")).port == 1883
+
+
+def test_backend_is_embedded_when_asked_or_mosquitto_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: "/usr/sbin/mosquitto")
+    assert resolve_options(cli_args(tmp_path / "x.toml")).mosquitto == "/usr/sbin/mosquitto"
+    asked = resolve_options(cli_args(tmp_path / "x.toml", embedded=True))
+    assert asked.mosquitto is None and asked.embedded_requested
+    monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: None)
+    missing = resolve_options(cli_args(tmp_path / "x.toml"))
+    assert missing.mosquitto is None and not missing.embedded_requested
+
+
+def test_main_falls_back_to_embedded_when_mosquitto_missing(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    started: list[tuple[int, str]] = []
+    monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: None)
+    monkeypatch.setattr("broker.__main__.bind_problem", lambda bind, port: None)
+    monkeypatch.setattr("broker.__main__.run_embedded", lambda port, bind: started.append((port, bind)) or 0)
+    with caplog.at_level("INFO"):
+        assert main(["--port", "4321"]) == 0
+    assert started == [(4321, "0.0.0.0")]
+    assert "mosquitto not found (install with: sudo apt-get install mosquitto)" in caplog.text
