@@ -1,0 +1,160 @@
+"""Start and stop a broker, a coordinator and edge clients as real processes on this machine.
+
+Every process logs to its own file; `stop()` never leaves one behind."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker import MosquittoProcess, find_mosquitto, free_port
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+
+@dataclass
+class LocalFederation:
+    """Processes of one local run. Use as a context manager, or call stop()."""
+
+    workdir: Path
+    run_name: str = "local"
+    config: Path = REPO_ROOT / "config" / "default.toml"
+    embedded_broker: bool = False
+    port: int = 0
+    procs: dict[str, Proc] = field(default_factory=dict)
+    broker: MosquittoProcess | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir = Path(self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir / self.run_name
+
+    def start_broker(self) -> None:
+        if self.embedded_broker or find_mosquitto() is None:
+            self.embedded_broker = True
+            self._spawn("broker", [sys.executable, "-m", "broker", "--embedded", "--port", str(self.port),
+                                   "--bind", "127.0.0.1"])
+            _wait_for_port(self.port, 20)
+        else:
+            self.broker = MosquittoProcess(port=self.port, workdir=self.workdir / "mosquitto")
+            self.broker.start()
+        log.info("broker on 127.0.0.1:%d (%s)", self.port, "embedded amqtt" if self.embedded_broker else "mosquitto")
+
+    def coordinator_args(self, overrides: dict[str, object]) -> list[str]:
+        settings = {"broker.port": self.port, "broker.host": "127.0.0.1", "run.name": self.run_name,
+                    "run.output_dir": self.workdir, **overrides}
+        if self.embedded_broker:
+            settings["broker.mqtt_version"] = "3.1.1"
+        args = [sys.executable, "-m", "coordinator", "--config", str(self.config)]
+        for key, value in settings.items():
+            args += [f"--{key}", *(map(str, value) if isinstance(value, (list, tuple)) else [str(value)])]
+        return args
+
+    def start_coordinator(self, overrides: dict[str, object] | None = None, name: str = "coordinator") -> Proc:
+        return self._spawn(name, self.coordinator_args(overrides or {}))
+
+    def start_client(self, client_id: str, args: list[str]) -> Proc:
+        return self._spawn(client_id, [sys.executable, "-m", "edge_client", "--broker", "127.0.0.1",
+                                       "--port", str(self.port), "--run", self.run_name, "--client-id", client_id,
+                                       *args])
+
+    def _spawn(self, name: str, argv: list[str]) -> Proc:
+        log_path = self.workdir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        with open(log_path, "ab") as fh:
+            popen = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                     start_new_session=True)
+        proc = Proc(name, popen, log_path)
+        self.procs[name] = proc
+        return proc
+
+    def wait(self, name: str, timeout: float) -> int:
+        """Wait for one process; TimeoutError with its log tail if it runs too long."""
+        proc = self.procs[name]
+        try:
+            return proc.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{name} still running after {timeout:g} s; log tail:\n{proc.log_tail()}") from None
+
+    def wait_all(self, timeout: float) -> dict[str, int]:
+        deadline = time.monotonic() + timeout
+        return {name: self.wait(name, max(0.1, deadline - time.monotonic())) for name in list(self.procs)
+                if name != "broker"}
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        if proc.popen.poll() is None:
+            os.killpg(proc.popen.pid, sig)
+            proc.popen.wait(10)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                    proc.popen.wait(5)
+                except (subprocess.TimeoutExpired, ProcessLookupError):
+                    _kill_group(proc.popen)
+        if self.broker is not None:
+            self.broker.close()
+
+    def metrics(self) -> list[dict]:
+        path = self.run_dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def summary(self) -> dict:
+        return json.loads((self.run_dir / "summary.json").read_text())
+
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _kill_group(popen: subprocess.Popen) -> None:
+    try:
+        os.killpg(popen.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    popen.wait(5)
+
+
+def _wait_for_port(port: int, timeout: float) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"no broker listening on port {port} after {timeout:g} s")
