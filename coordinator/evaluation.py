@@ -53,5 +53,5 @@ def evaluate_file(path: Path, dataset: Dataset, max_examples: int = 0) -> Evalua
     if path.suffix == ".keras":
         import keras
 
-        return evaluate_keras(keras.models.load_model(path), x, y)
+        return evaluate_keras(keras.models.load_model(path, compile=False), x, y)
     raise ValueError(f"{path}: expected a .keras or .tflite file")

@@ -28,7 +28,7 @@ class QuorumRule:
             raise ValueError("min_clients must be at least 1")
         if not 0.0 <= self.fraction <= 1.0:
             raise ValueError("fraction must be within [0, 1]")
-        if self.deadline_s <= 0:
+        if not self.deadline_s > 0:  # also rejects NaN
             raise ValueError("deadline_s must be positive")
         if self.on_no_quorum not in ("wait", "stop"):
             raise ValueError("on_no_quorum must be 'wait' or 'stop'")
@@ -51,7 +51,8 @@ class RoundTracker:
     @property
     def target(self) -> int:
         """Updates that close the round before its deadline."""
-        return max(self.rule.min_clients, math.ceil(self.rule.fraction * len(self.expected)))
+        # round() first: 0.14 * 100 is 14.000000000000002 in floating point, which ceil makes 15
+        return max(self.rule.min_clients, math.ceil(round(self.rule.fraction * len(self.expected), 9)))
 
     def add(self, client_id: str) -> bool:
         """Record an answer; False if this client already answered this round."""

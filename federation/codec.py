@@ -4,6 +4,7 @@ Decoding is zero-copy: arrays are `np.frombuffer` views over the received payloa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ WIRE_DTYPES: tuple[str, ...] = (
     "bool",
 )
 MAX_TENSOR_DIMS = 8
+MAX_NESTING = 32  # maps/arrays inside each other; real messages use about 4
 
 
 class DecodeError(ValueError):
@@ -43,8 +45,9 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
     if dtype.name not in WIRE_DTYPES:
         raise ValueError(f"tensor {name!r}: dtype {arr.dtype} can't be sent (allowed: {', '.join(WIRE_DTYPES)})")
+    shape = list(arr.shape)  # before ascontiguousarray, which turns a 0-d array into shape (1,)
     arr = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<"))
-    return {"name": name, "dtype": dtype.name, "shape": list(arr.shape), "data": arr.tobytes()}
+    return {"name": name, "dtype": dtype.name, "shape": shape, "data": arr.tobytes()}
 
 
 def decode_tensor(item: Any) -> tuple[str, np.ndarray]:
@@ -53,7 +56,8 @@ def decode_tensor(item: Any) -> tuple[str, np.ndarray]:
         raise DecodeError(f"tensor entry is {type(item).__name__}, expected a map")
     missing = [k for k in ("name", "dtype", "shape", "data") if k not in item]
     if missing:
-        raise DecodeError(f"tensor entry lacks {', '.join(missing)}")
+        label = f"tensor {item['name']!r}" if isinstance(item.get("name"), str) else "tensor entry"
+        raise DecodeError(f"{label} lacks {', '.join(missing)}")
     name, dtype, shape, data = item["name"], item["dtype"], item["shape"], item["data"]
     if not isinstance(name, str):
         raise DecodeError("tensor name is not a string")
@@ -65,13 +69,16 @@ def decode_tensor(item: Any) -> tuple[str, np.ndarray]:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"tensor {name!r}: data is {type(data).__name__}, expected bytes")
     np_dtype = np.dtype(dtype).newbyteorder("<")
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # Python ints: no int64 overflow on absurd dims
     if count * np_dtype.itemsize != len(data):
         raise DecodeError(
             f"tensor {name!r}: {len(data)} bytes do not hold shape {tuple(shape)} of {dtype}"
             f" ({count * np_dtype.itemsize} bytes expected)"
         )
-    array = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+    try:
+        array = np.frombuffer(data, dtype=np_dtype).reshape(shape)
+    except ValueError as exc:  # zero-size but absurd dims: numpy says "array is too big"
+        raise DecodeError(f"tensor {name!r}: bad shape {shape!r}: {exc}") from None
     return name, array
 
 
@@ -119,7 +126,24 @@ def unpack(payload: bytes | bytearray | memoryview, max_size: int = 0) -> dict[s
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from None
     if not isinstance(message, dict):
         raise DecodeError(f"payload is a msgpack {type(message).__name__}, expected a map")
+    _check_structure(message)
     return message
+
+
+def _check_structure(message: Any) -> None:
+    """Reject timestamps and deep nesting, iteratively.
+
+    msgpack decodes ext type -1 to a Timestamp without calling ext_hook, so it is rejected here like other ext
+    types; nesting deeper than MAX_NESTING would make str()/repr() of a field raise RecursionError later."""
+    stack = [(message, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if isinstance(obj, (dict, list)):
+            if depth > MAX_NESTING:
+                raise DecodeError(f"payload nests maps/arrays deeper than {MAX_NESTING} levels")
+            stack.extend((child, depth + 1) for child in (obj.values() if isinstance(obj, dict) else obj))
+        elif isinstance(obj, msgpack.Timestamp):
+            raise DecodeError("msgpack extension type -1 (timestamp) is not allowed")
 
 
 def _reject_ext(code: int, data: bytes) -> Any:

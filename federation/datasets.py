@@ -131,10 +131,7 @@ class SearchLocation:
 
 def class_names_for(name: str) -> tuple[str, ...]:
     """The class names of a built-in data set, in label order."""
-    key = _builtin_key(name)
-    if key is None:
-        raise ValueError(f"{name!r} is not a built-in data set; built-ins: {', '.join(BUILTIN_DATASETS)}")
-    return _CLASS_NAMES[key]
+    return _CLASS_NAMES[_require_builtin(name)]
 
 
 def keras_cache_dir() -> Path:
@@ -180,7 +177,7 @@ def load_dataset(
 
 
 def download_with_keras(name: str) -> Dataset:
-    """Load a built-in with keras.datasets, which uses its own cache or downloads (slow: imports TensorFlow)."""
+    """Load a built-in with keras.datasets: its own cache, else a download (slow: imports TensorFlow)."""
     import keras
 
     (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
@@ -203,9 +200,9 @@ def _check_image_size(image_size: tuple[int, int] | None) -> tuple[int, int] | N
     if image_size is None:
         return None
     size = tuple(image_size)
-    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+    if len(size) != 2 or not all(isinstance(side, (int, np.integer)) and side > 0 for side in size):
         raise ValueError(f"image_size must be (height, width) with positive integers, got {image_size!r}")
-    return size[0], size[1]
+    return int(size[0]), int(size[1])
 
 
 def _load_builtin(key: str, data_dir: str | Path | None, image_size: tuple[int, int] | None) -> Dataset:
@@ -339,7 +336,8 @@ def _load_mnist_npz(path: Path) -> Dataset:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in IDX_FILES}
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"{path} is not a Keras mnist.npz with x_train, y_train, x_test, y_test: {exc}") from exc
+        wanted = ", ".join(IDX_FILES)
+        raise DatasetError(f"{path} is not a Keras mnist.npz holding {wanted}: {exc}") from exc
     if any(arrays[name].dtype != np.uint8 for name in ("x_train", "x_test")):
         raise DatasetError(f"{path}: images must be uint8")
     return _builtin_dataset("mnist", **arrays)
@@ -373,26 +371,31 @@ def _has_cifar_batches(directory: Path) -> bool:
 def _load_cifar(directory: Path) -> Dataset:
     train = [_read_cifar_batch(directory / name) for name in CIFAR_TRAIN_BATCHES]
     x_test, y_test = _read_cifar_batch(directory / CIFAR_TEST_BATCH)
-    x_train = np.concatenate([images for images, _ in train])
+    x_train = np.concatenate([rows for rows, _ in train])
     y_train = np.concatenate([labels for _, labels in train])
-    return _builtin_dataset("cifar10", x_train, y_train, np.ascontiguousarray(x_test), y_test)
+    return _builtin_dataset("cifar10", _cifar_nhwc(x_train), y_train, _cifar_nhwc(x_test), y_test)
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch as (N, 32, 32, 3) uint8 images (a view) and int64 labels."""
+    """One CIFAR-10 python batch: (N, 3072) uint8 rows of channel planes, and int64 labels."""
     try:
         with path.open("rb") as stream:
             batch = _NumpyOnlyUnpickler(stream, encoding="bytes").load()
-        data = np.asarray(batch[b"data"])
+        rows = np.asarray(batch[b"data"])
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as exc:
         raise DatasetError(f"{path} is not a CIFAR-10 python batch: {exc}") from exc
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
+    if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != 3 * 32 * 32 or len(rows) != len(labels):
         raise DatasetError(
             f"{path}: expected uint8 data of shape (N, 3072) and N labels,"
-            f" got {data.dtype} {data.shape} and {len(labels)} labels"
+            f" got {rows.dtype} {rows.shape} and {len(labels)} labels"
         )
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+    return rows, labels
+
+
+def _cifar_nhwc(rows: np.ndarray) -> np.ndarray:
+    """CIFAR rows (R plane, G plane, B plane, each 32x32) as contiguous (N, 32, 32, 3) images."""
+    return np.ascontiguousarray(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
 # --- not found ---------------------------------------------------------------------------------
@@ -402,7 +405,7 @@ def _not_found_message(key: str, locations: list[SearchLocation], download_error
     lines = [f"Data set {key!r} was not found. Looked for {_wanted_files(key)} in:"]
     lines += [f"  - {loc.directory} ({loc.source}{_absence_note(loc.directory)})" for loc in locations]
     if any(loc.allow_image_folder for loc in locations):
-        lines.append("  (the data_dir folders may also hold an image folder: <class>/*.png or train/ and test/)")
+        lines.append("  (data_dir folders may also hold an image folder: <class>/*.png, or train/ and test/)")
     lines.append(f"Downloading it with keras.datasets.{key}.load_data() failed too: {download_error}")
     lines.append(_how_to_get(key))
     return "\n".join(lines)
@@ -510,7 +513,7 @@ def _folder_classes(train_dir: Path, test_dir: Path | None) -> tuple[str, ...]:
     train_classes = {sub.name for sub in _subdirs(train_dir)}
     test_classes = {sub.name for sub in _subdirs(test_dir)} if test_dir else set()
     if not train_classes:
-        raise DatasetError(f"image folder {train_dir} has no class sub-folders (expected {train_dir}/<class>/)")
+        raise DatasetError(f"image folder {train_dir} has no class sub-folders ({train_dir}/<class>/)")
     for name in sorted(test_classes - train_classes):
         LOG.warning("class %r has test images in %s but no training images", name, test_dir)
     return tuple(sorted(train_classes | test_classes))
@@ -527,7 +530,8 @@ def _has_images(directory: Path) -> bool:
 
 
 def _is_image_entry(entry: os.DirEntry[str]) -> bool:
-    return entry.is_file() and not entry.name.startswith(".") and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
+    visible_file = entry.is_file() and not entry.name.startswith(".")
+    return visible_file and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _image_files(split_dir: Path, class_names: tuple[str, ...]) -> tuple[list[Path], np.ndarray]:
@@ -608,7 +612,9 @@ def _resized(dataset: Dataset, image_size: tuple[int, int] | None) -> Dataset:
     LOG.info("resizing %s from %s to %s", dataset.name, dataset.input_shape[:2], image_size)
     mode = "L" if dataset.input_shape[2] == 1 else "RGB"
     geometry = _Geometry(image_size[0], image_size[1], mode)
-    return replace(dataset, x_train=_resize_all(dataset.x_train, geometry), x_test=_resize_all(dataset.x_test, geometry))
+    return replace(
+        dataset, x_train=_resize_all(dataset.x_train, geometry), x_test=_resize_all(dataset.x_test, geometry)
+    )
 
 
 def _resize_all(images: np.ndarray, geometry: _Geometry) -> np.ndarray:

@@ -176,10 +176,10 @@ def decode_message(payload: bytes | bytearray | memoryview, max_size: int = 0) -
     """Decode and structurally validate any fedmq message. Raises DecodeError with the reason."""
     raw = unpack(payload, max_size=max_size)
     version = raw.get("version")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
         raise DecodeError(f"protocol version {version!r}, this software speaks {PROTOCOL_VERSION}", "version")
     mtype = raw.get("type")
-    if mtype not in MESSAGE_TYPES:
+    if not isinstance(mtype, str) or mtype not in MESSAGE_TYPES:  # a list/map type would be unhashable
         raise DecodeError(f"unknown message type {mtype!r}")
     env = dict(
         version=version,
@@ -223,7 +223,7 @@ def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientSta
         raise DecodeError(f"client_status: unknown status {status!r}")
     return ClientStatus(
         **env, status=status, software=str(raw.get("software", "")),
-        num_examples=int(raw.get("num_examples", 0) or 0),
+        num_examples=_optional_int(raw, "num_examples", "client_status"),
         device=raw.get("device") if isinstance(raw.get("device"), dict) else {},
     )
 
@@ -233,7 +233,7 @@ def _decode_coordinator_state(raw: dict[str, Any], env: dict[str, Any]) -> Coord
     return CoordinatorState(
         **env, status=_get(raw, "status", str, "coordinator_state"),
         phase=_get(raw, "phase", str, "coordinator_state"),
-        total_rounds=int(raw.get("total_rounds", 0) or 0),
+        total_rounds=_optional_int(raw, "total_rounds", "coordinator_state"),
         online_clients=[c for c in online if isinstance(c, str)] if isinstance(online, list) else [],
         detail=str(raw.get("detail", "")),
     )
@@ -266,6 +266,13 @@ def _require_map(raw: Any, what: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise DecodeError(f"{what}: expected a map, got {type(raw).__name__}")
     return raw
+
+
+def _optional_int(m: dict[str, Any], key: str, what: str) -> int:
+    """An optional int field: missing or nil reads as 0; anything but an int is a DecodeError."""
+    if m.get(key) is None:
+        return 0
+    return _get(m, key, int, what)
 
 
 def _get(m: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:

@@ -90,7 +90,9 @@ def partition_indices(
 
 def client_indices(labels: np.ndarray, spec: PartitionSpec) -> np.ndarray:
     """The training-set indices of the part `spec` names."""
-    parts = partition_indices(labels, spec.num_parts, spec.scheme, spec.seed, spec.alpha, spec.shards_per_client)
+    parts = partition_indices(
+        labels, spec.num_parts, spec.scheme, spec.seed, spec.alpha, spec.shards_per_client
+    )
     return parts[spec.index]
 
 
@@ -135,7 +137,9 @@ def _iid_parts(count: int, num_parts: int, rng: np.random.Generator) -> list[np.
     return np.array_split(rng.permutation(count), num_parts)
 
 
-def _dirichlet_parts(labels: np.ndarray, num_parts: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
+def _dirichlet_parts(
+    labels: np.ndarray, num_parts: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Per class, shares ~ Dirichlet(alpha) over parts; re-drawn while some part is empty."""
     _, class_ids = np.unique(labels, return_inverse=True)
     members_by_class = [np.flatnonzero(class_ids == k) for k in range(class_ids.max() + 1)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -121,6 +122,8 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, no permission...
+            raise ConfigError(f"config file {path} can't be read: {exc}") from None
     merged: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
         if section not in SECTIONS:
@@ -165,6 +168,8 @@ def _check_value(name: str, value: Any, hint: Any, meta: Any, source: str) -> An
             raise ConfigError(f"{source}: {name} must be {hint.__name__}, got {type(value).__name__} {value!r}")
         if hint is float:
             value = float(value)
+            if math.isnan(value):  # NaN compares False with lo/hi and would pass the range check
+                raise ConfigError(f"{source}: {name} = {value!r} is not a number")
     lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
     if lo is not None and value < lo or hi is not None and value > hi:
         raise ConfigError(f"{source}: {name} = {value!r} is out of range [{lo}, {hi}]")
