@@ -12,7 +12,7 @@ _LEVEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 def check_level(value: str, what: str) -> str:
     """Return `value` if it can be one topic level (client id, run id); ValueError naming it otherwise."""
-    if not isinstance(value, str) or not _LEVEL.match(value):
+    if not isinstance(value, str) or not _LEVEL.fullmatch(value):  # match() would let a trailing "\n" through
         raise ValueError(
             f"{what} {value!r} is not usable in MQTT topics: use 1-64 letters, digits, '_', '-' or '.',"
             " starting with a letter or digit"
