@@ -12,16 +12,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from coordinator.aggregation import ClientResult, make_aggregator
+from coordinator.checkpoint import CHECKPOINT_FILE, Checkpoint, check_resumable, load_checkpoint, run_fingerprint, \
+    save_checkpoint
 from coordinator.evaluation import Evaluation, evaluate_keras, evaluate_tflite, test_split
 from coordinator.export import export_tflite
-from coordinator.metrics import RoundMetrics, append_metrics
+from coordinator.metrics import RoundMetrics, append_metrics, rewrite_metrics
 from coordinator.quorum import Decision, QuorumRule, RoundTracker
 from federation.settings import Settings
 from federation.codec import DecodeError, check_tensors
 from federation.datasets import Dataset, load_dataset
 from federation.messages import (
     ClientStatus, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, Update, check_finite,
-    decode_message,
+    decode_message, weights_digest,
 )
 from federation.models import build_model, compile_model, named_weights, weight_specs
 from federation.mqtt_link import BrokerAddress, MqttLink
@@ -60,6 +62,7 @@ class Coordinator:
         self._tracker: RoundTracker | None = None
         self._round_stats: dict = {}
         self._state_payload = self._state_message().encode()
+        self._global_payload: bytes | None = None  # the open round's model, re-published after a reconnect
         self.aggregator = make_aggregator(settings.aggregation.rule)
         self.rule = QuorumRule(settings.quorum.min_clients, settings.quorum.fraction,
                                settings.quorum.round_deadline_s, settings.quorum.on_no_quorum)
@@ -70,7 +73,7 @@ class Coordinator:
             subscriptions=[(self.topics.updates_wildcard, 1), (self.topics.statuses_wildcard, 1)],
             on_message=lambda topic, payload, retained: self._events.put((topic, payload, retained)),
             will=(self.topics.coordinator_state, self._state_message("offline", "crashed").encode()),
-            on_connected=lambda: self.link.publish(self.topics.coordinator_state, self._state_payload, retain=True),
+            on_connected=self._on_connected,
         )
 
     # ---- set-up -------------------------------------------------------------------------------------
@@ -90,10 +93,38 @@ class Coordinator:
         self.specs = weight_specs(self.model)
         self.plan = TrainingPlan(s.training.local_epochs, s.training.batch_size, s.training.learning_rate,
                                  s.training.optimizer)
-        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        self.fingerprint = run_fingerprint(s, self.specs)
         self.metrics_path = self.run_dir / "metrics.jsonl"
-        self.metrics_path.unlink(missing_ok=True)
+        self.history: list[RoundMetrics] = []
+        self.start_round = 1
+        checkpoint = self._usable_checkpoint()
+        if checkpoint is not None:
+            self.model.set_weights(checkpoint.weights)
+            self.history = checkpoint.metrics
+            self.start_round = checkpoint.round + 1
+            self.round = checkpoint.round
+            last = checkpoint.metrics[-1]
+            self.last_evaluation = Evaluation(last.test_loss, last.test_accuracy, len(self.y_test))
+            log.info("resuming run %r after round %d (test accuracy %.4f) from %s", s.run.name, checkpoint.round,
+                     last.test_accuracy, self.run_dir / CHECKPOINT_FILE)
+        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        rewrite_metrics(self.metrics_path, self.history)
         (self.run_dir / "config.json").write_text(json.dumps(asdict(s), indent=2))
+
+    def _usable_checkpoint(self) -> Checkpoint | None:
+        """The checkpoint to resume, or None after setting aside a finished or unwanted earlier run."""
+        checkpoint = load_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
+        if checkpoint is None:
+            return None
+        finished = checkpoint.round >= self.settings.training.rounds
+        if self.settings.run.on_existing == "new" or finished:
+            aside = self.run_dir.with_name(f"{self.run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+            self.run_dir.rename(aside)
+            log.info("%s holds %s run of %d rounds; moved it to %s and starting a new run", self.run_dir,
+                     "a finished" if finished else "an earlier", checkpoint.round, aside)
+            return None
+        check_resumable(checkpoint, self.fingerprint, self.run_dir)
+        return checkpoint
 
     # ---- main loop ----------------------------------------------------------------------------------
 
@@ -116,7 +147,7 @@ class Coordinator:
             return RunResult(self.run_dir, 0, "stopped",
                              f"fewer than {s.quorum.min_clients} clients came online within "
                              f"{s.quorum.wait_for_clients_s:g} s")
-        for r in range(1, s.training.rounds + 1):
+        for r in range(self.start_round, s.training.rounds + 1):
             stop_detail = self._run_round(r)
             if stop_detail:
                 return RunResult(self.run_dir, r - 1, "stopped", stop_detail)
@@ -144,8 +175,9 @@ class Coordinator:
         weights = [w for _, w in named_weights(self.model)]
         message = GlobalModel(run=self.settings.run.name, round=r, sender=COORDINATOR_ID, model=self.model_info,
                               train=self.plan, tensors=[(spec.name, w) for spec, w in zip(self.specs, weights)],
-                              total_rounds=self.settings.training.rounds)
+                              total_rounds=self.settings.training.rounds, weights_sha256=weights_digest(weights))
         payload = message.encode()
+        self._global_payload = payload
         self.aggregator.begin(weights)
         self._rejected = Counter()
         self._round_stats = {"bytes_in": 0, "examples": 0, "train_s": [], "client_ids": []}
@@ -155,9 +187,17 @@ class Coordinator:
         self._set_phase("training", f"expecting {self._tracker.target} of {len(self.online)} online clients")
         log.info("round %d/%d: model published (%.1f MB) to %d online clients", r, self.settings.training.rounds,
                  len(payload) / 1e6, len(self.online))
-        overdue_logged = False
+        overdue_logged = impossible_logged = False
         while True:
-            decision = self._tracker.decide(time.monotonic(), set(self.online))
+            online = set(self.online)
+            decision = self._tracker.decide(time.monotonic(), online)
+            if not self._tracker.quorum_possible(online) and not impossible_logged:
+                detail = (f"quorum impossible for now: {len(self._tracker.received)} updates and "
+                          f"{len(online - self._tracker.received)} more clients online, {self.rule.min_clients} "
+                          f"needed; {'stopping' if self.rule.on_no_quorum == 'stop' else 'waiting'} at the deadline")
+                log.warning("round %d: %s", r, detail)
+                self._set_phase("training", detail)
+            impossible_logged = not self._tracker.quorum_possible(online)
             if decision is Decision.CLOSE:
                 break
             if decision is Decision.STOP:
@@ -169,6 +209,7 @@ class Coordinator:
                 overdue_logged = True
             self._process_next(min(_POLL_S, max(0.01, self._tracker.deadline - time.monotonic())))
         round_time = time.monotonic() - started
+        self._global_payload = None
         self._close_round(r, round_time, len(payload))
         self._tracker = None
         return None
@@ -199,6 +240,8 @@ class Coordinator:
             evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats["client_ids"]), rejected=dict(self._rejected),
         )
         append_metrics(self.metrics_path, metrics)
+        self.history.append(metrics)
+        save_checkpoint(self.run_dir, Checkpoint(r, self.model.get_weights(), self.history, self.fingerprint))
         self.last_evaluation = ev
         log.info("round %d/%d: %d clients, %d examples, test accuracy %.4f, loss %.4f, %.2f MB in, %.2f MB out, "
                  "%.1f s (overhead %.2f s)%s", r, self.settings.training.rounds, metrics.clients, metrics.examples,
@@ -285,6 +328,14 @@ class Coordinator:
         return CoordinatorState(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID,
                                 status=status, phase=self.phase, total_rounds=self.settings.training.rounds,
                                 online_clients=sorted(self.online), detail=detail)
+
+    def _on_connected(self) -> None:
+        """After every (re)connect: restore the retained state and the open round's model (a restarted
+        broker without persistence has lost them). Runs on paho's network thread."""
+        self.link.publish(self.topics.coordinator_state, self._state_payload, retain=True)
+        payload = self._global_payload
+        if payload is not None:
+            self.link.publish(self.topics.global_model, payload, qos=1, retain=True)
 
     def _set_phase(self, phase: str, detail: str = "") -> None:
         self.phase = phase

@@ -35,3 +35,11 @@ def append_metrics(path: Path, metrics: RoundMetrics) -> None:
 def read_metrics(path: Path) -> list[RoundMetrics]:
     with open(path, encoding="utf-8") as fh:
         return [RoundMetrics(**json.loads(line)) for line in fh if line.strip()]
+
+
+def rewrite_metrics(path: Path, rows: list[RoundMetrics]) -> None:
+    """Replace the file with exactly `rows` (atomically), e.g. when resuming from a checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(asdict(m)) + "\n" for m in rows)
+    tmp.replace(path)

@@ -35,6 +35,15 @@ class ClientSettings:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class SentUpdate:
+    """The last update published: kept to re-send if its round's model is offered again."""
+
+    round: int
+    weights_sha256: str
+    payload: bytes
+
+
 def device_info() -> dict[str, object]:
     return {"host": socket.gethostname(), "platform": platform.platform(), "machine": platform.machine(),
             "python": platform.python_version(), "cpu_count": os.cpu_count() or 0}
@@ -54,6 +63,7 @@ class EdgeClient:
         self._model = None
         self._model_info: ModelInfo | None = None
         self.rounds_trained: list[int] = []
+        self._last_update: SentUpdate | None = None
         self.link = MqttLink(
             client_id=f"fedmq-client-{settings.client_id}",
             address=settings.broker,
@@ -88,8 +98,8 @@ class EdgeClient:
         with self._lock:
             if topic == self.topics.global_model and isinstance(message, GlobalModel):
                 self._seen_run_model = True
-                if self._latest is None or message.round > self._latest.round:
-                    self._latest = message
+                if self._latest is None or message.round >= self._latest.round:
+                    self._latest = message  # a re-sent model of the same round replaces the old object
             elif topic == self.topics.run_end and isinstance(message, RunEnd):
                 if not retained or self._seen_run_model:
                     self._end = message
@@ -109,18 +119,18 @@ class EdgeClient:
         import keras  # noqa: F401  (import TensorFlow now, not inside the first round)
 
         self.link.start()
+        handled: GlobalModel | None = None
         try:
             while True:
                 self._wake.wait(timeout=30)
                 self._wake.clear()
                 with self._lock:
                     end, model = self._end, self._latest
-                last = self.rounds_trained[-1] if self.rounds_trained else 0
-                if model is not None and model.round > last and (end is None or model.round > end.round):
-                    self._train_and_publish(model)
-                    if max_rounds and len(self.rounds_trained) >= max_rounds:
+                if model is not None and model is not handled and (end is None or model.round > end.round):
+                    handled = model
+                    if self._handle_model(model) and max_rounds and len(self.rounds_trained) >= max_rounds:
                         break
-                    self._wake.set()  # a newer model may have arrived while training
+                    self._wake.set()  # a newer model may have arrived meanwhile
                 elif end is not None:
                     log.info("run %r %s (final test accuracy %s); %d rounds trained here", end.run, end.reason,
                              f"{end.test_accuracy:.4f}" if end.test_accuracy is not None else "n/a",
@@ -131,6 +141,22 @@ class EdgeClient:
         finally:
             self._shutdown()
         return len(self.rounds_trained)
+
+    def _handle_model(self, model: GlobalModel) -> bool:
+        """Train on a new round's model, or re-send the update of a model seen before; True if trained.
+
+        The same round's model comes again when the coordinator or the broker restarted; the update
+        it lost is sent again and the coordinator counts it once."""
+        last = self._last_update
+        if last is None or model.round > last.round or (
+                model.round == last.round and model.weights_sha256 != last.weights_sha256):
+            self._train_and_publish(model)
+            return True
+        if model.round == last.round:
+            log.info("round %d: the coordinator offers the same model again; re-sending this client's update",
+                     model.round)
+            self.link.publish(self.topics.update(self.settings.client_id), last.payload, qos=1)
+        return False
 
     def _shutdown(self) -> None:
         if self.link.connected.is_set():
@@ -167,6 +193,7 @@ class EdgeClient:
                         num_examples=int(len(self.data.y)), metrics=metrics,
                         tensors=[(spec.name, w.numpy()) for spec, w in zip(specs, model.weights)])
         payload = update.encode()
+        self._last_update = SentUpdate(message.round, message.weights_sha256, payload)
         ok = self.link.publish_and_wait(self.topics.update(self.settings.client_id), payload, qos=1, timeout=120)
         self.rounds_trained.append(message.round)
         log.info("round %d: trained in %.1f s (loss %.4f, accuracy %.4f); update of %.2f MB %s", message.round,

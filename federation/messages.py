@@ -4,6 +4,7 @@ Every message is a msgpack map carrying version, type, run, round, sender and se
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -101,10 +102,12 @@ class GlobalModel(Message):
     train: TrainingPlan = None  # type: ignore[assignment]
     tensors: Tensors = field(default_factory=list)
     total_rounds: int = 0
+    weights_sha256: str = ""   # weights_digest(tensors): tells a re-sent model from a new one
 
     def body(self) -> dict[str, Any]:
         return {"model": self.model.to_wire(), "train": self.train.to_wire(),
-                "total_rounds": self.total_rounds, "tensors": encode_tensors(self.tensors)}
+                "total_rounds": self.total_rounds, "weights_sha256": self.weights_sha256,
+                "tensors": encode_tensors(self.tensors)}
 
 
 @dataclass
@@ -165,10 +168,44 @@ class RunEnd(Message):
         return {"reason": self.reason, "test_accuracy": self.test_accuracy, "detail": self.detail}
 
 
+@dataclass
+class RoundMetricsMessage(Message):
+    """A closed round's results (coordinator.metrics.RoundMetrics), retained on the metrics topic.
+
+    `history` holds (round, test_accuracy, test_loss) of every round so far, so that a viewer that
+    subscribes mid-run draws the whole curve from the one retained message."""
+
+    TYPE: ClassVar[str] = "round_metrics"
+    total_rounds: int = 0
+    clients: int = 0
+    examples: int = 0
+    test_loss: float = 0.0
+    test_accuracy: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    round_time_s: float = 0.0
+    slowest_train_s: float = 0.0
+    overhead_s: float = 0.0
+    aggregate_s: float = 0.0
+    evaluate_s: float = 0.0
+    client_ids: list[str] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    INT_FIELDS: ClassVar[tuple[str, ...]] = ("total_rounds", "clients", "examples", "bytes_in", "bytes_out")
+    FLOAT_FIELDS: ClassVar[tuple[str, ...]] = ("test_loss", "test_accuracy", "round_time_s", "slowest_train_s",
+                                               "overhead_s", "aggregate_s", "evaluate_s")
+
+    def body(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.INT_FIELDS + self.FLOAT_FIELDS},
+                "client_ids": self.client_ids, "rejected": self.rejected, "history": self.history}
+
+
 CLIENT_STATUSES = ("online", "offline")
 COORDINATOR_STATUSES = ("online", "offline")
 MESSAGE_TYPES: dict[str, type[Message]] = {
-    cls.TYPE: cls for cls in (GlobalModel, Update, ClientStatus, CoordinatorState, RunEnd)
+    cls.TYPE: cls for cls in (GlobalModel, Update, ClientStatus, CoordinatorState, RunEnd,
+                            RoundMetricsMessage)
 }
 
 
@@ -199,6 +236,7 @@ def _decode_global_model(raw: dict[str, Any], env: dict[str, Any]) -> GlobalMode
     return GlobalModel(
         **env, model=ModelInfo.from_wire(raw.get("model")), train=TrainingPlan.from_wire(raw.get("train")),
         total_rounds=_get(raw, "total_rounds", int, "global_model"),
+        weights_sha256=raw.get("weights_sha256") if isinstance(raw.get("weights_sha256"), str) else "",
         tensors=decode_tensors(raw.get("tensors")),
     )
 
@@ -246,13 +284,49 @@ def _decode_run_end(raw: dict[str, Any], env: dict[str, Any]) -> RunEnd:
                   detail=str(raw.get("detail", "")))
 
 
+def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetricsMessage:
+    what = "round_metrics"
+    values: dict[str, Any] = {}
+    for key in RoundMetricsMessage.INT_FIELDS:
+        values[key] = _get(raw, key, int, what)
+        if values[key] < 0:
+            raise DecodeError(f"{what}: field {key!r} is negative")
+    for key in RoundMetricsMessage.FLOAT_FIELDS:
+        values[key] = float(_get_number(raw, key, what))
+    client_ids = _get(raw, "client_ids", list, what)
+    if not all(isinstance(c, str) for c in client_ids):
+        raise DecodeError(f"{what}: client_ids must be a list of str")
+    rejected = _require_map(raw.get("rejected", {}), f"{what} rejected")
+    if not all(isinstance(k, str) and type(v) is int for k, v in rejected.items()):
+        raise DecodeError(f"{what}: rejected must map str to int")
+    history = raw.get("history", [])
+    if not isinstance(history, list):
+        raise DecodeError(f"{what}: history must be a list")
+    points = []
+    for item in history:
+        m = _require_map(item, f"{what} history item")
+        points.append({"round": _get(m, "round", int, f"{what} history"),
+                       "test_accuracy": float(_get_number(m, "test_accuracy", f"{what} history")),
+                       "test_loss": float(_get_number(m, "test_loss", f"{what} history"))})
+    return RoundMetricsMessage(**env, **values, client_ids=list(client_ids), rejected=dict(rejected), history=points)
+
+
 _DECODERS = {
     "global_model": _decode_global_model,
     "update": _decode_update,
     "client_status": _decode_client_status,
     "coordinator_state": _decode_coordinator_state,
     "run_end": _decode_run_end,
+    "round_metrics": _decode_round_metrics,
 }
+
+
+def weights_digest(weights: list[np.ndarray]) -> str:
+    """sha256 over the weights' little-endian bytes, in order: the identity of a global model."""
+    digest = hashlib.sha256()
+    for w in weights:
+        digest.update(np.ascontiguousarray(w, dtype=w.dtype.newbyteorder("<")).data)
+    return digest.hexdigest()
 
 
 def check_finite(tensors: Tensors) -> None:
@@ -273,6 +347,16 @@ def _optional_int(m: dict[str, Any], key: str, what: str) -> int:
     if m.get(key) is None:
         return 0
     return _get(m, key, int, what)
+
+
+def _get_number(m: dict[str, Any], key: str, what: str) -> int | float:
+    """A required int or float that may be NaN or infinite (a diverged model's loss is still reported)."""
+    if key not in m:
+        raise DecodeError(f"{what}: missing field {key!r}")
+    value = m[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise DecodeError(f"{what}: field {key!r} has type {type(value).__name__}")
+    return value
 
 
 def _get(m: dict[str, Any], key: str, types: type | tuple[type, ...], what: str) -> Any:

@@ -30,6 +30,9 @@ def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None =
 class RunSettings:
     name: str = _opt("demo", "run id; appears in every topic and in the output folder")
     output_dir: str = _opt("runs", "folder for models, metrics and TFLite files (one sub-folder per run)")
+    on_existing: str = _opt("resume", "when the run folder holds a checkpoint: resume it (refused if the settings"
+                                      " or model differ), or set it aside and start a new run",
+                            choices=("resume", "new"))
 
 
 @dataclass(frozen=True)

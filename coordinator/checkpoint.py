@@ -1,0 +1,81 @@
+"""The coordinator's checkpoint: global weights, last completed round, metrics so far, and the hash
+of the settings and model they belong to; written atomically after every round."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from coordinator.metrics import RoundMetrics
+from federation.codec import TensorSpec
+from federation.settings import Settings
+
+CHECKPOINT_FILE = "checkpoint.npz"
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A checkpoint exists for this run but was made with other settings or another model."""
+
+
+@dataclass
+class Checkpoint:
+    round: int
+    weights: list[np.ndarray]
+    metrics: list[RoundMetrics]
+    fingerprint: str
+
+
+def run_fingerprint(settings: Settings, specs: list[TensorSpec]) -> str:
+    """Hash of what a resumed run must share with the interrupted one: model, data, training rule.
+
+    Broker address, output folder, round count, deadlines and export options may change."""
+    relevant = {
+        "model": asdict(settings.model),
+        "training": {k: v for k, v in asdict(settings.training).items() if k != "rounds"},
+        "aggregation": asdict(settings.aggregation),
+        "weights": [(s.name, s.dtype, list(s.shape)) for s in specs],
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+
+
+def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
+    """Write the checkpoint next to the run's outputs: to a temporary file, fsync, then rename."""
+    meta = {"round": checkpoint.round, "fingerprint": checkpoint.fingerprint,
+            "metrics": [asdict(m) for m in checkpoint.metrics]}
+    arrays = {f"w{i}": w for i, w in enumerate(checkpoint.weights)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    path = run_dir / CHECKPOINT_FILE
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(buffer.getbuffer())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(run_dir: Path) -> Checkpoint | None:
+    path = run_dir / CHECKPOINT_FILE
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        meta = json.loads(bytes(data["meta"]).decode())
+        count = sum(1 for k in data.files if k.startswith("w"))
+        weights = [data[f"w{i}"] for i in range(count)]
+    return Checkpoint(meta["round"], weights, [RoundMetrics(**m) for m in meta["metrics"]], meta["fingerprint"])
+
+
+def check_resumable(checkpoint: Checkpoint, fingerprint: str, run_dir: Path) -> None:
+    if checkpoint.fingerprint != fingerprint:
+        raise CheckpointMismatchError(
+            f"{run_dir / CHECKPOINT_FILE} was written by a run with different model, data or training settings "
+            f"(fingerprint {checkpoint.fingerprint[:12]} vs {fingerprint[:12]} now). Refusing to resume it: use "
+            "the original settings, another run.name, or --run.on_existing new to start over")
