@@ -41,6 +41,7 @@ class LocalFederation:
     run_name: str = "local"
     config: Path = REPO_ROOT / "config" / "default.toml"
     embedded_broker: bool = False
+    ws_port: int = 0          # also serve MQTT over WebSockets here (Mosquitto only), for the dashboard
     port: int = 0
     procs: dict[str, Proc] = field(default_factory=dict)
     broker: MosquittoProcess | None = None
@@ -57,11 +58,11 @@ class LocalFederation:
     def start_broker(self) -> None:
         if self.embedded_broker or find_mosquitto() is None:
             self.embedded_broker = True
-            self._spawn("broker", [sys.executable, "-m", "broker", "--embedded", "--port", str(self.port),
+            self.spawn("broker", [sys.executable, "-m", "broker", "--embedded", "--port", str(self.port),
                                    "--bind", "127.0.0.1"])
             _wait_for_port(self.port, 20)
         else:
-            self.broker = MosquittoProcess(port=self.port, workdir=self.workdir / "mosquitto")
+            self.broker = MosquittoProcess(port=self.port, workdir=self.workdir / "mosquitto", ws_port=self.ws_port)
             self.broker.start()
         log.info("broker on 127.0.0.1:%d (%s)", self.port, "embedded amqtt" if self.embedded_broker else "mosquitto")
 
@@ -76,14 +77,14 @@ class LocalFederation:
         return args
 
     def start_coordinator(self, overrides: dict[str, object] | None = None, name: str = "coordinator") -> Proc:
-        return self._spawn(name, self.coordinator_args(overrides or {}))
+        return self.spawn(name, self.coordinator_args(overrides or {}))
 
     def start_client(self, client_id: str, args: list[str]) -> Proc:
-        return self._spawn(client_id, [sys.executable, "-m", "edge_client", "--broker", "127.0.0.1",
+        return self.spawn(client_id, [sys.executable, "-m", "edge_client", "--broker", "127.0.0.1",
                                        "--port", str(self.port), "--run", self.run_name, "--client-id", client_id,
                                        *args])
 
-    def _spawn(self, name: str, argv: list[str]) -> Proc:
+    def spawn(self, name: str, argv: list[str]) -> Proc:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
