@@ -15,18 +15,21 @@ from coordinator.aggregation import ClientResult, make_aggregator
 from coordinator.checkpoint import CHECKPOINT_FILE, Checkpoint, check_resumable, load_checkpoint, run_fingerprint, \
     save_checkpoint
 from coordinator.evaluation import Evaluation, evaluate_keras, evaluate_tflite, test_split
-from coordinator.export import export_tflite
-from coordinator.metrics import RoundMetrics, append_metrics, rewrite_metrics
+from coordinator.deploy import Deployer
+from coordinator.export import ACCURACY_BOUND_POINTS, export_tflite
+from coordinator.metrics import RoundMetrics, append_metrics, rewrite_metrics, round_metrics_message
+from coordinator.progress import ROUND_LOG, RunProgress
 from coordinator.quorum import Decision, QuorumRule, RoundTracker
 from federation.settings import Settings
 from federation.codec import DecodeError, check_tensors
 from federation.datasets import Dataset, load_dataset
 from federation.messages import (
     ClientStatus, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, Update, check_finite,
-    decode_message, weights_digest,
+    Message, decode_message, weights_digest,
 )
+from federation.chunked_transfer import ChunkedReceiver, base_topic, chunk_topic, outgoing_messages
 from federation.models import build_model, compile_model, named_weights, weight_specs
-from federation.mqtt_link import BrokerAddress, MqttLink
+from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
 from federation.topics import RunTopics
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,12 @@ class RunResult:
     detail: str = ""
     keras_accuracy: float | None = None
     tflite: dict[str, dict] = field(default_factory=dict)
+    deployed: dict | None = None                 # the model published for inference-only devices
 
 
 class Coordinator:
-    def __init__(self, settings: Settings, dataset: Dataset | None = None) -> None:
+    def __init__(self, settings: Settings, dataset: Dataset | None = None,
+                 progress: RunProgress | None = None) -> None:
         self.settings = settings
         self.topics = RunTopics(settings.broker.topic_prefix, settings.run.name)
         self.run_dir = settings.run_dir
@@ -62,15 +67,20 @@ class Coordinator:
         self._tracker: RoundTracker | None = None
         self._round_stats: dict = {}
         self._state_payload = self._state_message().encode()
-        self._global_payload: bytes | None = None  # the open round's model, re-published after a reconnect
-        self.aggregator = make_aggregator(settings.aggregation.rule)
+        # The open round's model as published (maybe chunked); re-published after a reconnect.
+        self._global_messages: list[tuple[str, bytes]] = []
+        self._chunk_topics_used = 0
+        self.receiver = ChunkedReceiver(self.max_payload)
+        self._metrics_payload: bytes = b""  # the last round's metrics (retained), re-published likewise
+        self.progress = progress or RunProgress(settings.run.name, settings.training.rounds)
+        self.aggregator = make_aggregator(settings.aggregation)
         self.rule = QuorumRule(settings.quorum.min_clients, settings.quorum.fraction,
                                settings.quorum.round_deadline_s, settings.quorum.on_no_quorum)
         self.link = MqttLink(
             client_id=f"fedmq-coordinator-{settings.run.name}",
-            address=BrokerAddress(settings.broker.host, settings.broker.port, settings.broker.mqtt_version,
-                                  settings.broker.keepalive_s),
-            subscriptions=[(self.topics.updates_wildcard, 1), (self.topics.statuses_wildcard, 1)],
+            address=BrokerAddress.from_settings(settings.broker),
+            subscriptions=[(self.topics.updates_wildcard, 1), (chunk_topic(self.topics.updates_wildcard, "+"), 1),
+                           (self.topics.statuses_wildcard, 1)],
             on_message=lambda topic, payload, retained: self._events.put((topic, payload, retained)),
             will=(self.topics.coordinator_state, self._state_message("offline", "crashed").encode()),
             on_connected=self._on_connected,
@@ -110,6 +120,7 @@ class Coordinator:
         (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
         rewrite_metrics(self.metrics_path, self.history)
         (self.run_dir / "config.json").write_text(json.dumps(asdict(s), indent=2))
+        self.deployer = Deployer(s, self.link, self.topics, COORDINATOR_ID, self._dataset.class_names)
 
     def _usable_checkpoint(self) -> Checkpoint | None:
         """The checkpoint to resume, or None after setting aside a finished or unwanted earlier run."""
@@ -135,8 +146,13 @@ class Coordinator:
                  self._dataset.name, self.run_dir)
         self.link.start()
         while not self.link.wait_connected(10):
+            if self.link.refused:
+                self.link.stop()
+                raise BrokerRefusedError(f"the broker at {self.link.address} refused the coordinator's login: "
+                                         f"{self.link.refused}")
             log.warning("still waiting for the MQTT broker at %s", self.link.address)
         self.link.publish(self.topics.run_end, b"", retain=True)  # forget a previous run's end
+        self._publish_metrics()  # this run's last round (when resuming), or nothing yet
         result = self._run_rounds()
         self._finish(result)
         return result
@@ -177,14 +193,18 @@ class Coordinator:
                               train=self.plan, tensors=[(spec.name, w) for spec, w in zip(self.specs, weights)],
                               total_rounds=self.settings.training.rounds, weights_sha256=weights_digest(weights))
         payload = message.encode()
-        self._global_payload = payload
+        self._global_messages = outgoing_messages(self.topics.global_model, payload, self.settings.broker.chunk_bytes,
+                                                  self.settings.run.name, r, COORDINATOR_ID)
+        self._chunk_topics_used = max(self._chunk_topics_used, len(self._global_messages) - 1)
         self.aggregator.begin(weights)
         self._rejected = Counter()
         self._round_stats = {"bytes_in": 0, "examples": 0, "train_s": [], "client_ids": []}
         started = time.monotonic()
         self._tracker = RoundTracker(self.rule, r, started, frozenset(self.online))
-        self.link.publish(self.topics.global_model, payload, qos=1, retain=True)
+        for topic, part in self._global_messages:
+            self.link.publish(topic, part, qos=1, retain=True)
         self._set_phase("training", f"expecting {self._tracker.target} of {len(self.online)} online clients")
+        self.progress.round_started(r, self._tracker.target, self._tracker.deadline)
         log.info("round %d/%d: model published (%.1f MB) to %d online clients", r, self.settings.training.rounds,
                  len(payload) / 1e6, len(self.online))
         overdue_logged = impossible_logged = False
@@ -209,7 +229,7 @@ class Coordinator:
                 overdue_logged = True
             self._process_next(min(_POLL_S, max(0.01, self._tracker.deadline - time.monotonic())))
         round_time = time.monotonic() - started
-        self._global_payload = None
+        self._global_messages = []
         self._close_round(r, round_time, len(payload))
         self._tracker = None
         return None
@@ -238,15 +258,19 @@ class Coordinator:
             round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
             overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
             evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats["client_ids"]), rejected=dict(self._rejected),
+            aggregation=self.aggregator.report(),
         )
         append_metrics(self.metrics_path, metrics)
         self.history.append(metrics)
         save_checkpoint(self.run_dir, Checkpoint(r, self.model.get_weights(), self.history, self.fingerprint))
+        self._publish_metrics()
+        self.progress.round_closed(metrics)
         self.last_evaluation = ev
-        log.info("round %d/%d: %d clients, %d examples, test accuracy %.4f, loss %.4f, %.2f MB in, %.2f MB out, "
-                 "%.1f s (overhead %.2f s)%s", r, self.settings.training.rounds, metrics.clients, metrics.examples,
-                 ev.accuracy, ev.loss, metrics.bytes_in / 1e6, bytes_out / 1e6, round_time, metrics.overhead_s,
-                 f", rejected {dict(self._rejected)}" if self._rejected else "")
+        self.deployer.after_round(self.model, r, self.x_test, self.y_test, ev.accuracy)
+        ROUND_LOG.info("round %d/%d: %d clients, %d examples, test accuracy %.4f, loss %.4f, %.2f MB in, "
+                       "%.2f MB out, %.1f s (overhead %.2f s)%s", r, self.settings.training.rounds, metrics.clients,
+                       metrics.examples, ev.accuracy, ev.loss, metrics.bytes_in / 1e6, bytes_out / 1e6, round_time,
+                       metrics.overhead_s, f", rejected {dict(self._rejected)}" if self._rejected else "")
 
     # ---- incoming messages --------------------------------------------------------------------------
 
@@ -254,14 +278,15 @@ class Coordinator:
         try:
             topic, payload, retained = self._events.get(timeout=timeout)
         except queue.Empty:
+            self.receiver.expire()
             return
-        client_id = self.topics.client_of(topic)
+        client_id = self.topics.client_of(base_topic(topic)[0])
         if client_id is None:
             log.warning("ignoring a message on unexpected topic %s", topic)
         elif topic == self.topics.client_status(client_id):
             self._handle_status(client_id, payload)
         else:
-            self._handle_update(client_id, payload)
+            self._handle_update(client_id, topic, payload)
 
     def _handle_status(self, client_id: str, payload: bytes) -> None:
         if not payload:  # a cleared retained status
@@ -276,6 +301,8 @@ class Coordinator:
         except DecodeError as exc:
             log.warning("rejected status on %s: %s", self.topics.client_status(client_id), exc)
             return
+        if status.role != "train":  # an inference-only device (edge_client serve) takes no part in training
+            return
         if status.status == "online" and status.run == self.settings.run.name:
             if client_id not in self.online:
                 log.info("client %s online (%d examples, %s)", client_id, status.num_examples,
@@ -285,9 +312,12 @@ class Coordinator:
             log.warning("client %s offline", client_id)
         self._publish_state()
 
-    def _handle_update(self, client_id: str, payload: bytes) -> None:
+    def _handle_update(self, client_id: str, topic: str, payload: bytes) -> None:
         try:
-            update = self._validate_update(client_id, payload)
+            received = self.receiver.receive(topic, payload)
+            if received is None:
+                return  # a chunk of an update still being reassembled
+            update = self._validate_update(client_id, received.message)
         except DecodeError as exc:
             self._rejected[exc.reason] += 1
             log.warning("rejected update from %s (%s): %s", client_id, exc.reason, exc)
@@ -297,16 +327,16 @@ class Coordinator:
         tracker.add(client_id)
         self.aggregator.add(ClientResult(client_id, update.num_examples, [w for _, w in update.tensors]))
         stats = self._round_stats
-        stats["bytes_in"] += len(payload)
+        stats["bytes_in"] += received.size
         stats["examples"] += update.num_examples
         stats["train_s"].append(float(update.metrics.get("train_time_s", 0.0)))
         stats["client_ids"].append(client_id)
+        self.progress.update_accepted(client_id, len(tracker.received), tracker.target)
         log.info("round %d: update %d/%d from %s (%d examples, local accuracy %.3f)", tracker.round,
                  len(tracker.received), tracker.target, client_id, update.num_examples,
                  update.metrics.get("accuracy", float("nan")))
 
-    def _validate_update(self, client_id: str, payload: bytes) -> Update:
-        update = decode_message(payload, self.max_payload)
+    def _validate_update(self, client_id: str, update: Message) -> Update:
         if not isinstance(update, Update):
             raise DecodeError(f"{update.TYPE} message on an update topic", "wrong_type")
         if update.sender != client_id:
@@ -333,9 +363,20 @@ class Coordinator:
         """After every (re)connect: restore the retained state and the open round's model (a restarted
         broker without persistence has lost them). Runs on paho's network thread."""
         self.link.publish(self.topics.coordinator_state, self._state_payload, retain=True)
-        payload = self._global_payload
-        if payload is not None:
-            self.link.publish(self.topics.global_model, payload, qos=1, retain=True)
+        for topic, part in self._global_messages:
+            self.link.publish(topic, part, qos=1, retain=True)
+        if self._metrics_payload:
+            self.link.publish(self.topics.metrics, self._metrics_payload, qos=1, retain=True)
+
+    def _publish_metrics(self) -> None:
+        """Retain the last round's metrics, with the run's accuracy and loss so far, on the metrics topic
+        (an empty retained payload while the run has no closed round)."""
+        if self.history:
+            self._metrics_payload = round_metrics_message(self.history[-1], self.settings.run.name,
+                                                          self.settings.training.rounds, self.history).encode()
+        else:
+            self._metrics_payload = b""
+        self.link.publish(self.topics.metrics, self._metrics_payload, qos=1, retain=True)
 
     def _set_phase(self, phase: str, detail: str = "") -> None:
         self.phase = phase
@@ -344,6 +385,7 @@ class Coordinator:
     def _publish_state(self, detail: str = "") -> None:
         """Publish the retained state; the payload is kept for re-publishing after a reconnect."""
         self._state_payload = self._state_message("online", detail).encode()
+        self.progress.state_changed(self.round, self.phase, sorted(self.online), detail)
         self.link.publish(self.topics.coordinator_state, self._state_payload, qos=1, retain=True)
 
     def _finish(self, result: RunResult) -> None:
@@ -352,6 +394,10 @@ class Coordinator:
             self.model.save(self.run_dir / "model.keras")
             result.keras_accuracy = self.last_evaluation.accuracy
             result.tflite = self._export()
+            if result.reason == "completed":
+                record = self.deployer.at_end(self.run_dir, result.rounds_completed, result.tflite,
+                                              result.keras_accuracy)
+                result.deployed = record.to_json() if record else None
             self._write_summary(result)
         if result.reason == "stopped":
             log.error("run %r stopped: %s", self.settings.run.name, result.detail)
@@ -360,6 +406,8 @@ class Coordinator:
                      test_accuracy=result.keras_accuracy, detail=result.detail)
         self.link.publish_and_wait(self.topics.run_end, end.encode(), retain=True)
         self.link.publish_and_wait(self.topics.global_model, b"", retain=True)
+        for index in range(self._chunk_topics_used):
+            self.link.publish(chunk_topic(self.topics.global_model, index), b"", qos=1, retain=True)
         self.link.publish_and_wait(self.topics.coordinator_state,
                                    self._state_message("offline", result.detail).encode(), retain=True)
         self.link.stop()
@@ -369,12 +417,17 @@ class Coordinator:
     def _export(self) -> dict[str, dict]:
         out: dict[str, dict] = {}
         keras_acc = self.last_evaluation.accuracy
-        for variant in self.settings.export.tflite:
+        deploy = [self.settings.deploy.variant] if self.settings.deploy.enabled else []
+        for variant in dict.fromkeys([*self.settings.export.tflite, *deploy]):
             representative = self.x_test[: self.settings.export.representative_examples]
-            path = export_tflite(self.model, self.run_dir, variant, representative)
+            path = export_tflite(self.model, self.run_dir, variant, representative,
+                                 self.settings.export.tflite_runtime_compat)
             ev: Evaluation = evaluate_tflite(path, self.x_test, self.y_test)
+            delta = round(100 * (ev.accuracy - keras_acc), 4)
             out[variant] = {"path": path.name, "bytes": path.stat().st_size, "accuracy": ev.accuracy,
-                            "delta_points": round(100 * (ev.accuracy - keras_acc), 4)}
+                            "examples": ev.examples, "delta_points": delta,
+                            "bound_points": ACCURACY_BOUND_POINTS[variant],
+                            "within_bound": abs(delta) <= ACCURACY_BOUND_POINTS[variant]}
             log.info("TFLite %s: %s, %d bytes, test accuracy %.4f (Keras %.4f, delta %+.2f points)", variant,
                      path, out[variant]["bytes"], ev.accuracy, keras_acc, out[variant]["delta_points"])
         return out
@@ -384,5 +437,7 @@ class Coordinator:
                    "examples_evaluated": int(len(self.y_test)),
                    "keras": {"path": "model.keras", "accuracy": result.keras_accuracy,
                              "loss": self.last_evaluation.loss},
-                   "tflite": result.tflite}
+                   "tflite": result.tflite, "class_names": list(self._dataset.class_names),
+                   "deployed": result.deployed,
+                   "aggregation": {"rule": self.settings.aggregation.rule, **self.aggregator.report()}}
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

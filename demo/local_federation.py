@@ -45,6 +45,7 @@ class LocalFederation:
     port: int = 0
     procs: dict[str, Proc] = field(default_factory=dict)
     broker: MosquittoProcess | None = None
+    broker_config: list[str] = field(default_factory=list)   # extra mosquitto.conf lines
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -62,7 +63,8 @@ class LocalFederation:
                                    "--bind", "127.0.0.1"])
             _wait_for_port(self.port, 20)
         else:
-            self.broker = MosquittoProcess(port=self.port, workdir=self.workdir / "mosquitto", ws_port=self.ws_port)
+            self.broker = MosquittoProcess(port=self.port, workdir=self.workdir / "mosquitto", ws_port=self.ws_port,
+                                           extra_config=self.broker_config)
             self.broker.start()
         log.info("broker on 127.0.0.1:%d (%s)", self.port, "embedded amqtt" if self.embedded_broker else "mosquitto")
 

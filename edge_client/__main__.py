@@ -1,6 +1,7 @@
 """Command line of the edge client: `python -m edge_client --broker HOST --client-id NAME --dataset D`.
 
-Trains every round of the run on this device's data until the coordinator announces the end."""
+Trains every round of the run on this device's data until the coordinator announces the end. Inference only:
+`python -m edge_client serve ...` and `python -m edge_client predict MODEL IMAGES...` (serve.py, predict.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import socket
 import sys
 from pathlib import Path
 
+from edge_client.attacks import ATTACK_HELP
+from edge_client.connection import add_security_flags, broker_address
 from federation.settings import ConfigError, load_settings
 
 
@@ -18,7 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edge_client", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m edge_client", description=__doc__.splitlines()[0],
+                                epilog="Inference-only devices: python -m edge_client serve --help, "
+                                       "python -m edge_client predict --help")
     conn = p.add_argument_group("broker and run")
     conn.add_argument("--config", type=Path, default=None,
                       help="read [broker] and [run] defaults from this TOML file (config/default.toml)")
@@ -27,8 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--mqtt-version", choices=("3.1.1", "5"), default=None)
     conn.add_argument("--run", default=None, help="run id to join (default: config, else demo)")
     conn.add_argument("--topic-prefix", default=None)
+    conn.add_argument("--chunk-bytes", type=int, default=None,
+                      help="split updates larger than this for brokers that cap message sizes (default: config, 0)")
     conn.add_argument("--client-id", default=socket.gethostname().split(".")[0],
                       help="this device's name in topics (default: the host name)")
+    add_security_flags(p)
     data = p.add_argument_group("local data")
     data.add_argument("--dataset", required=True,
                       help="fashion_mnist, mnist, cifar10, or a folder of images with one sub-folder per class")
@@ -44,16 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="resize image-folder images")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
+    p.add_argument("--attack", default="", metavar="SPEC", help=ATTACK_HELP)
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
 
+SUBCOMMANDS = ("serve", "predict")  # without one: train (the original command line, unchanged)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:  # inference only: these import neither TensorFlow nor the training code
+        from importlib import import_module
+
+        return import_module(f"edge_client.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("absl", "tensorflow"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from federation.console import configure_logging, terminal_console
+
+    console = terminal_console()  # a live progress panel on a terminal; plain log lines otherwise
+    configure_logging(args.log_level, console)
     log = logging.getLogger("edge_client")
     try:
         cfg = load_settings(args.config)
@@ -64,10 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError
     from edge_client.local_data import DataChoice, load_local_data
     from federation.datasets import DatasetError, DatasetNotFoundError
-    from federation.mqtt_link import BrokerAddress
+    from federation.mqtt_link import BrokerRefusedError
     from federation.partition import PartitionError
 
     try:
+        address = broker_address(args, args.broker or cfg.broker.host, args.port or cfg.broker.port,
+                                 args.mqtt_version or cfg.broker.mqtt_version, cfg.broker.keepalive_s, args.client_id)
         data = load_local_data(DataChoice(
             dataset=args.dataset, data_dir=args.data_dir, partition=args.partition, scheme=args.scheme,
             alpha=args.alpha, shards_per_client=args.shards_per_client, seed=args.seed,
@@ -75,19 +94,28 @@ def main(argv: list[str] | None = None) -> int:
             image_size=tuple(args.image_size) if args.image_size else None))
         settings = ClientSettings(
             client_id=args.client_id,
-            broker=BrokerAddress(args.broker or cfg.broker.host, args.port or cfg.broker.port,
-                                 args.mqtt_version or cfg.broker.mqtt_version, cfg.broker.keepalive_s),
+            broker=address,
             run=args.run or cfg.run.name, topic_prefix=args.topic_prefix or cfg.broker.topic_prefix,
-            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed)
+            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed, attack=args.attack,
+            chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes)
         client = EdgeClient(settings, data)
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from edge_client.progress import ClientProgress
+
+    client.progress = ClientProgress(settings.client_id, str(settings.broker), console,
+                                     connected=client.link.connected)
     try:
-        client.run(max_rounds=args.max_rounds)
+        with client.progress:
+            trained = client.run(max_rounds=args.max_rounds)
+            client.progress.finished(f"left the run after training {trained} round(s) here")
     except IncompatibleModelError as exc:
         log.error("%s", exc)
         return 3
+    except BrokerRefusedError as exc:
+        log.error("%s", exc)
+        return 4
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130

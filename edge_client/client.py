@@ -12,11 +12,14 @@ import time
 from dataclasses import dataclass
 
 from federation.codec import DecodeError, check_tensors
-from federation.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, Update, check_finite, decode_message
-from federation.mqtt_link import BrokerAddress, MqttLink
+from federation.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
+from federation.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, Update, check_finite
+from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
 from federation.topics import RunTopics, check_level
 from federation.version import SOFTWARE_VERSION
+from edge_client.attacks import Attack
 from edge_client.local_data import LocalData
+from edge_client.progress import ClientProgress
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,9 @@ class ClientSettings:
     run: str = "demo"
     topic_prefix: str = "fedmq"
     max_payload_mb: float = 64.0
+    chunk_bytes: int = 0   # split larger updates into chunks (0: never)
     seed: int = 0
+    attack: str = ""   # robustness testing only: poison our own update (edge_client.attacks)
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class SentUpdate:
 
     round: int
     weights_sha256: str
-    payload: bytes
+    messages: list[tuple[str, bytes]]   # (topic, payload): one, or chunks then their manifest
 
 
 def device_info() -> dict[str, object]:
@@ -64,14 +69,22 @@ class EdgeClient:
         self._model_info: ModelInfo | None = None
         self.rounds_trained: list[int] = []
         self._last_update: SentUpdate | None = None
+        self.receiver = ChunkedReceiver(int(settings.max_payload_mb * 1024 * 1024))
+        self.progress = ClientProgress(settings.client_id, str(settings.broker))  # __main__ sets a live one
         self.link = MqttLink(
             client_id=f"fedmq-client-{settings.client_id}",
             address=settings.broker,
-            subscriptions=[(self.topics.global_model, 1), (self.topics.run_end, 1)],
+            subscriptions=[(self.topics.global_model, 1), (chunk_topic(self.topics.global_model, "+"), 1),
+                           (self.topics.run_end, 1)],
             on_message=self._on_message,
             will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
             on_connected=self._announce,
         )
+        self.link.on_refused = self._wake.set
+        self._attack = Attack.parse(settings.attack) if settings.attack else None
+        if self._attack:
+            log.warning("ATTACK MODE (robustness testing): every update's delta is multiplied by %g",
+                        self._attack.factor)
 
     def _status(self, status: str) -> ClientStatus:
         return ClientStatus(run=self.settings.run, round=self.rounds_trained[-1] if self.rounds_trained else 0,
@@ -88,10 +101,15 @@ class EdgeClient:
         if not payload:
             return  # a cleared retained message
         try:
-            message = decode_message(payload, int(self.settings.max_payload_mb * 1024 * 1024))
+            received = self.receiver.receive(topic, payload)
         except DecodeError as exc:
             log.warning("ignored a bad message on %s: %s", topic, exc)
             return
+        finally:
+            self.receiver.expire()
+        if received is None:
+            return  # a chunk of a model still being reassembled
+        topic, message = received.topic, received.message
         if message.run != self.settings.run:
             log.warning("ignored a message for run %r on %s", message.run, topic)
             return
@@ -124,6 +142,10 @@ class EdgeClient:
             while True:
                 self._wake.wait(timeout=30)
                 self._wake.clear()
+                if self.link.refused:
+                    raise BrokerRefusedError(
+                        f"the broker at {self.settings.broker} refused the login of {self.settings.client_id!r}: "
+                        f"{self.link.refused} (wrong password file, or the device was revoked)")
                 with self._lock:
                     end, model = self._end, self._latest
                 if model is not None and model is not handled and (end is None or model.round > end.round):
@@ -155,7 +177,8 @@ class EdgeClient:
         if model.round == last.round:
             log.info("round %d: the coordinator offers the same model again; re-sending this client's update",
                      model.round)
-            self.link.publish(self.topics.update(self.settings.client_id), last.payload, qos=1)
+            for topic, part in last.messages:
+                self.link.publish(topic, part, qos=1)
         return False
 
     def _shutdown(self) -> None:
@@ -183,22 +206,35 @@ class EdgeClient:
         keras.utils.set_random_seed(self.settings.seed * 100003 + message.round)
         log.info("round %d/%d: training %d epoch(s) on %d examples", message.round, message.total_rounds,
                  plan.epochs, len(self.data.y))
+        self.progress.training_started(message.round, message.total_rounds, plan.epochs)
         started = time.monotonic()
         history = model.fit(self.data.x, self.data.y, epochs=plan.epochs, batch_size=plan.batch_size,
-                            shuffle=True, verbose=0)
+                            shuffle=True, verbose=0, callbacks=[self.progress.keras_callback()])
         train_time = time.monotonic() - started
         metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
                    "train_time_s": round(train_time, 4)}
         update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
                         num_examples=int(len(self.data.y)), metrics=metrics,
-                        tensors=[(spec.name, w.numpy()) for spec, w in zip(specs, model.weights)])
+                        tensors=[(spec.name, w) for spec, w in zip(specs, self._trained_weights(model, message))])
         payload = update.encode()
-        self._last_update = SentUpdate(message.round, message.weights_sha256, payload)
-        ok = self.link.publish_and_wait(self.topics.update(self.settings.client_id), payload, qos=1, timeout=120)
+        messages = outgoing_messages(self.topics.update(self.settings.client_id), payload, self.settings.chunk_bytes,
+                                     self.settings.run, message.round, self.settings.client_id)
+        self._last_update = SentUpdate(message.round, message.weights_sha256, messages)
+        for topic, part in messages[:-1]:
+            self.link.publish(topic, part, qos=1)
+        ok = self.link.publish_and_wait(*messages[-1], qos=1, timeout=120)
         self.rounds_trained.append(message.round)
+        self.progress.round_done(message.round, metrics["loss"], metrics["accuracy"], train_time, ok)
         log.info("round %d: trained in %.1f s (loss %.4f, accuracy %.4f); update of %.2f MB %s", message.round,
                  train_time, metrics["loss"], metrics["accuracy"], len(payload) / 1e6,
                  "published" if ok else "queued until the broker is back")
+
+    def _trained_weights(self, model: "keras.Model", message: GlobalModel) -> list:  # noqa: F821
+        """The weights to send: the trained ones, or in attack mode (testing only) their poisoned version."""
+        trained = [w.numpy() for w in model.weights]
+        if self._attack is None:
+            return trained
+        return self._attack.apply([w for _, w in message.tensors], trained)
 
     def _model_for(self, info: ModelInfo) -> "keras.Model":  # noqa: F821
         if self._model is not None and self._model_info == info:

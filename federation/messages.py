@@ -12,7 +12,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from federation.chunking import MAX_CHUNKS, ChunkError, ChunkManifest, is_sha256_hex
 from federation.codec import DecodeError, decode_tensors, encode_tensors, pack, unpack
+from federation.deployment import DeploymentError, DeploymentInfo
 from federation.version import PROTOCOL_VERSION
 
 Tensors = list[tuple[str, np.ndarray]]
@@ -133,10 +135,20 @@ class ClientStatus(Message):
     software: str = ""
     num_examples: int = 0
     device: dict[str, Any] = field(default_factory=dict)
+    role: str = "train"                      # "serve": an inference-only device; coordinators don't wait for it
+    deployed: dict[str, Any] | None = None   # serve only: DeploymentInfo.summary() of the model it serves
+    deploy_error: str = ""                   # serve only: why the last delivered model was rejected
 
     def body(self) -> dict[str, Any]:
-        return {"status": self.status, "software": self.software,
+        body = {"status": self.status, "software": self.software,
                 "num_examples": self.num_examples, "device": self.device}
+        if self.role != "train":  # optional fields go on the wire only when set
+            body["role"] = self.role
+        if self.deployed is not None:
+            body["deployed"] = self.deployed
+        if self.deploy_error:
+            body["deploy_error"] = self.deploy_error
+        return body
 
 
 @dataclass
@@ -191,6 +203,7 @@ class RoundMetricsMessage(Message):
     client_ids: list[str] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    aggregation: dict[str, Any] = field(default_factory=dict)  # the rule's report: clipped clients, DP epsilon...
 
     INT_FIELDS: ClassVar[tuple[str, ...]] = ("total_rounds", "clients", "examples", "bytes_in", "bytes_out")
     FLOAT_FIELDS: ClassVar[tuple[str, ...]] = ("test_loss", "test_accuracy", "round_time_s", "slowest_train_s",
@@ -198,14 +211,57 @@ class RoundMetricsMessage(Message):
 
     def body(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.INT_FIELDS + self.FLOAT_FIELDS},
-                "client_ids": self.client_ids, "rejected": self.rejected, "history": self.history}
+                "client_ids": self.client_ids, "rejected": self.rejected, "history": self.history,
+                "aggregation": self.aggregation}
+
+
+@dataclass
+class DeployedModel(Message):
+    """A TFLite model for inference-only devices (retained on the deploy topic): inline bytes or a chunk manifest."""
+
+    TYPE: ClassVar[str] = "deployed_model"
+    info: DeploymentInfo = None  # type: ignore[assignment]
+    model: bytes | None = None            # the .tflite bytes, when they fit in one message
+    chunks: ChunkManifest | None = None   # otherwise: how the bytes are split into model_chunk messages
+
+    def body(self) -> dict[str, Any]:
+        return {**self.info.fields_to_wire(), "model": self.model,
+                "chunks": self.chunks.to_wire() if self.chunks is not None else None}
+
+
+@dataclass
+class ModelChunk(Message):
+    """Chunk `index` of `count` of a deployed model too large for one message; `transfer` is the model's sha256."""
+
+    TYPE: ClassVar[str] = "model_chunk"
+    transfer: str = ""
+    index: int = 0
+    count: int = 0
+    sha256: str = ""
+    data: bytes = b""
+
+    def body(self) -> dict[str, Any]:
+        return {"transfer": self.transfer, "index": self.index, "count": self.count, "sha256": self.sha256,
+                "data": self.data}
+
+
+@dataclass
+class ChunkedMessage(Message):
+    """Stands for a message too large for the broker: its bytes follow as `model_chunk` messages on
+    `<this topic>/chunk/<i>`, described by `manifest`; see federation/chunked_transfer.py."""
+
+    TYPE: ClassVar[str] = "chunked"
+    manifest: ChunkManifest = None  # type: ignore[assignment]
+
+    def body(self) -> dict[str, Any]:
+        return {"manifest": self.manifest.to_wire()}
 
 
 CLIENT_STATUSES = ("online", "offline")
 COORDINATOR_STATUSES = ("online", "offline")
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls for cls in (GlobalModel, Update, ClientStatus, CoordinatorState, RunEnd,
-                            RoundMetricsMessage)
+                            RoundMetricsMessage, DeployedModel, ModelChunk, ChunkedMessage)
 }
 
 
@@ -263,6 +319,9 @@ def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientSta
         **env, status=status, software=str(raw.get("software", "")),
         num_examples=_optional_int(raw, "num_examples", "client_status"),
         device=raw.get("device") if isinstance(raw.get("device"), dict) else {},
+        role=raw["role"] if isinstance(raw.get("role"), str) else "train",
+        deployed=raw["deployed"] if isinstance(raw.get("deployed"), dict) else None,
+        deploy_error=str(raw.get("deploy_error") or ""),
     )
 
 
@@ -308,7 +367,44 @@ def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetr
         points.append({"round": _get(m, "round", int, f"{what} history"),
                        "test_accuracy": float(_get_number(m, "test_accuracy", f"{what} history")),
                        "test_loss": float(_get_number(m, "test_loss", f"{what} history"))})
-    return RoundMetricsMessage(**env, **values, client_ids=list(client_ids), rejected=dict(rejected), history=points)
+    aggregation = _require_map(raw.get("aggregation", {}), f"{what} aggregation")
+    return RoundMetricsMessage(**env, **values, client_ids=list(client_ids), rejected=dict(rejected), history=points,
+                               aggregation=dict(aggregation))
+
+
+def _decode_deployed_model(raw: dict[str, Any], env: dict[str, Any]) -> DeployedModel:
+    try:
+        info = DeploymentInfo.fields_from_wire(raw, env["run"], env["round"])
+        chunks = ChunkManifest.from_wire(raw["chunks"]) if raw.get("chunks") is not None else None
+    except (DeploymentError, ChunkError) as exc:
+        raise DecodeError(f"deployed_model: {exc}") from None
+    model = raw.get("model")
+    if model is not None and not isinstance(model, bytes):
+        raise DecodeError(f"deployed_model: model is a {type(model).__name__}, expected bin")
+    if (model is None) == (chunks is None):
+        raise DecodeError("deployed_model: needs exactly one of model and chunks")
+    if chunks is not None and (chunks.sha256 != info.sha256 or chunks.size != info.size):
+        raise DecodeError("deployed_model: the chunk manifest's sha256 or size differs from the model's")
+    return DeployedModel(**env, info=info, model=model, chunks=chunks)
+
+
+def _decode_model_chunk(raw: dict[str, Any], env: dict[str, Any]) -> ModelChunk:
+    transfer, digest = _get(raw, "transfer", str, "model_chunk"), _get(raw, "sha256", str, "model_chunk")
+    index, count = _get(raw, "index", int, "model_chunk"), _get(raw, "count", int, "model_chunk")
+    data = _get(raw, "data", bytes, "model_chunk")
+    if not is_sha256_hex(transfer) or not is_sha256_hex(digest):
+        raise DecodeError("model_chunk: transfer and sha256 must be 64 lowercase hex digits")
+    if not 0 <= index < count <= MAX_CHUNKS:
+        raise DecodeError(f"model_chunk: index {index} of {count} is out of range")
+    return ModelChunk(**env, transfer=transfer, index=index, count=count, sha256=digest, data=data)
+
+
+def _decode_chunked(raw: dict[str, Any], env: dict[str, Any]) -> ChunkedMessage:
+    try:
+        manifest = ChunkManifest.from_wire(raw.get("manifest"))
+    except ChunkError as exc:
+        raise DecodeError(f"chunked: {exc}", exc.reason) from None
+    return ChunkedMessage(**env, manifest=manifest)
 
 
 _DECODERS = {
@@ -318,6 +414,9 @@ _DECODERS = {
     "coordinator_state": _decode_coordinator_state,
     "run_end": _decode_run_end,
     "round_metrics": _decode_round_metrics,
+    "deployed_model": _decode_deployed_model,
+    "model_chunk": _decode_model_chunk,
+    "chunked": _decode_chunked,
 }
 
 

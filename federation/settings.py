@@ -39,10 +39,19 @@ class RunSettings:
 class BrokerSettings:
     host: str = _opt("localhost", "MQTT broker host")
     port: int = _opt(1883, "MQTT broker port", lo=1, hi=65535)
+    ws_port: int = _opt(9001, "the broker's MQTT-over-WebSockets port, for the live dashboard (0: none)",
+                        lo=0, hi=65535)
     topic_prefix: str = _opt("fedmq", "first level(s) of every topic")
     mqtt_version: str = _opt("3.1.1", "MQTT protocol version", choices=("3.1.1", "5"))
     keepalive_s: int = _opt(30, "MQTT keepalive in seconds", lo=5, hi=3600)
     max_payload_mb: float = _opt(64.0, "reject received payloads larger than this", lo=0.01, hi=2048)
+    chunk_bytes: int = _opt(0, "split published payloads larger than this into sha256-checked chunks, for brokers"
+                               " that cap message sizes (0: never split; else at least 1024)", lo=0)
+    tls_ca: str = _opt("", "CA certificate file: connect with TLS and verify the broker against it (empty: no TLS)")
+    tls_cert: str = _opt("", "client certificate file for mutual TLS (needs tls_key)")
+    tls_key: str = _opt("", "private key file of tls_cert")
+    username: str = _opt("", "MQTT username (the secure broker's coordinator login is 'coordinator')")
+    password_file: str = _opt("", "file holding the MQTT password (the password itself is never a setting)")
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,21 @@ class QuorumSettings:
 
 @dataclass(frozen=True)
 class AggregationSettings:
-    rule: str = _opt("fedavg", "aggregation rule (coordinator.aggregation)", choices=("fedavg",))
+    rule: str = _opt("fedavg", "aggregation rule (coordinator.aggregation)",
+                     choices=("fedavg", "median", "trimmed_mean", "multi_krum"))
+    clip_norm: float = _opt(0.0, "clip each update's delta (update - global model) to this L2 norm before the rule "
+                                 "(0: off)", lo=0.0)
+    trim_fraction: float = _opt(0.2, "trimmed_mean: fraction of values dropped at each end, per coordinate",
+                                lo=0.0, hi=0.49)
+    krum_byzantine: int = _opt(1, "multi_krum: f, the number of malicious updates tolerated (needs "
+                                  "quorum.min_clients >= 2f + 3)", lo=0)
+    krum_select: int = _opt(0, "multi_krum: m, how many best-scored updates are averaged (0: n - f)", lo=0)
+    dp_noise_multiplier: float = _opt(0.0, "central differential privacy: Gaussian noise of std multiplier x "
+                                           "clip_norm on the sum of clipped deltas (0: off; needs fedavg and "
+                                           "clip_norm)", lo=0.0, hi=1000.0)
+    dp_delta: float = _opt(1e-5, "the delta of the (epsilon, delta) privacy reported", lo=1e-12, hi=0.1)
+    dp_total_clients: int = _opt(0, "population the round's clients are sampled from, for privacy amplification "
+                                    "(0: every round may see every client, sampling rate 1)", lo=0)
 
 
 @dataclass(frozen=True)
@@ -89,9 +112,21 @@ class EvaluationSettings:
 class ExportSettings:
     tflite: list[str] = _opt(["float32"], "TFLite variants to export at the end: float32, dynamic, int8")
     representative_examples: int = _opt(200, "examples used to calibrate int8 quantization", lo=1)
+    tflite_runtime_compat: bool = _opt(False, "export models that tflite-runtime 2.14 (numpy<2) can run: no "
+                                              "per-channel quantization of dense layers in the dynamic variant")
 
 
 TFLITE_VARIANTS = ("float32", "dynamic", "int8")
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    enabled: bool = _opt(True, "publish a TFLite model for inference-only devices (python -m edge_client serve)")
+    variant: str = _opt("float32", "which TFLite variant to publish (exported even if not in export.tflite)",
+                        choices=TFLITE_VARIANTS)
+    every_k_rounds: int = _opt(0, "also publish every K rounds during the run (0: only at the end)", lo=0)
+    chunk_bytes: int = _opt(262144, "models larger than this go as several chunk messages of this size",
+                            lo=1024, hi=256 * 1024 * 1024)
 
 
 @dataclass(frozen=True)
@@ -104,6 +139,7 @@ class Settings:
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
 
     @property
     def run_dir(self) -> Path:
@@ -196,12 +232,33 @@ def _check_cross_field(s: Settings, source: str) -> None:
         RunTopics(s.broker.topic_prefix, s.run.name)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    if 0 < s.broker.chunk_bytes < 1024:
+        raise ConfigError(f"{source}: [broker] chunk_bytes = {s.broker.chunk_bytes} is too small (0, or at least 1024)")
     for variant in s.export.tflite:
         if variant not in TFLITE_VARIANTS:
             raise ConfigError(f"{source}: [export] tflite: unknown variant {variant!r}"
                               f" (choose from {', '.join(TFLITE_VARIANTS)})")
     if s.model.image_size and len(s.model.image_size) != 2:
         raise ConfigError(f"{source}: [model] image_size must be [height, width], got {s.model.image_size}")
+    _check_security(s, source)
+
+
+def _check_security(s: Settings, source: str) -> None:
+    b, a = s.broker, s.aggregation
+    if bool(b.tls_cert) != bool(b.tls_key):
+        raise ConfigError(f"{source}: [broker] tls_cert and tls_key go together (a client certificate and its key)")
+    if b.tls_cert and not b.tls_ca:
+        raise ConfigError(f"{source}: [broker] tls_cert needs tls_ca: mutual TLS is TLS first")
+    if bool(b.username) != bool(b.password_file):
+        raise ConfigError(f"{source}: [broker] username and password_file go together")
+    if a.rule == "multi_krum" and s.quorum.min_clients < 2 * a.krum_byzantine + 3:
+        raise ConfigError(f"{source}: [aggregation] multi_krum with krum_byzantine = {a.krum_byzantine} needs at "
+                          f"least {2 * a.krum_byzantine + 3} updates per round; set [quorum] min_clients to that "
+                          f"(it is {s.quorum.min_clients})")
+    if a.dp_noise_multiplier > 0 and (a.rule != "fedavg" or a.clip_norm <= 0):
+        raise ConfigError(f"{source}: [aggregation] dp_noise_multiplier needs rule = \"fedavg\" and clip_norm > 0 "
+                          f"(the noise is calibrated to the clipped sum); got rule = {a.rule!r}, "
+                          f"clip_norm = {a.clip_norm:g}")
 
 
 def _suggest(word: str, options: Any) -> str:

@@ -137,3 +137,59 @@ def test_garbage_and_duplicates_are_rejected_and_counted(federation: LocalFedera
     assert Counter(line.split("(")[1].split(")")[0] for line in log_text.splitlines()
                    if "rejected update from hostile" in line) == Counter(
         {k: v * 2 for k, v in expected.items()})
+
+
+def test_chunked_transfer_through_a_broker_that_caps_message_size(tmp_path) -> None:
+    """Mosquitto refuses messages over 300 kB; the 0.9 MB model and updates travel as sha256-checked chunks."""
+    limit = 300_000
+    with LocalFederation(tmp_path / "fed", run_name="it", broker_config=[f"message_size_limit {limit}"]) as fed:
+        fed.start_broker()
+        assert _oversize_is_dropped(fed.port, limit), "the broker must really drop messages over the limit"
+        fed.start_coordinator({"training.rounds": 2, "quorum.min_clients": 2, "quorum.round_deadline_s": 300,
+                               "broker.chunk_bytes": 250_000, "evaluation.max_examples": 1000})
+        _start_clients(fed, 2, ["--chunk-bytes", "250000"])
+        codes = fed.wait_all(300)
+        assert codes == {"coordinator": 0, "dev-1": 0, "dev-2": 0}, codes
+        rows = fed.metrics()
+        assert [r["round"] for r in rows] == [1, 2]
+        assert all(r["client_ids"] == ["dev-1", "dev-2"] and r["rejected"] == {} for r in rows)
+        assert rows[-1]["bytes_in"] > 2 * 900_000, "whole updates were reassembled"
+        assert rows[-1]["test_accuracy"] > 0.6
+
+
+def _oversize_is_dropped(port: int, limit: int) -> bool:
+    """Publish one message over `limit` and one under it; True if only the small one arrives."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    got: list[int] = []
+    ready, small = threading.Event(), threading.Event()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe-sub")
+    sub.on_connect = lambda c, *_: c.subscribe("probe/#", qos=1)
+    sub.on_subscribe = lambda *_: ready.set()
+
+    def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        got.append(len(msg.payload))
+        if len(msg.payload) < limit:
+            small.set()
+
+    sub.on_message = on_message
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe-pub")
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    try:
+        assert ready.wait(10)
+        pub.publish("probe/big", b"x" * (limit + 1000), qos=1)
+        time.sleep(0.5)
+        pub.publish("probe/small", b"y" * 100, qos=1)
+        assert small.wait(10)
+        time.sleep(0.5)
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+    return got == [100]
