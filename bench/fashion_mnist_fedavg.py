@@ -11,7 +11,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from federated_run import REPO_ROOT, FederationError, print_table, round_table, run_federation, write_results  # noqa: E402
+from federated_run import (  # noqa: E402
+    REPO_ROOT, FederationError, print_table, round_table, run_federation, write_results,
+)
 
 NAME = "fashion_mnist_fedavg"
 TARGET_ACCURACY = 0.90

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,23 +68,25 @@ class _Child:
 
 def run_federation(clients: Sequence[Sequence[str]], coordinator_overrides: Mapping[str, Any], out_dir: Path,
                    run_name: str, timeout_s: float, *, config: Path | None = DEFAULT_CONFIG,
-                   env: Mapping[str, str] | None = None, echo: bool = True) -> RunReport:
+                   env: Mapping[str, str] | None = None, echo: bool = True, fresh: bool = True) -> RunReport:
     """Run a federation of len(clients) edge clients and return its report.
 
     clients[k] is the extra `python -m edge_client` arguments of client k (its id defaults to client-<k+1>;
     --client-id in the extra arguments wins). coordinator_overrides maps "section.key" to a value (a string,
     or a list of strings for list settings such as export.tflite); quorum.min_clients defaults to the number
     of clients so that every round waits for all of them. Logs go to out_dir/logs/, results to
-    out_dir/<run_name>/. Raises FederationError (with log tails) when a process fails or timeout_s passes;
-    every process is stopped before this returns or raises."""
+    out_dir/<run_name>/, which is removed first unless fresh=False (the coordinator would resume a checkpoint
+    there). Raises FederationError (with log tails) when a process fails or timeout_s passes; every process
+    is stopped before this returns or raises."""
     if not clients:
         raise ValueError("run_federation needs at least one client")
     out_dir = Path(out_dir).resolve()
     log_dir = out_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     run_dir = out_dir / run_name
-    for stale in ("metrics.jsonl", "summary.json"):
-        (run_dir / stale).unlink(missing_ok=True)
+    if fresh and run_dir.exists():
+        # Never resume or mix with an earlier run: the coordinator resumes a checkpoint it finds there.
+        shutil.rmtree(run_dir)
 
     child_env = dict(os.environ if env is None else env)
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), child_env.get("PYTHONPATH", "")) if p)
@@ -265,7 +268,8 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
 
 
 def _tail_text(child: _Child, lines: int = TAIL_LINES) -> str:
-    child.log_handle.flush()
+    if not child.log_handle.closed:
+        child.log_handle.flush()
     try:
         text = child.log_path.read_text(encoding="utf-8", errors="replace")
     except OSError:
@@ -332,8 +336,22 @@ def round_table(metrics: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[l
     return headers, rows
 
 
+def code_version() -> dict[str, Any]:
+    """The commit benchmarked and the tracked files changed since (read-only git calls; {} without git)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=10, check=True).stdout
+
+    try:
+        changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+        return {"commit": git("rev-parse", "HEAD").strip(), "modified_files": changed}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def write_results(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write `data` as indented JSON (paths become strings)."""
+    """Write `data` as indented JSON (paths become strings), with the code version and the time."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = {**data, "code": code_version(), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     return path
