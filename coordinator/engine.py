@@ -111,6 +111,7 @@ class Coordinator:
         if checkpoint is not None:
             self.model.set_weights(checkpoint.weights)
             self.history = checkpoint.metrics
+            self.aggregator.resume([m.aggregation for m in self.history])  # e.g. DP: privacy already spent
             self.start_round = checkpoint.round + 1
             self.round = checkpoint.round
             last = checkpoint.metrics[-1]
@@ -183,6 +184,9 @@ class Coordinator:
                          ", ".join(sorted(self.online)) or "none")
                 last_log = now
             self._process_next(_POLL_S)
+        grace_end = time.monotonic() + self.settings.quorum.start_grace_s
+        while (left := grace_end - time.monotonic()) > 0:  # clients starting together arrive within moments
+            self._process_next(min(_POLL_S, left))
         return True
 
     def _run_round(self, r: int) -> str | None:

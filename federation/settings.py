@@ -79,6 +79,8 @@ class QuorumSettings:
     round_deadline_s: float = _opt(600.0, "after this many seconds a round closes if it has min_clients", lo=0.1)
     on_no_quorum: str = _opt("wait", "at the deadline without quorum: keep waiting, or stop the run",
                              choices=("wait", "stop"))
+    start_grace_s: float = _opt(2.0, "once min_clients are online before the first round (or after a restart), wait"
+                                     " this long for more clients to announce themselves", lo=0.0, hi=3600)
     wait_for_clients_s: float = _opt(0.0, "before round 1, wait at most this long for min_clients to be online"
                                           " (0: forever)", lo=0.0)
 
