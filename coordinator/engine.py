@@ -130,7 +130,12 @@ class Coordinator:
             return None
         finished = checkpoint.round >= self.settings.training.rounds
         if self.settings.run.on_existing == "new" or finished:
-            aside = self.run_dir.with_name(f"{self.run_dir.name}.{time.strftime('%Y%m%d-%H%M%S')}")
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            aside = self.run_dir.with_name(f"{self.run_dir.name}.{stamp}")
+            suffix = 1
+            while aside.exists():
+                suffix += 1
+                aside = self.run_dir.with_name(f"{self.run_dir.name}.{stamp}-{suffix}")
             self.run_dir.rename(aside)
             log.info("%s holds %s run of %d rounds; moved it to %s and starting a new run", self.run_dir,
                      "a finished" if finished else "an earlier", checkpoint.round, aside)

@@ -1,0 +1,92 @@
+"""The coordinator's checkpoint: atomic round trip, and a fingerprint that changes only with what matters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.checkpoint import (
+    CHECKPOINT_FILE, Checkpoint, CheckpointMismatchError, check_resumable, load_checkpoint, run_fingerprint,
+    save_checkpoint,
+)
+from coordinator.metrics import RoundMetrics
+from federation.codec import TensorSpec
+from federation.settings import load_settings, with_overrides
+
+SPECS = [TensorSpec("m/dense/kernel", "float32", (4, 3)), TensorSpec("m/dense/bias", "float32", (3,))]
+
+
+def _metrics(r: int) -> RoundMetrics:
+    return RoundMetrics(round=r, clients=2, examples=100, test_loss=0.5, test_accuracy=0.8, bytes_in=10,
+                        bytes_out=5, round_time_s=1.0, slowest_train_s=0.9, overhead_s=0.1, aggregate_s=0.01,
+                        evaluate_s=0.1, client_ids=["a", "b"], rejected={"duplicate": 1})
+
+
+def test_round_trip_is_exact_and_leaves_no_temporary_file(tmp_path) -> None:
+    weights = [np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), np.arange(3, dtype=np.float32)]
+    save_checkpoint(tmp_path, Checkpoint(2, weights, [_metrics(1), _metrics(2)], "f" * 64))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded is not None and loaded.round == 2 and loaded.fingerprint == "f" * 64
+    assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(loaded.weights, weights))
+    assert loaded.metrics == [_metrics(1), _metrics(2)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
+
+
+def test_a_newer_checkpoint_replaces_the_older(tmp_path) -> None:
+    save_checkpoint(tmp_path, Checkpoint(1, [np.zeros(2, np.float32)], [_metrics(1)], "a" * 64))
+    save_checkpoint(tmp_path, Checkpoint(2, [np.ones(2, np.float32)], [_metrics(1), _metrics(2)], "a" * 64))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded is not None and loaded.round == 2 and loaded.weights[0].tolist() == [1.0, 1.0]
+
+
+def test_no_checkpoint_is_none(tmp_path) -> None:
+    assert load_checkpoint(tmp_path) is None
+
+
+def test_fingerprint_follows_model_data_and_training_but_not_broker_or_rounds() -> None:
+    base = load_settings(None)
+    fp = run_fingerprint(base, SPECS)
+    assert run_fingerprint(with_overrides(base, broker={"port": 1999}, training={"rounds": 50},
+                                          quorum={"min_clients": 7}), SPECS) == fp
+    assert run_fingerprint(with_overrides(base, training={"learning_rate": 0.01}), SPECS) != fp
+    assert run_fingerprint(with_overrides(base, model={"dataset": "mnist"}), SPECS) != fp
+    assert run_fingerprint(base, [SPECS[0], TensorSpec("m/dense/bias", "float32", (4,))]) != fp
+
+
+def test_mismatch_is_refused_with_a_message_saying_what_to_do(tmp_path) -> None:
+    checkpoint = Checkpoint(1, [], [], "a" * 64)
+    check_resumable(checkpoint, "a" * 64, tmp_path)
+    with pytest.raises(CheckpointMismatchError, match="Refusing to resume.*--run.on_existing new"):
+        check_resumable(checkpoint, "b" * 64, tmp_path)
+
+
+def _coordinator(tmp_path, **run: object):
+    from coordinator.engine import Coordinator
+
+    settings = with_overrides(load_settings(None), run={"output_dir": str(tmp_path), "name": "r1", **run},
+                              training={"rounds": 3})
+    coordinator = Coordinator(settings)
+    coordinator.fingerprint = "a" * 64
+    return coordinator
+
+
+def test_an_unfinished_run_is_resumed(tmp_path) -> None:
+    save_checkpoint(_make_run_dir(tmp_path), Checkpoint(2, [], [_metrics(1), _metrics(2)], "a" * 64))
+    checkpoint = _coordinator(tmp_path)._usable_checkpoint()
+    assert checkpoint is not None and checkpoint.round == 2
+
+
+def test_a_finished_run_or_on_existing_new_is_set_aside_not_deleted(tmp_path) -> None:
+    save_checkpoint(_make_run_dir(tmp_path), Checkpoint(3, [], [_metrics(r) for r in (1, 2, 3)], "a" * 64))
+    assert _coordinator(tmp_path)._usable_checkpoint() is None
+    save_checkpoint(_make_run_dir(tmp_path), Checkpoint(1, [], [_metrics(1)], "b" * 64))
+    assert _coordinator(tmp_path, on_existing="new")._usable_checkpoint() is None
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert len(kept) == 2 and all(name.startswith("r1.") for name in kept)
+    assert all((tmp_path / name / CHECKPOINT_FILE).is_file() for name in kept)
+
+
+def _make_run_dir(tmp_path):
+    run_dir = tmp_path / "r1"
+    run_dir.mkdir()
+    return run_dir
