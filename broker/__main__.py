@@ -16,7 +16,7 @@ import tempfile
 import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -27,9 +27,11 @@ log = logging.getLogger("broker")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TOML = REPO_ROOT / "config" / "default.toml"
 DEFAULT_PORT = 1883
+DEFAULT_WS_PORT = 9001
 DEFAULT_BIND = "0.0.0.0"
 EXIT_USAGE = 2
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SECURE_COMMANDS = ("init-secure", "add-device", "revoke-device", "list-devices")
 
 
 class ConfigError(ValueError):
@@ -46,6 +48,10 @@ class BrokerOptions:
     """Path of the mosquitto binary; None means run the embedded amqtt broker."""
     embedded_requested: bool
     """True when --embedded was given (rather than mosquitto being missing)."""
+    ws_port: int = DEFAULT_WS_PORT
+    """MQTT over WebSockets (for the dashboard page); 0 means none."""
+    ws_port_requested: bool = False
+    """True when --ws-port was given: a busy port is then an error, not a warning."""
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -53,11 +59,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m broker",
         description="Run the fedmq MQTT broker (Mosquitto, or the embedded amqtt fallback).",
+        epilog="Secure profile (TLS, a password per device, ACLs): python -m broker init-secure | add-device NAME "
+               "| revoke-device NAME | list-devices (each with --help), then python -m broker --secure.",
     )
+    parser.add_argument("--secure", action="store_true",
+                        help="run the secure profile made by init-secure (see python -m broker --secure --help)")
     parser.add_argument("--config", type=Path, default=DEFAULT_TOML,
                         help="TOML file whose [broker] port key sets the port (default: %(default)s)")
     parser.add_argument("--port", type=int, default=None,
                         help=f"TCP port; overrides the config file (default: config or {DEFAULT_PORT})")
+    parser.add_argument("--ws-port", type=int, default=None,
+                        help=f"MQTT-over-WebSockets port for the dashboard page; 0: none "
+                             f"(default: [broker] ws_port of the config, else {DEFAULT_WS_PORT})")
     parser.add_argument("--bind", default=DEFAULT_BIND,
                         help="address to listen on (default: %(default)s, i.e. all interfaces)")
     parser.add_argument("--embedded", action="store_true",
@@ -65,8 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def port_from_toml(path: Path) -> int | None:
-    """Return `[broker] port` from the TOML file at `path`; None if file or key is absent."""
+def port_from_toml(path: Path, key: str = "port") -> int | None:
+    """Return `[broker] <key>` (port or ws_port) from the TOML file at `path`; None if file or key is absent."""
     if not path.is_file():
         return None
     try:
@@ -75,11 +88,12 @@ def port_from_toml(path: Path) -> int | None:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: invalid TOML: {error}") from error
     section = data.get("broker")
-    if not isinstance(section, dict) or "port" not in section:
+    if not isinstance(section, dict) or key not in section:
         return None
-    port = section["port"]
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-        raise ConfigError(f"{path}: [broker] port must be an integer in 1..65535, got {port!r}")
+    port = section[key]
+    lowest = 0 if key == "ws_port" else 1  # ws_port 0: no websockets listener
+    if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port < 65536:
+        raise ConfigError(f"{path}: [broker] {key} must be an integer in {lowest}..65535, got {port!r}")
     return port
 
 
@@ -91,8 +105,13 @@ def resolve_options(args: argparse.Namespace) -> BrokerOptions:
         if not args.config.is_file() and args.config != DEFAULT_TOML:
             log.warning("config file %s not found; using port %s", args.config, DEFAULT_PORT)
         port = port_from_toml(args.config) or DEFAULT_PORT
+    ws_port = getattr(args, "ws_port", None)
+    if ws_port is None:
+        ws_port = port_from_toml(args.config, "ws_port")
     mosquitto = None if args.embedded else find_mosquitto()
-    return BrokerOptions(port=port, bind=args.bind, mosquitto=mosquitto, embedded_requested=args.embedded)
+    return BrokerOptions(port=port, bind=args.bind, mosquitto=mosquitto, embedded_requested=args.embedded,
+                         ws_port=DEFAULT_WS_PORT if ws_port is None else ws_port,
+                         ws_port_requested=getattr(args, "ws_port", None) is not None)
 
 
 def bind_problem(bind: str, port: int) -> str | None:
@@ -132,13 +151,16 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def run_mosquitto_foreground(binary: str, port: int, bind: str) -> int:
+def run_mosquitto_foreground(binary: str, port: int, bind: str, ws_port: int = 0) -> int:
     """Run Mosquitto with the rendered project config until it exits; return its exit code."""
     with tempfile.TemporaryDirectory(prefix="fedmq-broker-") as workdir:
         config_path = Path(workdir) / "mosquitto.conf"
-        config_path.write_text(render_config(DEFAULT_CONFIG, port, bind), encoding="utf-8")
+        config_path.write_text(render_config(DEFAULT_CONFIG, port, bind, ws_port=ws_port), encoding="utf-8")
         log.info("starting %s on mqtt://%s:%s (local clients: mqtt://%s:%s); Ctrl-C stops it",
                  binary, bind, port, connect_host(bind), port)
+        if ws_port:
+            log.info("MQTT over WebSockets on ws://%s:%s for the dashboard (python -m coordinator dashboard)",
+                     bind, ws_port)
         process = subprocess.Popen([binary, "-c", str(config_path)], stdin=subprocess.DEVNULL)
         with forwarding_signals(process):
             returncode = process.wait()
@@ -174,19 +196,34 @@ def announce_embedded(requested: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the broker described by `argv`; return the process exit code."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SECURE_COMMANDS or "--secure" in args:
+        from broker.secure_cli import main as secure_main
+
+        return secure_main(args)
     try:
         options = resolve_options(parse_args(argv))
     except ConfigError as error:
         log.error("%s", error)
         return EXIT_USAGE
     problem = bind_problem(options.bind, options.port)
+    if not problem and options.ws_port and options.mosquitto is not None:
+        ws_problem = bind_problem(options.bind, options.ws_port)
+        if ws_problem and options.ws_port_requested:
+            problem = f"--ws-port: {ws_problem}"
+        elif ws_problem:  # only the default: MQTT matters more than the dashboard's listener
+            log.warning("%s; starting without the MQTT-over-WebSockets listener that the dashboard needs "
+                        "(choose a free one with --ws-port)", ws_problem)
+            options = replace(options, ws_port=0)
     if problem:
         log.error("%s", problem)
         return EXIT_USAGE
     if options.mosquitto is None:
         announce_embedded(options.embedded_requested)
+        if options.ws_port:
+            log.warning("the embedded broker has no MQTT-over-WebSockets listener: the dashboard needs Mosquitto")
         return run_embedded(options.port, options.bind)
-    return run_mosquitto_foreground(options.mosquitto, options.port, options.bind)
+    return run_mosquitto_foreground(options.mosquitto, options.port, options.bind, options.ws_port)
 
 
 if __name__ == "__main__":

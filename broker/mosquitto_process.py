@@ -31,6 +31,7 @@ FALLBACK_PATHS: tuple[str, ...] = (
 """Where packages install mosquitto when its sbin directory is not on PATH."""
 
 _LISTENER_LINE = re.compile(r"^\s*listener\s+\d+\b.*$")
+_PROTOCOL_LINE = re.compile(r"^\s*protocol\s+(\S+)\s*$")
 _LOG_TAIL_LINES = 20
 _WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 
@@ -68,22 +69,52 @@ def render_config(
     port: int,
     bind: str | None,
     extra_lines: Sequence[str] = (),
+    ws_port: int | None = None,
 ) -> str:
-    """Return `template`'s text with its first `listener NNNN` line set to `port`/`bind`.
+    """Return `template`'s text with its first MQTT `listener NNNN` line set to `port`/`bind`.
 
     If the template has no listener line one is appended. `extra_lines` are
     appended at the end, after the listener, so listener options apply to it.
+    Websockets listeners (a listener followed by `protocol websockets`) are
+    kept as written when `ws_port` is None, removed when it is 0, and
+    otherwise set to `ws_port`/`bind` (added before the MQTT listener when
+    the template has none, so `extra_lines` still apply to the MQTT one).
     """
     lines = Path(template).read_text(encoding="utf-8").splitlines()
+    websockets = websockets_listeners(lines)
+    if ws_port is not None:
+        for index in sorted(websockets, reverse=True):
+            if ws_port == 0:
+                del lines[websockets[index]]  # its `protocol websockets` line first: it comes later
+                del lines[index]
+            else:
+                lines[index] = listener_line(ws_port, bind)
     new_listener = listener_line(port, bind)
     for index, line in enumerate(lines):
-        if _LISTENER_LINE.match(line):
+        if _LISTENER_LINE.match(line) and (ws_port == 0 or index not in websockets):
             lines[index] = new_listener
             break
     else:
+        index = len(lines)
         lines.append(new_listener)
+    if ws_port and not websockets:
+        lines[index:index] = [listener_line(ws_port, bind), "protocol websockets"]
     lines.extend(extra_lines)
     return "\n".join(lines) + "\n"
+
+
+def websockets_listeners(lines: Sequence[str]) -> dict[int, int]:
+    """Map the index of each websockets `listener` line to the index of its `protocol websockets` line."""
+    found: dict[int, int] = {}
+    current: int | None = None
+    for index, line in enumerate(lines):
+        if _LISTENER_LINE.match(line):
+            current = index
+            continue
+        protocol = _PROTOCOL_LINE.match(line)
+        if protocol and current is not None and protocol.group(1) == "websockets":
+            found[current] = index
+    return found
 
 
 def connect_host(bind: str | None) -> str:
@@ -117,7 +148,9 @@ class MosquittoProcess:
     """A Mosquitto broker child process on one port; a context manager.
 
     `with MosquittoProcess() as broker:` starts Mosquitto on a free loopback
-    port (`broker.port`) and stops it on exit. Mosquitto's output goes to
+    port (`broker.port`) and stops it on exit. With `ws_port` (e.g.
+    `free_port()`) it also serves MQTT over WebSockets there (`broker.ws_url`);
+    by default it has no websockets listener. Mosquitto's output goes to
     `log_path`. A temporary work directory is removed on exit; a given
     `workdir` is left in place.
     """
@@ -130,8 +163,10 @@ class MosquittoProcess:
         extra_config: Sequence[str] = (),
         workdir: Path | None = None,
         binary: str | None = None,
+        ws_port: int = 0,
     ) -> None:
         self.port: int = port if port is not None else free_port(connect_host(bind))
+        self.ws_port: int = ws_port
         self.config_template: Path = Path(config_template)
         self.bind: str | None = bind
         self.extra_config: list[str] = list(extra_config)
@@ -147,6 +182,11 @@ class MosquittoProcess:
     def host(self) -> str:
         """Address a local client should connect to."""
         return connect_host(self.bind)
+
+    @property
+    def ws_url(self) -> str | None:
+        """The MQTT-over-WebSockets URL a local browser should use, or None without that listener."""
+        return f"ws://{self.host}:{self.ws_port}" if self.ws_port else None
 
     @property
     def workdir(self) -> Path:
@@ -186,8 +226,9 @@ class MosquittoProcess:
         if self.running:
             raise BrokerError(f"mosquitto is already running on port {self.port}")
         binary = self._resolve_binary()
-        if port_accepts(self.host, self.port):
-            raise BrokerError(f"port {self.port} on {self.host} is already in use")
+        for port in (self.port, self.ws_port) if self.ws_port else (self.port,):
+            if port_accepts(self.host, port):
+                raise BrokerError(f"port {port} on {self.host} is already in use")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._render(), encoding="utf-8")
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -247,7 +288,7 @@ class MosquittoProcess:
         return binary
 
     def _render(self) -> str:
-        return render_config(self.config_template, self.port, self.bind, self.extra_config)
+        return render_config(self.config_template, self.port, self.bind, self.extra_config, ws_port=self.ws_port)
 
     def _spawn(self, binary: str) -> None:
         self._log_handle = self.log_path.open("ab")
@@ -271,7 +312,7 @@ class MosquittoProcess:
                 code = self._process.returncode
                 self.stop()
                 raise self._failure(f"mosquitto exited with code {code} during startup", log_offset)
-            if port_accepts(self.host, self.port):
+            if port_accepts(self.host, self.port) and (not self.ws_port or port_accepts(self.host, self.ws_port)):
                 return
             time.sleep(0.05)
         self.stop()

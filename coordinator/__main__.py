@@ -1,5 +1,5 @@
-"""Command line of the coordinator: `python -m coordinator [run] --config FILE [--section.key VALUE ...]`
-and `python -m coordinator evaluate MODEL`."""
+"""Command line of the coordinator: `python -m coordinator [run] --config FILE [--section.key VALUE ...]`,
+`evaluate MODEL`, `baseline` (centralized training), `report RUN_DIR [BASELINE_DIR]` and `dashboard`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from pathlib import Path
 from federation.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
 
 log = logging.getLogger("coordinator")
-COMMANDS = ("run", "evaluate")
+COMMANDS = ("run", "evaluate", "baseline", "report", "dashboard")
+# Commands whose code lives in their own module, each with a main(argv) -> exit code.
+MODULE_COMMANDS = {"baseline": "coordinator.baseline", "report": "coordinator.report",
+                   "dashboard": "coordinator.dashboard.server"}
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
@@ -21,6 +24,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    if command in MODULE_COMMANDS:
+        import importlib
+
+        return importlib.import_module(MODULE_COMMANDS[command]).main(argv)
     return {"run": run_command, "evaluate": evaluate_command}[command](argv)
 
 
@@ -29,19 +36,29 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("absl", "tensorflow", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+def _setup_logging(level: str, console: "Console | None" = None) -> None:  # noqa: F821
+    from coordinator.progress import configure_logging
+
+    configure_logging(level, console)
 
 
 def run_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m coordinator [run]",
-                                     description="Run a federated training over MQTT and export the model.")
+                                     description="Run a federated training over MQTT and export the model.",
+                                     epilog="Other commands: evaluate, baseline, report, dashboard "
+                                            "(python -m coordinator COMMAND --help).")
     _common(parser)
     add_override_flags(parser)
+    tls = parser.add_argument_group("secure broker (short forms of --broker.tls_ca etc.)")
+    for flag, key in (("--tls-ca", "tls_ca"), ("--tls-cert", "tls_cert"), ("--tls-key", "tls_key"),
+                      ("--username", "username"), ("--password-file", "password_file")):
+        tls.add_argument(flag, dest=f"set:broker.{key}", default=argparse.SUPPRESS, metavar=key.upper(),
+                         help=f"= --broker.{key}")
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    from coordinator.progress import RunProgress, terminal_console
+
+    console = terminal_console()  # a live progress panel on a terminal; plain log lines otherwise
+    _setup_logging(args.log_level, console)
     try:
         settings = load_settings(args.config, overrides_from_args(args))
     except ConfigError as exc:
@@ -49,11 +66,17 @@ def run_command(argv: list[str]) -> int:
         return 2
     from coordinator.engine import Coordinator
     from federation.datasets import DatasetError, DatasetNotFoundError
+    from federation.mqtt_link import BrokerRefusedError, CredentialsError
 
     try:
-        result = Coordinator(settings).run()
+        with RunProgress(settings.run.name, settings.training.rounds, console) as progress:
+            result = Coordinator(settings, progress=progress).run()
+            progress.finished("done" if result.reason == "completed" else "stopped", result.detail)
     except (DatasetNotFoundError, DatasetError) as exc:
         print(f"data error: {exc}", file=sys.stderr)
+        return 2
+    except (CredentialsError, BrokerRefusedError) as exc:
+        print(f"broker login error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         log.warning("interrupted")

@@ -8,6 +8,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from federation.messages import RoundMetricsMessage
+
 
 @dataclass
 class RoundMetrics:
@@ -25,6 +27,7 @@ class RoundMetrics:
     evaluate_s: float
     client_ids: list[str] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)   # reason -> count
+    aggregation: dict = field(default_factory=dict)          # the rule's report: clipped/excluded clients, DP epsilon
 
 
 def append_metrics(path: Path, metrics: RoundMetrics) -> None:
@@ -43,3 +46,15 @@ def rewrite_metrics(path: Path, rows: list[RoundMetrics]) -> None:
     with open(tmp, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(asdict(m)) + "\n" for m in rows)
     tmp.replace(path)
+
+
+def round_metrics_message(metrics: RoundMetrics, run: str, total_rounds: int,
+                          history: list[RoundMetrics]) -> RoundMetricsMessage:
+    """The `round_metrics` message (PROTOCOL.md) the coordinator publishes, retained, after each round.
+
+    `history` is every round so far (this one included); its accuracy and loss travel with the message."""
+    fields = asdict(metrics)
+    round_ = fields.pop("round")
+    points = [{"round": m.round, "test_accuracy": m.test_accuracy, "test_loss": m.test_loss} for m in history]
+    return RoundMetricsMessage(run=run, round=round_, sender="coordinator", total_rounds=total_rounds,
+                               history=points, **fields)

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from broker.__main__ import DEFAULT_WS_PORT
 from demo.local_federation import LocalFederation
 
 
@@ -21,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedded-broker", action="store_true", help="use the amqtt fallback even if Mosquitto exists")
     p.add_argument("--workdir", type=Path, default=Path("runs"), help="results go to WORKDIR/RUN")
     p.add_argument("--run", default="demo", help="run id")
+    p.add_argument("--dashboard", type=int, nargs="?", const=8080, default=None, metavar="PORT",
+                   help="also serve the live dashboard on http://localhost:PORT (default 8080; the broker's "
+                        "WebSockets on 9001) and keep it up after the run until Ctrl-C")
     args = p.parse_args(argv)
+    if args.dashboard is not None and args.embedded_broker:
+        p.error("--dashboard needs Mosquitto's websockets listener; the embedded broker has none")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     overrides: dict[str, object] = {"quorum.min_clients": args.clients, "model.dataset": args.dataset}
@@ -31,14 +37,31 @@ def main(argv: list[str] | None = None) -> int:
         client_args += ["--max-examples", str(3000 * args.clients)]
     if args.rounds:
         overrides["training.rounds"] = args.rounds
-    with LocalFederation(args.workdir, run_name=args.run, embedded_broker=args.embedded_broker) as fed:
+    ws_port = DEFAULT_WS_PORT if args.dashboard is not None else 0
+    with LocalFederation(args.workdir, run_name=args.run, embedded_broker=args.embedded_broker,
+                         ws_port=ws_port) as fed:
         fed.start_broker()
+        if args.dashboard is not None:
+            fed.start_dashboard(args.dashboard)
+            print(f"live dashboard: http://localhost:{args.dashboard}/")
         coordinator = fed.start_coordinator(overrides)
         for k in range(1, args.clients + 1):
             fed.start_client(f"edge-{k}", [*client_args, "--partition", f"{k}/{args.clients}"])
         print(f"logs in {fed.workdir / 'logs'}; following the coordinator (Ctrl-C stops everything)\n")
         code = _follow(coordinator.log_path, coordinator.popen)
         codes = fed.wait_all(60)
+        result = _summarize(fed, code, codes)
+        if args.dashboard is not None and result == 0:
+            print(f"\nThe dashboard stays up at http://localhost:{args.dashboard}/ (Ctrl-C stops it).")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    return result
+
+
+def _summarize(fed: LocalFederation, code: int, codes: dict[str, int]) -> int:
     if code != 0 or any(codes.values()):
         print(f"demo failed: exit codes {codes}; see {fed.workdir / 'logs'}", file=sys.stderr)
         return 1

@@ -18,6 +18,7 @@ from broker import MosquittoProcess, find_mosquitto, free_port
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES = ("broker", "dashboard")  # processes that run until stopped: wait_all() does not wait for them
 
 
 @dataclass
@@ -81,6 +82,18 @@ class LocalFederation:
     def start_coordinator(self, overrides: dict[str, object] | None = None, name: str = "coordinator") -> Proc:
         return self.spawn(name, self.coordinator_args(overrides or {}))
 
+    def start_dashboard(self, http_port: int, timeout: float = 30) -> Proc:
+        """`python -m coordinator dashboard` on http://127.0.0.1:http_port/, following this run through the
+        broker's websockets listener (needs ws_port and Mosquitto)."""
+        if not self.ws_port or self.embedded_broker:
+            raise RuntimeError("the dashboard needs Mosquitto with a websockets listener: set ws_port and do not "
+                               "use the embedded broker")
+        proc = self.spawn("dashboard", [sys.executable, "-m", "coordinator", "dashboard", "--config", str(self.config),
+                                        "--bind", "127.0.0.1", "--port", str(http_port), "--run.name", self.run_name,
+                                        "--broker.ws_port", str(self.ws_port)])
+        _wait_for_port(http_port, timeout)
+        return proc
+
     def start_client(self, client_id: str, args: list[str]) -> Proc:
         return self.spawn(client_id, [sys.executable, "-m", "edge_client", "--broker", "127.0.0.1",
                                        "--port", str(self.port), "--run", self.run_name, "--client-id", client_id,
@@ -109,7 +122,7 @@ class LocalFederation:
     def wait_all(self, timeout: float) -> dict[str, int]:
         deadline = time.monotonic() + timeout
         return {name: self.wait(name, max(0.1, deadline - time.monotonic())) for name in list(self.procs)
-                if name != "broker"}
+                if name not in SERVICES}
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]

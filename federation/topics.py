@@ -41,12 +41,29 @@ class RunTopics:
         return f"{self.base}/model/global"
 
     @property
+    def deploy(self) -> str:
+        """The deployed TFLite model for inference-only devices (retained)."""
+        return f"{self.base}/model/deploy"
+
+    @property
+    def deploy_chunks_wildcard(self) -> str:
+        return f"{self.base}/model/deploy/chunk/+"
+
+    def deploy_chunk(self, index: int) -> str:
+        return f"{self.base}/model/deploy/chunk/{index}"
+
+    @property
     def coordinator_state(self) -> str:
         return f"{self.base}/coordinator/state"
 
     @property
     def run_end(self) -> str:
         return f"{self.base}/end"
+
+    @property
+    def metrics(self) -> str:
+        """Each closed round's metrics (retained: the last round's), for dashboards and monitors."""
+        return f"{self.base}/metrics"
 
     @property
     def updates_wildcard(self) -> str:

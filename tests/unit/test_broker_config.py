@@ -84,6 +84,49 @@ def test_project_config_renders_with_expected_settings() -> None:
     assert lines[0] == "per_listener_settings false"
 
 
+WS_TEMPLATE = "per_listener_settings false\nlistener 9001\nprotocol websockets\n\nlistener 1883\nallow_anonymous true\n"
+
+
+def test_render_skips_a_leading_websockets_listener_for_the_mqtt_port(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", WS_TEMPLATE)
+    assert active_lines(render_config(template, 5000, "127.0.0.1")) == [
+        "per_listener_settings false", "listener 9001", "protocol websockets", "listener 5000 127.0.0.1",
+        "allow_anonymous true",
+    ]
+
+
+def test_render_sets_the_websockets_port_and_bind(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", WS_TEMPLATE)
+    rendered = render_config(template, 5000, "127.0.0.1", ["max_keepalive 30"], ws_port=5001)
+    assert active_lines(rendered) == [
+        "per_listener_settings false", "listener 5001 127.0.0.1", "protocol websockets", "listener 5000 127.0.0.1",
+        "allow_anonymous true", "max_keepalive 30",
+    ]
+
+
+def test_render_drops_the_websockets_listener_for_ws_port_0(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", WS_TEMPLATE)
+    assert active_lines(render_config(template, 5000, None, ws_port=0)) == [
+        "per_listener_settings false", "listener 5000", "allow_anonymous true",
+    ]
+
+
+def test_render_adds_a_websockets_listener_before_the_mqtt_one(tmp_path: Path) -> None:
+    template = write(tmp_path / "t.conf", "listener 1883\nallow_anonymous true\n")
+    rendered = render_config(template, 5000, None, ["cafile x"], ws_port=5001)
+    assert active_lines(rendered) == ["listener 5001", "protocol websockets", "listener 5000", "allow_anonymous true",
+                                      "cafile x"], "extra lines (listener options) still follow the MQTT listener"
+
+
+def test_project_config_has_a_websockets_listener_on_9001() -> None:
+    lines = active_lines(render_config(DEFAULT_CONFIG, 24567, "127.0.0.1"))
+    assert lines[lines.index("listener 9001") + 1] == "protocol websockets"
+    with_ws = active_lines(render_config(DEFAULT_CONFIG, 24567, "127.0.0.1", ws_port=24568))
+    assert "listener 24568 127.0.0.1" in with_ws and "listener 9001" not in with_ws
+    without = active_lines(render_config(DEFAULT_CONFIG, 24567, "127.0.0.1", ws_port=0))
+    assert "protocol websockets" not in without and not any(line.startswith("listener 9001") for line in without)
+
+
 # -- find_mosquitto ---------------------------------------------------------------
 
 
@@ -166,3 +209,42 @@ def test_main_falls_back_to_embedded_when_mosquitto_missing(
         assert main(["--port", "4321"]) == 0
     assert started == [(4321, "0.0.0.0")]
     assert "mosquitto not found (install with: sudo apt-get install mosquitto)" in caplog.text
+
+
+# -- the websockets port (dashboard) ---------------------------------------------------------------------
+
+
+def test_ws_port_from_toml_allows_0_and_checks_the_range(tmp_path: Path) -> None:
+    assert port_from_toml(write(tmp_path / "a.toml", "[broker]\nws_port = 0\n"), "ws_port") == 0
+    assert port_from_toml(write(tmp_path / "b.toml", "[broker]\nport = 1884\n"), "ws_port") is None
+    with pytest.raises(ConfigError, match=r"\[broker\] ws_port must be an integer in 0..65535"):
+        port_from_toml(write(tmp_path / "c.toml", "[broker]\nws_port = 70000\n"), "ws_port")
+
+
+def test_ws_port_resolution_cli_then_toml_then_9001(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: "/usr/sbin/mosquitto")
+    toml = write(tmp_path / "c.toml", "[broker]\nws_port = 9005\n")
+    assert resolve_options(cli_args(tmp_path / "absent.toml")).ws_port == 9001
+    from_toml = resolve_options(cli_args(toml))
+    assert from_toml.ws_port == 9005 and not from_toml.ws_port_requested
+    args = cli_args(toml)
+    args.ws_port = 0
+    assert resolve_options(args).ws_port == 0 and resolve_options(args).ws_port_requested
+
+
+def test_busy_default_ws_port_warns_but_an_asked_for_one_stops(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: "/usr/sbin/mosquitto")
+    monkeypatch.setattr("broker.__main__.bind_problem",
+                        lambda bind, port: f"port {port} on {bind} is already in use" if port == 9001 else None)
+    monkeypatch.setattr("broker.__main__.run_mosquitto_foreground",
+                        lambda binary, port, bind, ws_port=0: started.append((port, ws_port)) or 0)
+    with caplog.at_level("WARNING"):
+        assert main(["--port", "4321", "--config", "/nonexistent.toml"]) == 0
+    assert started == [(4321, 0)]
+    assert "starting without the MQTT-over-WebSockets listener" in caplog.text
+    assert main(["--port", "4321", "--ws-port", "9001"]) == 2
+    assert "--ws-port: port 9001 on 0.0.0.0 is already in use" in caplog.text
+    assert main(["--port", "4321", "--ws-port", "9002"]) == 0 and started[-1] == (4321, 9002)

@@ -19,6 +19,8 @@ def test_topic_names_for_a_run() -> None:
     assert t.global_model == "fedmq/demo/model/global"
     assert t.coordinator_state == "fedmq/demo/coordinator/state"
     assert t.run_end == "fedmq/demo/end"
+    assert t.metrics == "fedmq/demo/metrics"
+    assert t.client_of(t.metrics) is None, "the metrics topic is not a client's topic"
     assert t.updates_wildcard == "fedmq/demo/update/+"
     assert t.statuses_wildcard == "fedmq/demo/client/+/status"
     assert t.update("pi-01") == "fedmq/demo/update/pi-01"

@@ -1,0 +1,141 @@
+"""`python -m coordinator dashboard`: serves the dashboard page (static/) and a config.json that tells it
+which broker WebSocket, topic prefix and run to follow. Any web server can serve static/ instead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from functools import partial
+from http import HTTPStatus
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from federation.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_HTTP_PORT = 8080
+# Broker hosts that only mean "this machine": the page then dials the host it was loaded from.
+_LOCAL_HOSTS = frozenset({"", "localhost", "127.0.0.1", "::1", "0.0.0.0", "::"})
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """What the page reads from config.json; query parameters (?ws=&prefix=&run=) override it."""
+
+    ws_url: str          # e.g. ws://broker.lan:9001; "" = ws://<the page's own host>:<ws_port>
+    ws_port: int
+    topic_prefix: str
+    run: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+
+def dashboard_config(settings: Settings, ws_url: str | None = None) -> DashboardConfig:
+    """The page's settings from the fedmq settings: [broker] host, ws_port, topic_prefix and [run] name."""
+    b = settings.broker
+    if ws_url is None:
+        if b.ws_port == 0:
+            raise ConfigError("[broker] ws_port is 0 (no WebSockets listener): the dashboard needs one, or --ws-url")
+        ws_url = "" if b.host in _LOCAL_HOSTS else f"ws://{_url_host(b.host)}:{b.ws_port}"
+    elif not ws_url.startswith(("ws://", "wss://")):
+        raise ConfigError(f"--ws-url {ws_url!r} must start with ws:// or wss://")
+    return DashboardConfig(ws_url=ws_url, ws_port=b.ws_port, topic_prefix=b.topic_prefix, run=settings.run.name)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+class DashboardHandler(SimpleHTTPRequestHandler):
+    """Static files from STATIC_DIR, plus /config.json made from the settings; never lists folders."""
+
+    def __init__(self, *args: object, config: DashboardConfig, **kwargs: object) -> None:
+        self.dashboard_config = config
+        super().__init__(*args, directory=str(STATIC_DIR), **kwargs)  # type: ignore[arg-type]
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path.split("?", 1)[0] == "/config.json":
+            body = self.dashboard_config.to_json()
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def list_directory(self, path: str) -> None:  # type: ignore[override]
+        self.send_error(HTTPStatus.NOT_FOUND, "no directory listings")
+        return None
+
+    def end_headers(self) -> None:
+        self.send_header("X-Content-Type-Options", "nosniff")
+        super().end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+def make_server(config: DashboardConfig, host: str = "0.0.0.0", port: int = DEFAULT_HTTP_PORT) -> ThreadingHTTPServer:
+    """An HTTP server for the dashboard (not started); port 0 picks a free one (server.server_port)."""
+    if not (STATIC_DIR / "index.html").is_file():
+        raise FileNotFoundError(f"the dashboard page is missing: {STATIC_DIR / 'index.html'}")
+    server = ThreadingHTTPServer((host, port), partial(DashboardHandler, config=config))
+    server.daemon_threads = True
+    return server
+
+
+def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
+    """Run `server` on a daemon thread (stop it with server.shutdown())."""
+    thread = threading.Thread(target=server.serve_forever, name="fedmq-dashboard", daemon=True)
+    thread.start()
+    return thread
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m coordinator dashboard",
+        description="Serve the live dashboard page: it follows the run over the broker's MQTT-over-WebSockets "
+                    "listener ([broker] ws_port) from the browser. Static files: " + str(STATIC_DIR))
+    parser.add_argument("--config", type=Path, default=None, help="TOML settings file (config/default.toml)")
+    parser.add_argument("--bind", default="0.0.0.0", help="address to serve on (default: all interfaces)")
+    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP port (default %(default)s)")
+    parser.add_argument("--ws-url", default=None,
+                        help="broker WebSocket URL for the browser, e.g. ws://broker.lan:9001 (default: from "
+                             "[broker] host and ws_port; for a local broker, the page's own host)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add_override_flags(parser)
+    args = parser.parse_args(argv)
+    from federation.console import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        settings = load_settings(args.config, overrides_from_args(args))
+        config = dashboard_config(settings, args.ws_url)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server = make_server(config, args.bind, args.port)
+    except OSError as exc:
+        print(f"error: cannot serve on {args.bind}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    host = "localhost" if args.bind in _LOCAL_HOSTS else args.bind
+    ws = config.ws_url or f"ws://<this host>:{config.ws_port}"
+    log.info("dashboard on http://%s:%d/ following run %r under %r through %s; Ctrl-C stops it", host,
+             server.server_port, config.run, config.topic_prefix, ws)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        server.server_close()
+    return 0

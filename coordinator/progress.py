@@ -1,0 +1,172 @@
+"""Live progress of a coordinator run: a rich panel on a terminal, the engine's plain log lines elsewhere.
+
+The engine calls a RunProgress at a few points; `configure_logging` puts log lines above the panel."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from coordinator.metrics import RoundMetrics
+from federation.console import configure_logging as _configure_logging
+from federation.console import terminal_console  # noqa: F401  (re-exported for the command line)
+
+ROUND_LOG = logging.getLogger("coordinator.rounds")
+"""The one line per closed round; logged at every --log-level (see `configure_logging`)."""
+
+
+def configure_logging(level: str, console: Console | None = None) -> None:
+    """Log at `level`, above the live panel when there is a console; the per-round line (ROUND_LOG) is
+    logged at every level, WARNING and ERROR included."""
+    _configure_logging(level, console, always_info=(ROUND_LOG.name,))
+
+
+@dataclass
+class ProgressState:
+    """What the panel shows: a copy is taken under a lock for every refresh."""
+
+    run: str
+    total_rounds: int
+    round: int = 0
+    phase: str = "starting"
+    detail: str = ""
+    received: int = 0
+    expected: int = 0
+    deadline: float | None = None               # time.monotonic() when the open round's deadline passes
+    online: list[str] = field(default_factory=list)
+    seen: list[str] = field(default_factory=list)  # every client that was online at some point
+    last_updates: list[str] = field(default_factory=list)
+    last: RoundMetrics | None = None
+    rounds_closed: int = 0
+
+
+class RunProgress:
+    """Follows a run for the operator. With a console it draws a live panel; without one it only keeps
+    the state (the engine logs its own lines), so the engine can call it unconditionally."""
+
+    def __init__(self, run: str, total_rounds: int, console: Console | None = None,
+                 refresh_per_second: float = 2.0) -> None:
+        self._state = ProgressState(run, total_rounds)
+        self._lock = threading.Lock()
+        self.console = console
+        self._refresh = refresh_per_second
+        self._live: Live | None = None
+
+    @property
+    def live(self) -> bool:
+        """True while a live panel is drawn."""
+        return self._live is not None
+
+    def snapshot(self) -> ProgressState:
+        with self._lock:
+            return replace(self._state, online=list(self._state.online), seen=list(self._state.seen),
+                           last_updates=list(self._state.last_updates))
+
+    # ---- life cycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.console is not None and self._live is None:
+            self._live = Live(get_renderable=self.render, console=self.console,
+                              refresh_per_second=self._refresh, transient=False, redirect_stderr=False)
+            self._live.start()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def __enter__(self) -> RunProgress:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    # ---- what the engine reports --------------------------------------------------------------------
+
+    def state_changed(self, round_: int, phase: str, online: list[str], detail: str = "") -> None:
+        with self._lock:
+            s = self._state
+            s.round, s.phase, s.detail, s.online = round_, phase, detail, list(online)
+            s.seen += [c for c in online if c not in s.seen]
+
+    def round_started(self, round_: int, expected: int, deadline: float) -> None:
+        with self._lock:
+            s = self._state
+            s.round, s.received, s.expected, s.deadline, s.last_updates = round_, 0, expected, deadline, []
+
+    def update_accepted(self, client_id: str, received: int, expected: int) -> None:
+        with self._lock:
+            s = self._state
+            s.received, s.expected = received, expected
+            s.last_updates.append(client_id)
+
+    def round_closed(self, metrics: RoundMetrics) -> None:
+        with self._lock:
+            s = self._state
+            s.last, s.deadline, s.rounds_closed = metrics, None, max(s.rounds_closed, metrics.round)
+
+    def finished(self, phase: str, detail: str = "") -> None:
+        """The run is over (`done` or `stopped`): the last panel says so."""
+        with self._lock:
+            s = self._state
+            s.phase, s.detail, s.deadline = phase, detail, None
+
+    # ---- drawing ------------------------------------------------------------------------------------
+
+    def render(self, now: float | None = None) -> RenderableType:
+        """The panel: round, phase, updates received of expected, time to the deadline, last accuracy,
+        clients online and offline."""
+        s = self.snapshot()
+        now = time.monotonic() if now is None else now
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="bold cyan", no_wrap=True)
+        grid.add_column()
+        bar = ProgressBar(total=max(1, s.total_rounds), completed=s.rounds_closed, width=30)
+        grid.add_row("round", Group(Text(f"{s.round} / {s.total_rounds}  ({s.rounds_closed} closed)"), bar))
+        grid.add_row("phase", Text(s.phase + (f": {s.detail}" if s.detail else "")))
+        if s.deadline is not None:
+            grid.add_row("updates", Text(f"{s.received} / {s.expected} received"
+                                         + (f" ({', '.join(s.last_updates)})" if s.last_updates else "")))
+            grid.add_row("deadline", Text(format_remaining(s.deadline - now)))
+        if s.last is not None:
+            m = s.last
+            grid.add_row("last round", Text(f"round {m.round}: accuracy {m.test_accuracy:.4f}, loss {m.test_loss:.4f}, "
+                                            f"{m.clients} clients, {m.round_time_s:.1f} s"))
+        else:
+            grid.add_row("last round", Text("none yet", style="dim"))
+        offline = [c for c in s.seen if c not in s.online]
+        clients = Text(f"{len(s.online)} online", style="green")
+        if s.online:
+            clients.append(f": {', '.join(s.online)}")
+        if offline:
+            clients.append(f"\n{len(offline)} offline: {', '.join(offline)}", style="red")
+        grid.add_row("clients", clients)
+        return Panel(grid, title=f"fedmq coordinator, run {s.run}", title_align="left", expand=False)
+
+
+def format_remaining(seconds: float) -> str:
+    """'in 4 m 05 s', or 'passed 12 s ago' for a deadline in the past."""
+    if seconds < 0:
+        return f"passed {_duration(-seconds)} ago"
+    return f"in {_duration(seconds)}"
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    if whole >= 3600:
+        return f"{whole // 3600} h {whole % 3600 // 60:02d} m"
+    if whole >= 60:
+        return f"{whole // 60} m {whole % 60:02d} s"
+    return f"{whole} s"

@@ -1,0 +1,255 @@
+"""`python -m coordinator report RUN_DIR [BASELINE_DIR]`: PNG plots and a Markdown summary of a run's
+metrics.jsonl, federated against the centralized baseline when one is given."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.metrics import RoundMetrics, read_metrics
+
+log = logging.getLogger(__name__)
+
+PLOTS = {
+    "accuracy_loss": "test accuracy and loss per round",
+    "bytes": "bytes per round",
+    "round_time": "round time: training and overhead",
+    "clients": "clients per round",
+}
+_FED_STYLE = {"color": "#1f77b4", "marker": "o", "linestyle": "-"}
+_CENTRAL_STYLE = {"color": "#d62728", "marker": "s", "linestyle": "--"}
+
+
+class ReportError(ValueError):
+    """A run folder without a readable metrics.jsonl; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class RunMetrics:
+    """One run's rows and what to call it."""
+
+    label: str
+    run_dir: Path
+    rows: list[RoundMetrics]
+    epochs_per_round: int = 1
+
+
+@dataclass
+class ReportFiles:
+    out_dir: Path
+    markdown: Path
+    plots: dict[str, Path] = field(default_factory=dict)
+
+
+def load_run(run_dir: Path, label: str) -> RunMetrics:
+    """Read `run_dir`/metrics.jsonl (and config.json for the epochs per round); ReportError if unusable."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise ReportError(f"{path} does not exist: give a run folder (e.g. runs/<run.name>) that holds metrics.jsonl")
+    try:
+        rows = read_metrics(path)
+    except (ValueError, TypeError) as exc:  # bad JSON, or a row with missing or unknown fields
+        raise ReportError(f"{path} is not a fedmq metrics file: {exc}") from None
+    if not rows:
+        raise ReportError(f"{path} holds no rounds yet")
+    epochs = 1
+    config = Path(run_dir) / "config.json"
+    if config.is_file():
+        try:
+            epochs = int(json.loads(config.read_text())["training"]["local_epochs"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: no training.local_epochs; assuming 1 epoch per round", config)
+    return RunMetrics(label, Path(run_dir), rows, epochs)
+
+
+def write_report(run_dir: Path, baseline_dir: Path | None = None, out_dir: Path | None = None) -> ReportFiles:
+    """Write the PNG plots (PLOTS) and report.md for `run_dir`, against `baseline_dir` if given."""
+    fed = load_run(run_dir, "federated")
+    central = load_run(baseline_dir, "centralized") if baseline_dir is not None else None
+    out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    files = ReportFiles(out, out / "report.md")
+    files.plots = plot_all(fed, central, out)
+    files.markdown.write_text(summary_markdown(fed, central, files.plots), encoding="utf-8")
+    log.info("report for %s: %s and %d plots", run_dir, files.markdown, len(files.plots))
+    return files
+
+
+# ---- plots --------------------------------------------------------------------------------------------
+
+
+def plot_all(fed: RunMetrics, central: RunMetrics | None, out: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, works on servers and in CI
+    import matplotlib.pyplot as plt
+
+    paths = {name: out / f"{name}.png" for name in PLOTS}
+    rounds = [m.round for m in fed.rows]
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for run, style in ((fed, _FED_STYLE), (central, _CENTRAL_STYLE)):
+        if run is None:
+            continue
+        label = run.label if run is fed else f"{run.label} ({run.epochs_per_round} epoch(s) per round-equivalent)"
+        x = [m.round for m in run.rows]
+        ax_acc.plot(x, [m.test_accuracy for m in run.rows], label=label, **style)
+        ax_loss.plot(x, [m.test_loss for m in run.rows], label=label, **style)
+    ax_acc.set(title="test accuracy", xlabel="round", ylabel="accuracy")
+    ax_loss.set(title="test loss", xlabel="round", ylabel="loss (cross-entropy)")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax_acc.legend(loc="lower right", fontsize=8)
+    fig.suptitle(_title(fed, central))
+    _save(fig, paths["accuracy_loss"])
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.4
+    ax.bar([r - width / 2 for r in rounds], [m.bytes_in / 1e6 for m in fed.rows], width, label="updates in")
+    ax.bar([r + width / 2 for r in rounds], [m.bytes_out / 1e6 for m in fed.rows], width, label="global model published")
+    ax.set(title=f"{fed.label}: MQTT payload bytes per round", xlabel="round", ylabel="MB (10^6 bytes)")
+    _finish_bars(ax)
+    _save(fig, paths["bytes"])
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    training = [m.slowest_train_s for m in fed.rows]
+    ax.bar(rounds, training, label="training (slowest client)")
+    ax.bar(rounds, [m.overhead_s for m in fed.rows], bottom=training, label="overhead (transfer, waiting, aggregation)")
+    ax.set(title=f"{fed.label}: round time", xlabel="round", ylabel="seconds")
+    _finish_bars(ax)
+    _save(fig, paths["round_time"])
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(rounds, [m.clients for m in fed.rows], label="updates aggregated")
+    rejected = [sum(m.rejected.values()) for m in fed.rows]
+    if any(rejected):
+        ax.bar(rounds, rejected, bottom=[m.clients for m in fed.rows], label="updates rejected")
+    ax.set(title=f"{fed.label}: clients per round", xlabel="round", ylabel="clients")
+    _finish_bars(ax)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    _save(fig, paths["clients"])
+    return paths
+
+
+def _title(fed: RunMetrics, central: RunMetrics | None) -> str:
+    title = f"{fed.run_dir.name}: {len(fed.rows)} federated rounds of {fed.epochs_per_round} local epoch(s)"
+    if central is not None:
+        title += f" vs centralized {len(central.rows) * central.epochs_per_round} epochs"
+    return title
+
+
+def _finish_bars(ax: "matplotlib.axes.Axes") -> None:  # noqa: F821
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # head room for the legend above the bars
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", ncol=2)
+
+
+def _save(fig: "matplotlib.figure.Figure", path: Path) -> None:  # noqa: F821
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ---- Markdown -----------------------------------------------------------------------------------------
+
+ROUND_COLUMNS = ("round", "clients", "examples", "test accuracy", "test loss", "bytes in", "bytes out",
+                 "round time (s)", "training (s)", "overhead (s)")
+CENTRAL_COLUMNS = ("centralized accuracy", "centralized loss")
+
+
+def summary_markdown(fed: RunMetrics, central: RunMetrics | None, plots: dict[str, Path]) -> str:
+    """report.md: a summary (federated against centralized), a table with one row per round, the plots."""
+    last = fed.rows[-1]
+    best = max(fed.rows, key=lambda m: m.test_accuracy)
+    lines = [f"# fedmq report: {fed.run_dir.name}", "",
+             f"Federated run `{fed.run_dir}`: {_count(len(fed.rows), 'round')} of {fed.epochs_per_round} local "
+             "epoch(s)."]
+    if central is not None:
+        lines.append(f"Centralized baseline `{central.run_dir}`: {len(central.rows)} round-equivalents of "
+                     f"{central.epochs_per_round} epoch(s) on the union of the data.")
+    lines += ["", "## Summary", ""]
+    head = ["", "federated"] + (["centralized"] if central else [])
+    lines += [_row(head), _row(["---"] * len(head))]
+
+    def add(name: str, fed_value: str, central_value: str = "") -> None:
+        lines.append(_row([name, fed_value] + ([central_value] if central else [])))
+
+    c_last = central.rows[-1] if central else None
+    c_best = max(central.rows, key=lambda m: m.test_accuracy) if central else None
+    add("final test accuracy", f"{last.test_accuracy:.4f}", f"{c_last.test_accuracy:.4f}" if c_last else "")
+    add("final test loss", f"{last.test_loss:.4f}", f"{c_last.test_loss:.4f}" if c_last else "")
+    add("best test accuracy (round)", f"{best.test_accuracy:.4f} ({best.round})",
+        f"{c_best.test_accuracy:.4f} ({c_best.round})" if c_best else "")
+    add("total bytes (in + out)", str(sum(m.bytes_in + m.bytes_out for m in fed.rows)),
+        str(sum(m.bytes_in + m.bytes_out for m in central.rows)) if central else "")
+    add("total round time (s)", f"{sum(m.round_time_s for m in fed.rows):.2f}",
+        f"{sum(m.round_time_s for m in central.rows):.2f}" if central else "")
+    add("training share of round time", _share(fed.rows), _share(central.rows) if central else "")
+
+    lines += ["", "## Per round", ""]
+    columns = ROUND_COLUMNS[:5] + (CENTRAL_COLUMNS if central else ()) + ROUND_COLUMNS[5:]
+    lines += [_row(list(columns)), _row(["---:"] * len(columns))]
+    c_by_round = {m.round: m for m in central.rows} if central else {}
+    for m in fed.rows:
+        cells = [str(m.round), str(m.clients), str(m.examples), f"{m.test_accuracy:.4f}", f"{m.test_loss:.4f}"]
+        if central:
+            c = c_by_round.get(m.round)
+            cells += [f"{c.test_accuracy:.4f}", f"{c.test_loss:.4f}"] if c else ["", ""]
+        cells += [str(m.bytes_in), str(m.bytes_out), f"{m.round_time_s:.2f}", f"{m.slowest_train_s:.2f}",
+                  f"{m.overhead_s:.2f}"]
+        lines.append(_row(cells))
+    rejected = {m.round: m.rejected for m in fed.rows if m.rejected}
+    if rejected:
+        lines += ["", "Rejected updates: " + "; ".join(
+            f"round {r}: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
+            for r, reasons in rejected.items())]
+    lines += ["", "## Plots", ""]
+    for name, path in plots.items():
+        lines += [f"![{PLOTS[name]}]({path.name})", ""]
+    return "\n".join(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _share(rows: list[RoundMetrics]) -> str:
+    total = sum(m.round_time_s for m in rows)
+    return f"{100 * sum(m.slowest_train_s for m in rows) / total:.1f} %" if total > 0 else "n/a"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m coordinator report",
+        description="Write PNG plots and a Markdown summary (report.md) of a run's metrics.jsonl, federated "
+                    "against a centralized baseline (python -m coordinator baseline) when one is given.")
+    parser.add_argument("run_dir", type=Path, help="the federated run's folder (runs/<run.name>)")
+    parser.add_argument("baseline_dir", type=Path, nargs="?", default=None,
+                        help="the baseline's folder (runs/<run.name>-centralized)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/report)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    from federation.console import configure_logging
+
+    configure_logging(args.log_level)
+    try:
+        files = write_report(args.run_dir, args.baseline_dir, args.out)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"report: {files.markdown}")
+    for path in files.plots.values():
+        print(f"plot:   {path}")
+    return 0

@@ -1,0 +1,163 @@
+"""The live dashboard in a real headless Chromium (Debian's, driven by Playwright), against a real Mosquitto
+with a websockets listener, a real coordinator and two edge clients: round, clients, chart, run end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from broker import free_port
+from demo.local_federation import REPO_ROOT, LocalFederation
+from federation.messages import RoundMetricsMessage, decode_message
+from tests.conftest import retained_messages
+
+pytestmark = pytest.mark.timeout(300)
+
+RUN = "dash"
+ROUNDS = 3
+CLIENTS = ("dev-1", "dev-2")
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser")
+# Offline and quiet: no network but the page's own, no first-run work, no GPU (headless servers, CI).
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+WAIT_MS = 180_000
+
+
+def chromium_path() -> str:
+    for name in CHROMIUM_CANDIDATES:
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("no chromium binary on PATH: install Debian's `chromium` package (scripts/setup.sh does)")
+
+
+@contextmanager
+def headless_chromium() -> Iterator[Browser]:
+    """Debian's Chromium under Playwright; Playwright gives it a fresh temporary profile (user data dir)."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def text_is(page: Page, selector: str, expected: str) -> None:
+    page.wait_for_function("([s, t]) => document.querySelector(s)?.textContent === t", arg=[selector, expected],
+                           timeout=WAIT_MS)
+
+
+def chart_points(page: Page, chart: str) -> list[tuple[int, float]]:
+    return [(int(r), float(v)) for r, v in page.eval_on_selector_all(
+        f"#{chart} circle.point", "els => els.map(e => [e.dataset.round, e.dataset.value])")]
+
+
+def save_artifact(source: Path, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    target = ARTIFACTS / name
+    shutil.copyfile(source, target)
+    return target
+
+
+def test_dashboard_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
+    fed = LocalFederation(tmp_path / "fed", run_name=RUN, ws_port=free_port())
+    try:
+        fed.start_broker()
+        assert not fed.embedded_broker, "the dashboard needs Mosquitto's websockets listener"
+        http_port = free_port()
+        dashboard = fed.start_dashboard(http_port)  # python -m coordinator dashboard, a real process
+        url = f"http://127.0.0.1:{http_port}/"
+
+        with headless_chromium() as browser:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            problems: list[str] = []
+            requested: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(url)
+            text_is(page, "#broker", "broker: connected")
+            text_is(page, "#run", RUN)
+
+            # Two clients, then the coordinator: the page sees them come online, then the rounds.
+            for k, client_id in enumerate(CLIENTS, start=1):
+                fed.start_client(client_id, ["--dataset", "fashion_mnist", "--partition", f"{k}/{len(CLIENTS)}",
+                                             "--max-examples", "1200"])
+            text_is(page, "#online-count", str(len(CLIENTS)))
+            fed.start_coordinator({"training.rounds": ROUNDS, "quorum.min_clients": len(CLIENTS),
+                                   "quorum.round_deadline_s": 120, "evaluation.max_examples": 500})
+            page.wait_for_function(
+                "document.querySelectorAll('#chart-accuracy circle.point').length >= 2"
+                " && document.getElementById('online-count').textContent === '2'", timeout=WAIT_MS)
+            live_shot = tmp_path / "dashboard.png"
+            page.screenshot(path=str(live_shot), full_page=True)
+            assert page.eval_on_selector_all("#clients tbody tr[data-status=online]", "rows => rows.length") == 2
+
+            # The end: every round on the chart, the run-end banner, the coordinator done, both clients offline.
+            text_is(page, "#round", f"{ROUNDS} / {ROUNDS}")
+            page.wait_for_selector("#run-end:not([hidden])", timeout=WAIT_MS)
+            text_is(page, "#phase", "done")
+            text_is(page, "#coordinator", "offline")
+            text_is(page, "#online-count", "0")
+            text_is(page, "#offline-count", f"{len(CLIENTS)} offline")
+            end_shot = tmp_path / "dashboard-end.png"
+            page.screenshot(path=str(end_shot), full_page=True)
+            codes = fed.wait_all(120)  # not the dashboard, a service
+            assert codes == {"coordinator": 0, "dev-1": 0, "dev-2": 0}, codes
+            assert dashboard.popen.poll() is None, "the dashboard server keeps serving after the run"
+
+            rows = fed.metrics()
+            assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
+            assert chart_points(page, "chart-accuracy") == [
+                (r["round"], pytest.approx(r["test_accuracy"], abs=1e-12)) for r in rows]
+            assert chart_points(page, "chart-loss") == [
+                (r["round"], pytest.approx(r["test_loss"], abs=1e-12)) for r in rows]
+            assert page.inner_text("#accuracy") == f"{rows[-1]['test_accuracy']:.4f}"
+            assert page.eval_on_selector_all("#rounds tbody tr", "rows => rows.length") == ROUNDS
+            assert sorted(page.eval_on_selector_all("#clients tbody tr", "rows => rows.map(r => r.dataset.client)")) \
+                == list(CLIENTS)
+            assert f"final test accuracy {rows[-1]['test_accuracy']:.4f}" in page.inner_text("#run-end")
+
+            # A page opened after the run draws the whole curve from the one retained metrics message.
+            late = browser.new_page()
+            late.goto(url)
+            text_is(late, "#round", f"{ROUNDS} / {ROUNDS}")
+            late.wait_for_function(f"document.querySelectorAll('#chart-loss circle.point').length === {ROUNDS}",
+                                   timeout=30_000)
+            assert chart_points(late, "chart-accuracy") == chart_points(page, "chart-accuracy")
+            late.close()
+
+            assert problems == [], problems
+            hosts = {urlsplit(u).hostname for u in requested if urlsplit(u).scheme not in ("data", "blob")}
+            assert hosts == {"127.0.0.1"}, f"the page must load nothing from the internet: {requested}"
+
+        # The broker keeps the last round's metrics (round_metrics, msgpack), with the whole history.
+        retained = retained_messages(fed.port, f"fedmq/{RUN}/metrics")
+        message = decode_message(retained[f"fedmq/{RUN}/metrics"])
+        assert isinstance(message, RoundMetricsMessage)
+        assert message.round == ROUNDS and message.total_rounds == ROUNDS
+        assert message.test_accuracy == pytest.approx(rows[-1]["test_accuracy"])
+        assert message.bytes_in == rows[-1]["bytes_in"] and message.client_ids == list(CLIENTS)
+        assert [p["round"] for p in message.history] == list(range(1, ROUNDS + 1))
+        assert [p["test_loss"] for p in message.history] == pytest.approx([r["test_loss"] for r in rows])
+
+        # Not a terminal: the coordinator logged plain lines, one per closed round, and no live panel.
+        coordinator_log = fed.procs["coordinator"].log_path.read_text()
+        assert sum(f"round {r}/{ROUNDS}: 2 clients" in coordinator_log for r in range(1, ROUNDS + 1)) == ROUNDS
+        assert "\x1b[" not in coordinator_log and "fedmq coordinator, run" not in coordinator_log
+
+        for shot in (live_shot, end_shot):
+            assert shot.stat().st_size > 20_000, f"{shot} looks empty"
+        save_artifact(live_shot, "dashboard.png")
+        save_artifact(end_shot, "dashboard-end.png")
+        (ARTIFACTS / "dashboard-run.json").write_text(json.dumps(rows, indent=1))
+    finally:
+        fed.stop()
