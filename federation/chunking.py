@@ -1,6 +1,6 @@
 """Split a large byte string into hashed chunks, and reassemble them in any order, with duplicates and timeouts.
 
-Transport-agnostic: a manifest (sizes and sha256 of the whole and of every chunk) plus indexed chunks; see PROTOCOL.md."""
+Transport-agnostic: a manifest (size and sha256 of the whole and of each chunk), indexed chunks; see PROTOCOL.md."""
 
 from __future__ import annotations
 

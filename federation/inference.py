@@ -1,6 +1,7 @@
 """Run a TFLite classifier with the smallest runtime available: LiteRT, then tflite-runtime, then TF.
 
-Handles quantized inputs and outputs, and batches by resizing the input tensor."""
+Handles quantized inputs and outputs, and batches by resizing the input tensor. Never imports TensorFlow unless
+neither LiteRT (ai_edge_litert) nor tflite_runtime is installed."""
 
 from __future__ import annotations
 
@@ -10,31 +11,38 @@ from pathlib import Path
 
 import numpy as np
 
+from federation.deployment import TensorFormat
+
 log = logging.getLogger(__name__)
 
-_RUNTIMES = (
-    ("ai_edge_litert.interpreter", "ai-edge-litert"),
-    ("tflite_runtime.interpreter", "tflite-runtime"),
-    ("tensorflow.lite", "tensorflow"),
+_RUNTIMES = (  # (module to import, attribute path of its Interpreter class, runtime name)
+    ("ai_edge_litert.interpreter", "Interpreter", "ai-edge-litert"),
+    ("tflite_runtime.interpreter", "Interpreter", "tflite-runtime"),
+    # tf.lite.Interpreter lives in TensorFlow's generated API module, not in the `tensorflow.lite` package
+    ("tensorflow", "lite.Interpreter", "tensorflow"),
 )
 
 
 def load_interpreter_class() -> tuple[type, str]:
     """The Interpreter class of the first runtime that imports, and that runtime's name."""
     errors = []
-    for module_name, label in _RUNTIMES:
+    for module_name, attribute, label in _RUNTIMES:
         try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
+            found = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                found = getattr(found, part)
+        except (ImportError, AttributeError) as exc:
             errors.append(f"{label}: {exc}")
             continue
-        return module.Interpreter, label
+        return found, label
     raise ImportError("no TFLite runtime found; install ai-edge-litert (pip install ai-edge-litert). Tried: "
                       + "; ".join(errors))
 
 
 class TFLiteClassifier:
-    """A loaded .tflite image classifier taking raw pixel values (0-255) and giving class probabilities."""
+    """A loaded .tflite image classifier taking raw pixel values (0-255) and giving class probabilities.
+
+    Not thread-safe (one TFLite interpreter): callers serialize predict() calls."""
 
     def __init__(self, model: bytes | str | Path, num_threads: int | None = None) -> None:
         interpreter_cls, self.runtime = load_interpreter_class()
@@ -51,6 +59,18 @@ class TFLiteClassifier:
     @property
     def input_dtype(self) -> np.dtype:
         return np.dtype(self._input["dtype"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._output["shape"][-1])
+
+    @property
+    def input_format(self) -> TensorFormat:
+        return _tensor_format(self._input)
+
+    @property
+    def output_format(self) -> TensorFormat:
+        return _tensor_format(self._output)
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Class probabilities (float32, [N, classes]) for raw-pixel images shaped [N, *input_shape]."""
@@ -70,6 +90,12 @@ class TFLiteClassifier:
         self._interpreter.set_tensor(self._input["index"], _quantize(batch, self._input))
         self._interpreter.invoke()
         return _dequantize(self._interpreter.get_tensor(self._output["index"]), self._output)
+
+
+def _tensor_format(detail: dict) -> TensorFormat:
+    scale, zero = detail.get("quantization", (0.0, 0))
+    return TensorFormat(tuple(int(d) for d in detail["shape"][1:]), np.dtype(detail["dtype"]).name, float(scale),
+                        int(zero))
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:

@@ -217,21 +217,20 @@ class RoundMetricsMessage(Message):
 
 @dataclass
 class DeployedModel(Message):
-    """A TFLite model for inference-only devices (retained on the deploy topic): inline bytes or a chunk manifest."""
+    """A TFLite model for inference-only devices, retained on the deploy topic (chunked when large, like any
+    message: see federation/chunked_transfer.py); `info.sha256` is the model bytes' own hash."""
 
     TYPE: ClassVar[str] = "deployed_model"
     info: DeploymentInfo = None  # type: ignore[assignment]
-    model: bytes | None = None            # the .tflite bytes, when they fit in one message
-    chunks: ChunkManifest | None = None   # otherwise: how the bytes are split into model_chunk messages
+    model: bytes = b""  # the .tflite file
 
     def body(self) -> dict[str, Any]:
-        return {**self.info.fields_to_wire(), "model": self.model,
-                "chunks": self.chunks.to_wire() if self.chunks is not None else None}
+        return {**self.info.fields_to_wire(), "model": self.model}
 
 
 @dataclass
 class ModelChunk(Message):
-    """Chunk `index` of `count` of a deployed model too large for one message; `transfer` is the model's sha256."""
+    """Chunk `index` of `count` of a message too large for one; `transfer` is the whole payload's sha256."""
 
     TYPE: ClassVar[str] = "model_chunk"
     transfer: str = ""
@@ -375,17 +374,10 @@ def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetr
 def _decode_deployed_model(raw: dict[str, Any], env: dict[str, Any]) -> DeployedModel:
     try:
         info = DeploymentInfo.fields_from_wire(raw, env["run"], env["round"])
-        chunks = ChunkManifest.from_wire(raw["chunks"]) if raw.get("chunks") is not None else None
-    except (DeploymentError, ChunkError) as exc:
+    except DeploymentError as exc:
         raise DecodeError(f"deployed_model: {exc}") from None
-    model = raw.get("model")
-    if model is not None and not isinstance(model, bytes):
-        raise DecodeError(f"deployed_model: model is a {type(model).__name__}, expected bin")
-    if (model is None) == (chunks is None):
-        raise DecodeError("deployed_model: needs exactly one of model and chunks")
-    if chunks is not None and (chunks.sha256 != info.sha256 or chunks.size != info.size):
-        raise DecodeError("deployed_model: the chunk manifest's sha256 or size differs from the model's")
-    return DeployedModel(**env, info=info, model=model, chunks=chunks)
+    model = _get(raw, "model", bytes, "deployed_model")  # its sha256 is checked by the receiver (bad_hash)
+    return DeployedModel(**env, info=info, model=model)
 
 
 def _decode_model_chunk(raw: dict[str, Any], env: dict[str, Any]) -> ModelChunk:

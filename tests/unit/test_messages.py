@@ -13,15 +13,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from federation.chunking import sha256_hex, split
 from federation.codec import WIRE_DTYPES, DecodeError, encode_tensor, pack, unpack
+from federation.deployment import DeploymentInfo, TensorFormat
 from federation.messages import (
     MAX_NUM_EXAMPLES,
     MESSAGE_TYPES,
+    ChunkedMessage,
     ClientStatus,
     CoordinatorState,
+    DeployedModel,
     GlobalModel,
     Message,
+    ModelChunk,
     ModelInfo,
+    RoundMetricsMessage,
     RunEnd,
     TrainingPlan,
     Update,
@@ -37,6 +43,12 @@ TENSORS = [
     ("empty", np.zeros((0, 3), dtype=np.float16)),
 ]
 ENV = dict(run="run-1", round=3, sender="client_07", sent_at=1712345678.25)
+MODEL_BYTES = bytes(range(100))
+DEPLOY_INFO = DeploymentInfo(
+    run="run-1", round=3, variant="int8", sha256=sha256_hex(MODEL_BYTES), size=len(MODEL_BYTES),
+    input=TensorFormat((28, 28, 1), "uint8", 1.0, 0), output=TensorFormat((3,), "uint8", 1 / 256, 0),
+    class_names=("a", "b", "c"), test_accuracy=0.875, test_examples=200, keras_accuracy=0.88,
+    tflite_runtime_compat=True, created_at=1712345678.5)
 
 
 def sample_messages() -> list[Message]:
@@ -55,6 +67,19 @@ def sample_messages() -> list[Message]:
         CoordinatorState(**ENV, status="offline", phase="done"),
         RunEnd(**ENV, reason="completed", test_accuracy=0.9123, detail="5 rounds"),
         RunEnd(**ENV, reason="no_quorum", test_accuracy=None),
+        RoundMetricsMessage(**ENV, total_rounds=5, clients=2, examples=1200, test_loss=0.52, test_accuracy=0.8125,
+                            bytes_in=1801612, bytes_out=900866, round_time_s=12.5, slowest_train_s=11.0,
+                            overhead_s=1.5, aggregate_s=0.01, evaluate_s=0.7, client_ids=["a", "b"],
+                            rejected={"wrong_round": 1},
+                            aggregation={"clip_norm": 2.5, "clipped": ["b"], "dp_epsilon": 1.5},
+                            history=[{"round": 1, "test_accuracy": 0.5, "test_loss": 1.25},
+                                     {"round": 2, "test_accuracy": 0.8125, "test_loss": 0.52}]),
+        ClientStatus(**ENV, status="online", software="fedmq 0.1.0", role="serve",
+                     deployed={"model_version": "run-1@3", "sha256": "ab" * 32}, deploy_error="sha256 mismatch"),
+        DeployedModel(**ENV, info=DEPLOY_INFO, model=MODEL_BYTES),
+        ChunkedMessage(**ENV, manifest=split(MODEL_BYTES, 64)[0]),
+        ModelChunk(**ENV, transfer=sha256_hex(MODEL_BYTES), index=1, count=2, sha256=sha256_hex(MODEL_BYTES[64:]),
+                   data=MODEL_BYTES[64:]),
     ]
 
 
@@ -323,6 +348,45 @@ def test_run_end_validation() -> None:
     assert decode_raw(raw).test_accuracy is None
     raw["test_accuracy"] = 1
     assert decode_raw(raw).test_accuracy == 1.0
+
+
+@pytest.mark.parametrize("key, value, pattern", [
+    ("clients", -1, "'clients' is negative"),
+    ("bytes_in", 1.5, "'bytes_in' has type float"),
+    ("test_accuracy", "0.9", "'test_accuracy' has type str"),
+    ("test_loss", True, "'test_loss' has type bool"),
+    ("client_ids", ["a", 3], "client_ids must be a list of str"),
+    ("client_ids", "a", "'client_ids' has type str"),
+    ("rejected", {"duplicate": 1.0}, "rejected must map str to int"),
+    ("rejected", [], "expected a map"),
+    ("aggregation", [1], "expected a map"),
+    ("history", {"round": 1}, "history must be a list"),
+    ("history", [{"round": 1, "test_accuracy": 0.5}], "missing field 'test_loss'"),
+    ("history", [{"round": "1", "test_accuracy": 0.5, "test_loss": 1.0}], "'round' has type str"),
+])
+def test_round_metrics_validation(key: str, value: Any, pattern: str) -> None:
+    raw = valid_raw("round_metrics")
+    raw[key] = value
+    expect_error(raw, pattern)
+
+
+def test_round_metrics_ints_become_floats_nan_loss_passes_and_history_is_optional() -> None:
+    raw = valid_raw("round_metrics")
+    raw["test_accuracy"], raw["test_loss"] = 1, float("nan")
+    del raw["history"], raw["rejected"]
+    decoded = decode_raw(raw)
+    assert isinstance(decoded, RoundMetricsMessage)
+    assert type(decoded.test_accuracy) is float and decoded.test_accuracy == 1.0
+    assert math.isnan(decoded.test_loss), "a diverged model's loss is reported, not rejected"
+    assert decoded.history == [] and decoded.rejected == {}
+
+
+def test_round_metrics_message_carries_every_round_metrics_field() -> None:
+    from coordinator.metrics import RoundMetrics
+
+    sample = next(m for m in sample_messages() if isinstance(m, RoundMetricsMessage))
+    wire = set(unpack(sample.encode()))
+    assert {f.name for f in dataclasses.fields(RoundMetrics)} <= wire, "PROTOCOL.md: fields = RoundMetrics fields"
 
 
 # ---- check_finite -----------------------------------------------------------------------------------

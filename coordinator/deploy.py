@@ -1,0 +1,133 @@
+"""Publish a TFLite model for inference-only devices on the retained deploy topic: at the end, and every K rounds.
+
+The message carries the version, sha256, tensor formats, class names and the accuracy measured on the .tflite itself."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from federation.deployment import DeploymentInfo
+from federation.inference import TFLiteClassifier
+from federation.model_delivery import delivery_messages
+from federation.mqtt_link import MqttLink
+from federation.settings import Settings
+from federation.topics import RunTopics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeployRecord:
+    """What was published, for summary.json."""
+
+    model_version: str
+    round: int
+    variant: str
+    sha256: str
+    bytes: int
+    messages: int
+    test_accuracy: float
+    confirmed: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class Deployer:
+    """Publishes deployments through the coordinator's MQTT link; remembers how many chunk topics it filled."""
+
+    def __init__(self, settings: Settings, link: MqttLink, topics: RunTopics, sender: str,
+                 class_names: tuple[str, ...]) -> None:
+        self.settings = settings
+        self.link = link
+        self.topics = topics
+        self.sender = sender
+        self.class_names = tuple(class_names)
+        self._chunk_topics = 0
+        self.records: list[DeployRecord] = []
+
+    @property
+    def variant(self) -> str:
+        return self.settings.deploy.variant
+
+    @property
+    def chunk_bytes(self) -> int:
+        """deploy.chunk_bytes, or the broker's message limit broker.chunk_bytes when that is set and smaller."""
+        return min(b for b in (self.settings.deploy.chunk_bytes, self.settings.broker.chunk_bytes) if b)
+
+    def due(self, round_: int) -> bool:
+        """Whether round `round_` (not the last: that one is deployed at the end) gets a deployment."""
+        k = self.settings.deploy.every_k_rounds
+        return bool(self.settings.deploy.enabled and k and round_ % k == 0
+                    and round_ < self.settings.training.rounds)
+
+    def export_and_publish(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,  # noqa: F821
+                           keras_accuracy: float | None) -> DeployRecord:
+        """Convert `model` to the deploy variant, measure its accuracy on (x, y) with LiteRT, and publish it."""
+        from coordinator.evaluation import evaluate_tflite
+        from coordinator.export import convert_to_tflite
+
+        s = self.settings
+        content = convert_to_tflite(model, self.variant, x[: s.export.representative_examples],
+                                    s.export.tflite_runtime_compat)
+        ev = evaluate_tflite(content, x, y)
+        return self.publish(content, round_, ev.accuracy, ev.examples, keras_accuracy)
+
+    def publish(self, content: bytes, round_: int, test_accuracy: float, test_examples: int,
+                keras_accuracy: float | None) -> DeployRecord:
+        """Publish `content` (the deploy variant's .tflite bytes) as the run's deployed model, retained."""
+        classifier = TFLiteClassifier(content)  # reads the tensor formats; also proves the model loads
+        info = DeploymentInfo(
+            run=self.settings.run.name, round=round_, variant=self.variant, sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content), input=classifier.input_format, output=classifier.output_format,
+            class_names=self.class_names if len(self.class_names) == classifier.num_classes else (),
+            test_accuracy=test_accuracy, test_examples=test_examples, keras_accuracy=keras_accuracy,
+            tflite_runtime_compat=self.settings.export.tflite_runtime_compat, created_at=time.time())
+        messages = delivery_messages(self.topics, info, content, self.chunk_bytes, self.sender)
+        confirmed = True
+        for message in messages:
+            confirmed &= self.link.publish_and_wait(message.topic, message.payload, qos=1, retain=True)
+        chunks = len(messages) - 1
+        for index in range(chunks, self._chunk_topics):  # an earlier, larger model's chunks: clear them
+            self.link.publish(self.topics.deploy_chunk(index), b"", qos=1, retain=True)
+        self._chunk_topics = chunks
+        record = DeployRecord(info.model_version, round_, self.variant, info.sha256, len(content), len(messages),
+                              test_accuracy, confirmed)
+        self.records.append(record)
+        log.info("deployed %s model %s on %s: %d bytes in %d message(s), test accuracy %.4f%s", self.variant,
+                 info.model_version, self.topics.deploy, len(content), len(messages), test_accuracy,
+                 "" if confirmed else " (not confirmed by the broker yet)")
+        return record
+
+    def after_round(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,  # noqa: F821
+                    keras_accuracy: float) -> DeployRecord | None:
+        """Publish round `round_`'s model if deploy.every_k_rounds asks for it; a failure is logged, not raised."""
+        if not self.due(round_):
+            return None
+        try:
+            return self.export_and_publish(model, round_, x, y, keras_accuracy)
+        except Exception:  # a deployment must never stop the training run
+            log.exception("round %d: deploying the %s model failed", round_, self.variant)
+            return None
+
+    def at_end(self, run_dir: Path, round_: int, exported: dict[str, dict],
+               keras_accuracy: float | None) -> DeployRecord | None:
+        """Publish the exported deploy variant (run_dir/<file>, accuracy from `exported`) at the end of the run."""
+        if not self.settings.deploy.enabled:
+            return None
+        entry = exported.get(self.variant)
+        if entry is None:
+            log.error("the %s model to deploy was not exported", self.variant)
+            return None
+        try:
+            content = (run_dir / entry["path"]).read_bytes()
+            return self.publish(content, round_, entry["accuracy"], entry["examples"], keras_accuracy)
+        except Exception:
+            log.exception("deploying the final %s model failed", self.variant)
+            return None

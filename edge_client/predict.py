@@ -1,0 +1,145 @@
+"""`python -m edge_client predict MODEL INPUTS...`: classify image files or .npy/.npz arrays with a TFLite model.
+
+MODEL is a .tflite file, a model folder kept by `serve`, or `none` for the deployed model of --run; needs no TF."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_client.cli_common import default_model_dir, setup_logging
+from edge_client.images import InputError, load_inputs
+from edge_client.model_store import CURRENT, ModelStore
+from federation.inference import TFLiteClassifier
+
+log = logging.getLogger("edge_client.predict")
+
+DEPLOYED = ("none", "-", "deployed")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model argument names no usable model; the message says what was looked for."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: Path
+    class_names: tuple[str, ...]
+    version: str | None = None
+    variant: str | None = None
+
+
+def resolve_model(model: str, model_dir: Path | None, run: str, labels: str | None) -> ResolvedModel:
+    """Find the .tflite file and its class names for the MODEL argument."""
+    if model.lower() in DEPLOYED:
+        folder = model_dir or default_model_dir(run)
+        return _from_folder(folder)
+    path = Path(model)
+    if path.is_dir():
+        return _from_folder(path)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path}: no such .tflite file or model folder")
+    names = _labels(labels) if labels else _names_from_summary(path)
+    return ResolvedModel(path, names)
+
+
+def _from_folder(folder: Path) -> ResolvedModel:
+    if not (folder / CURRENT).is_file():
+        raise ModelNotFoundError(f"no deployed model in {folder} (no {CURRENT}); run `python -m edge_client serve` "
+                                 "first, or give a .tflite file")
+    stored = ModelStore(folder).current()
+    if stored is None:
+        raise ModelNotFoundError(f"the deployed model in {folder} is damaged; see the log above")
+    return ResolvedModel(stored.path, stored.info.class_names, stored.info.model_version, stored.info.variant)
+
+
+def _labels(spec: str) -> tuple[str, ...]:
+    """--labels: a text file with one class name per line, or a comma-separated list."""
+    path = Path(spec)
+    if path.is_file():
+        return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    return tuple(name.strip() for name in spec.split(","))
+
+
+def _names_from_summary(model: Path) -> tuple[str, ...]:
+    """Class names from the coordinator's summary.json next to an exported .tflite file, if there is one."""
+    summary = model.parent / "summary.json"
+    try:
+        names = json.loads(summary.read_text()).get("class_names", [])
+    except (OSError, ValueError, AttributeError):
+        return ()
+    return tuple(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m edge_client predict",
+        description="Classify image files or .npy/.npz arrays with a TFLite model (a .tflite file, a model folder "
+                    "kept by serve, or none: the deployed one). Needs no TensorFlow.")
+    p.add_argument("model", help="a .tflite file, a model folder kept by `serve`, or `none` for the deployed model")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, ...) and/or .npy/.npz arrays")
+    p.add_argument("--model-dir", type=Path, default=None,
+                   help="with MODEL none: the serve model folder (default: ~/.fedmq/models/<run>)")
+    p.add_argument("--run", default="demo", help="with MODEL none: the run whose deployed model to use")
+    p.add_argument("--labels", default=None, help="class names: a file with one per line, or a,b,c")
+    p.add_argument("--top", type=int, default=1, help="show the K most likely classes")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    p.add_argument("--threads", type=int, default=None, help="interpreter threads")
+    p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        model = resolve_model(args.model, args.model_dir, args.run, args.labels)
+        classifier = TFLiteClassifier(model.path, num_threads=args.threads)
+        batch = load_inputs(args.inputs, classifier.input_shape)
+    except (ModelNotFoundError, InputError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # the runtime rejects the file
+        print(f"error: {model.path} does not load as a TFLite model: {exc}", file=sys.stderr)
+        return 2
+    names = model.class_names if len(model.class_names) == classifier.num_classes else ()
+    probs = classifier.predict(batch.images)
+    top = max(1, min(args.top, probs.shape[1]))
+    rows = [_row(name, p, names, top) for name, p in zip(batch.names, probs)]
+    accuracy = None
+    if batch.labels is not None:
+        accuracy = float((probs.argmax(1) == batch.labels.astype(np.int64)).mean())
+    if args.json:
+        doc: dict[str, Any] = {"model": {"path": str(model.path), "model_version": model.version,
+                                         "variant": model.variant, "runtime": classifier.runtime},
+                               "predictions": rows}
+        if accuracy is not None:
+            doc.update(accuracy=accuracy, examples=len(batch.labels))
+        print(json.dumps(doc))
+        return 0
+    width = max(len(r["input"]) for r in rows)
+    for r in rows:
+        alternatives = "".join(f"  {t['label']} {t['confidence']:.3f}" for t in r.get("top", [])[1:])
+        print(f"{r['input']:<{width}}  {r['label']}  {r['confidence']:.3f}{alternatives}")
+    if accuracy is not None:
+        print(f"accuracy {accuracy:.4f} on {len(batch.labels)} labelled examples")
+    print(f"model {model.version or model.path} ({classifier.runtime})", file=sys.stderr)
+    return 0
+
+
+def _row(name: str, probs: np.ndarray, names: tuple[str, ...], top: int) -> dict[str, Any]:
+    order = np.argsort(-probs, kind="stable")[:top]
+    best = int(order[0])
+    row: dict[str, Any] = {"input": name, "class_index": best, "label": names[best] if names else str(best),
+                           "confidence": round(float(probs[best]), 6)}
+    if top > 1:
+        row["top"] = [{"class_index": int(i), "label": names[i] if names else str(int(i)),
+                       "confidence": round(float(probs[i]), 6)} for i in order]
+    return row
