@@ -4,8 +4,11 @@ a last will, and a callback per received message."""
 from __future__ import annotations
 
 import logging
+import os
+import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import paho.mqtt.client as mqtt
@@ -14,6 +17,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
+# CONNACK reason codes meaning "not you" (paho maps MQTT 3.1.1's 4 and 5 to 134 and 135; 138 = banned).
+_LOGIN_REFUSED = frozenset({134, 135, 138})
+
+
+class CredentialsError(ValueError):
+    """A TLS or login file that is missing, unreadable or inconsistent; the message names it."""
+
+
+class BrokerRefusedError(RuntimeError):
+    """The broker refused our login (wrong or revoked credentials, or not authorized)."""
 
 
 @dataclass(frozen=True)
@@ -22,9 +35,62 @@ class BrokerAddress:
     port: int = 1883
     mqtt_version: str = "3.1.1"
     keepalive_s: int = 30
+    tls_ca: str = ""          # CA certificate file: use TLS and verify the broker against it ("" = plain MQTT)
+    tls_cert: str = ""        # client certificate file for mutual TLS (with tls_key)
+    tls_key: str = ""
+    username: str = ""
+    password_file: str = ""   # the password is read from this file by MqttLink, never passed around
 
     def __str__(self) -> str:
-        return f"mqtt://{self.host}:{self.port} (MQTT {self.mqtt_version})"
+        scheme = "mqtts" if self.tls_ca else "mqtt"
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{self.host}:{self.port} (MQTT {self.mqtt_version})"
+
+    @classmethod
+    def from_settings(cls, broker: object) -> "BrokerAddress":
+        """From federation.settings.BrokerSettings (any object with the same attribute names)."""
+        return cls(**{name: getattr(broker, name) for name in cls.__dataclass_fields__ if hasattr(broker, name)})
+
+
+def read_password(path: str) -> str:
+    """The first line of `path`; CredentialsError naming the file if it is missing or empty."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except OSError as exc:
+        raise CredentialsError(f"password file {path} can't be read: {exc.strerror or exc}") from None
+    password = text.splitlines()[0].strip() if text.strip() else ""
+    if not password:
+        raise CredentialsError(f"password file {path} is empty")
+    if mode & 0o077:
+        log.warning("password file %s is readable by other users (mode %o); chmod 600 it", path, mode & 0o777)
+    return password
+
+
+def configure_security(client: mqtt.Client, address: BrokerAddress) -> None:
+    """Set TLS and the login on a paho client; CredentialsError names a missing or unusable file."""
+    if (address.tls_cert or address.tls_key) and not (address.tls_cert and address.tls_key):
+        raise CredentialsError("a client certificate needs both tls_cert and tls_key (--tls-cert and --tls-key)")
+    if address.tls_cert and not address.tls_ca:
+        raise CredentialsError("a client certificate needs tls_ca (--tls-ca) too: mutual TLS is TLS first")
+    if address.password_file and not address.username:
+        raise CredentialsError("a password file needs a username (--username)")
+    if address.tls_ca:
+        for what, path in (("CA certificate", address.tls_ca), ("client certificate", address.tls_cert),
+                           ("client key", address.tls_key)):
+            if path and not Path(path).expanduser().is_file():
+                raise CredentialsError(f"{what} file {path} does not exist")
+        try:
+            client.tls_set(ca_certs=str(Path(address.tls_ca).expanduser()),
+                           certfile=str(Path(address.tls_cert).expanduser()) if address.tls_cert else None,
+                           keyfile=str(Path(address.tls_key).expanduser()) if address.tls_key else None,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise CredentialsError(f"TLS files unusable (CA {address.tls_ca}, certificate "
+                                   f"{address.tls_cert or '-'}, key {address.tls_key or '-'}): {exc}") from None
+    if address.username:
+        password = read_password(address.password_file) if address.password_file else None
+        client.username_pw_set(address.username, password)
 
 
 class MqttLink:
@@ -43,11 +109,16 @@ class MqttLink:
         protocol = mqtt.MQTTv5 if address.mqtt_version == "5" else mqtt.MQTTv311
         kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
         self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
+        configure_security(self._client, address)
+        self.refused: str | None = None   # why the broker refused our login, once it did
+        self.on_refused: Callable[[], None] | None = None  # called (paho's thread) when that happens
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         self._client.max_queued_messages_set(0)
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_connect = self._handle_connect
+        self._client.on_connect_fail = self._handle_connect_fail
+        self._fail_logged = False
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
 
@@ -82,14 +153,29 @@ class MqttLink:
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
                         reason_code: mqtt.ReasonCode, properties: object) -> None:
         if reason_code.is_failure:
-            log.error("%s: broker refused the connection: %s", self.client_id, reason_code)
+            if reason_code.value in _LOGIN_REFUSED:
+                self.refused = str(reason_code)
+                log.error("%s: broker refused the login of %r: %s (wrong or revoked password, or a username the "
+                          "broker does not know)", self.client_id, self.address.username or "anonymous",
+                          reason_code)
+                if self.on_refused:
+                    self.on_refused()
+            else:
+                log.error("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         log.info("%s connected to %s", self.client_id, self.address)
+        self._fail_logged = False
         if self._subscriptions:
             client.subscribe(self._subscriptions)
         self.connected.set()
         if self._on_connected:
             self._on_connected()
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        if not self._fail_logged:  # once until the next successful connect: paho retries every few seconds
+            log.warning("%s: can't reach %s (broker down, or a TLS handshake failure: wrong CA or host name, or a "
+                        "client certificate the broker refuses); retrying", self.client_id, self.address)
+            self._fail_logged = True
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                            reason_code: mqtt.ReasonCode, properties: object) -> None:

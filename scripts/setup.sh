@@ -8,7 +8,8 @@ REQUIREMENTS="${1:-requirements.txt}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
 if command -v apt-get >/dev/null; then
-  APT_PACKAGES="mosquitto mosquitto-clients dataset-fashion-mnist python3-venv"
+  # chromium and a font: the dashboard's browser test (tests/integration/test_dashboard.py), driven by Playwright.
+  APT_PACKAGES="mosquitto mosquitto-clients dataset-fashion-mnist python3-venv chromium fonts-dejavu-core"
   missing=""
   for p in $APT_PACKAGES; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
   if [ -n "$missing" ]; then
@@ -16,7 +17,8 @@ if command -v apt-get >/dev/null; then
     $SUDO apt-get update -qq
     # python3-venv may not exist when Python is not Debian's; install the rest anyway.
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing \
-      || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients dataset-fashion-mnist
+      || $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients dataset-fashion-mnist \
+         chromium fonts-dejavu-core
   fi
   # Debian starts a system Mosquitto on port 1883; fedmq runs its own broker, so don't keep that one.
   if command -v systemctl >/dev/null && systemctl is-active --quiet mosquitto 2>/dev/null; then

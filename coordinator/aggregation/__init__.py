@@ -1,19 +1,53 @@
 """Aggregation rules behind one small interface (base.Aggregator), one module per rule.
 
-`make_aggregator(name)` builds the rule named in the config."""
+`make_aggregator(settings)` builds the rule named in [aggregation], with clipping or differential privacy."""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from coordinator.aggregation.base import Aggregator, ClientResult, Weights
+from coordinator.aggregation.clipping import NormClipping
+from coordinator.aggregation.dp import GaussianDP
 from coordinator.aggregation.fedavg import FedAvg
+from coordinator.aggregation.krum import MultiKrum
+from coordinator.aggregation.median import CoordinateMedian
+from coordinator.aggregation.trimmed_mean import TrimmedMean
 
-AGGREGATORS: dict[str, type[Aggregator]] = {"fedavg": FedAvg}
+log = logging.getLogger(__name__)
+
+AGGREGATORS: dict[str, type[Aggregator]] = {"fedavg": FedAvg, "median": CoordinateMedian,
+                                            "trimmed_mean": TrimmedMean, "multi_krum": MultiKrum}
 
 
-def make_aggregator(name: str) -> Aggregator:
-    if name not in AGGREGATORS:
-        raise ValueError(f"unknown aggregation rule {name!r}; available: {', '.join(sorted(AGGREGATORS))}")
-    return AGGREGATORS[name]()
+def make_aggregator(config: Any) -> Aggregator:
+    """The rule for `config`: a rule name (that rule with its defaults), or federation.settings'
+    AggregationSettings: the rule behind norm clipping (which also reports update norms), or central DP."""
+    if isinstance(config, str):
+        if config not in AGGREGATORS:
+            raise ValueError(f"unknown aggregation rule {config!r}; available: {', '.join(sorted(AGGREGATORS))}")
+        return AGGREGATORS[config]()
+    a = config
+    if a.rule not in AGGREGATORS:
+        raise ValueError(f"unknown aggregation rule {a.rule!r}; available: {', '.join(sorted(AGGREGATORS))}")
+    if a.dp_noise_multiplier > 0:
+        if a.rule != "fedavg" or a.clip_norm <= 0:
+            raise ValueError("differential privacy needs rule 'fedavg' and clip_norm > 0")
+        log.info("aggregation: central DP (clip %g, noise multiplier %g, delta %g); streaming", a.clip_norm,
+                 a.dp_noise_multiplier, a.dp_delta)
+        return GaussianDP(a.clip_norm, a.dp_noise_multiplier, a.dp_delta, a.dp_total_clients)
+    if a.rule == "trimmed_mean":
+        rule: Aggregator = TrimmedMean(a.trim_fraction)
+    elif a.rule == "multi_krum":
+        rule = MultiKrum(a.krum_byzantine, a.krum_select)
+    else:
+        rule = AGGREGATORS[a.rule]()
+    log.info("aggregation: %s%s; %s", a.rule, f" after clipping update deltas to L2 norm {a.clip_norm:g}"
+             if a.clip_norm > 0 else "", "streaming (memory: one model)" if rule.streaming
+             else "keeps every update of a round in memory (n x model size)")
+    return NormClipping(rule, a.clip_norm)
 
 
-__all__ = ["AGGREGATORS", "Aggregator", "ClientResult", "FedAvg", "Weights", "make_aggregator"]
+__all__ = ["AGGREGATORS", "Aggregator", "ClientResult", "CoordinateMedian", "FedAvg", "GaussianDP", "MultiKrum",
+           "NormClipping", "TrimmedMean", "Weights", "make_aggregator"]

@@ -1,0 +1,90 @@
+"""Per-update L2 norm clipping of the update delta (update - global model), in front of any other rule.
+
+Wraps a rule: each delta longer than clip_norm is scaled down to it, so no single client can move the model far."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from coordinator.aggregation.base import Aggregator, ClientResult, Weights, check_result, is_float
+
+
+def delta_norm(weights: Weights, global_weights: Weights) -> float:
+    """L2 norm of (weights - global_weights) over every floating-point tensor, computed in float64."""
+    total = 0.0
+    for w, g in zip(weights, global_weights):
+        if is_float(g):
+            d = np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64)
+            total += float(np.dot(d.ravel(), d.ravel()))
+    return math.sqrt(total)
+
+
+def clip_to_norm(weights: Weights, global_weights: Weights, clip_norm: float) -> tuple[Weights, float, bool]:
+    """(global + delta scaled to at most clip_norm, the delta's norm before clipping, whether it was clipped).
+
+    Non-float tensors are passed through. Unclipped updates come back as the same arrays (no copy)."""
+    norm = delta_norm(weights, global_weights)
+    if clip_norm <= 0 or norm <= clip_norm:
+        return list(weights), norm, False
+    scale = clip_norm / norm
+    out = []
+    for w, g in zip(weights, global_weights):
+        if is_float(g):
+            g64 = np.asarray(g, dtype=np.float64)
+            out.append((g64 + (np.asarray(w, dtype=np.float64) - g64) * scale).astype(np.asarray(w).dtype))
+        else:
+            out.append(w)
+    return out, norm, True
+
+
+class NormClipping(Aggregator):
+    """Clip every delta to `clip_norm` (0: only measure the norms), then hand the update to `inner`.
+
+    Memory: one extra model copy per clipped update, released once `inner` consumed it (if `inner` streams)."""
+
+    def __init__(self, inner: Aggregator, clip_norm: float = 0.0) -> None:
+        if not clip_norm >= 0:
+            raise ValueError(f"clip_norm must be >= 0, got {clip_norm}")
+        self.inner = inner
+        self.clip_norm = clip_norm
+        self._global: Weights = []
+        self._norms: list[float] = []
+        self._clipped: list[str] = []
+
+    @property
+    def streaming(self) -> bool:  # type: ignore[override]
+        return self.inner.streaming
+
+    def begin(self, global_weights: Weights) -> None:
+        self._global = [np.asarray(w) for w in global_weights]
+        self._norms = []
+        self._clipped = []
+        self.inner.begin(global_weights)
+
+    def add(self, result: ClientResult) -> None:
+        check_result(result, self._global)
+        weights, norm, clipped = clip_to_norm(result.weights, self._global, self.clip_norm)
+        self.inner.add(ClientResult(result.client_id, result.num_examples, weights))
+        self._norms.append(norm)
+        if clipped:
+            self._clipped.append(result.client_id)
+
+    def result(self) -> Weights:
+        return self.inner.result()
+
+    @property
+    def count(self) -> int:
+        return self.inner.count
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.inner.report())
+        if self._norms:
+            out["update_norm_median"] = round(float(np.median(self._norms)), 6)
+            out["update_norm_max"] = round(max(self._norms), 6)
+        if self.clip_norm > 0:
+            out["clip_norm"] = self.clip_norm
+            out["clipped"] = sorted(self._clipped)
+        return out
