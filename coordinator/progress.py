@@ -8,10 +8,8 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from types import TracebackType
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -19,7 +17,7 @@ from rich.text import Text
 
 from coordinator.metrics import RoundMetrics
 from federation.console import configure_logging as _configure_logging
-from federation.console import terminal_console  # noqa: F401  (re-exported for the command line)
+from federation.console import LivePanel, terminal_console  # noqa: F401  (terminal_console: re-exported)
 
 ROUND_LOG = logging.getLogger("coordinator.rounds")
 """The one line per closed round; logged at every --log-level (see `configure_logging`)."""
@@ -50,7 +48,7 @@ class ProgressState:
     rounds_closed: int = 0
 
 
-class RunProgress:
+class RunProgress(LivePanel):
     """Follows a run for the operator. With a console it draws a live panel; without one it only keeps
     the state (the engine logs its own lines), so the engine can call it unconditionally."""
 
@@ -58,40 +56,12 @@ class RunProgress:
                  refresh_per_second: float = 2.0) -> None:
         self._state = ProgressState(run, total_rounds)
         self._lock = threading.Lock()
-        self.console = console
-        self._refresh = refresh_per_second
-        self._live: Live | None = None
-
-    @property
-    def live(self) -> bool:
-        """True while a live panel is drawn."""
-        return self._live is not None
+        super().__init__(console, refresh_per_second)
 
     def snapshot(self) -> ProgressState:
         with self._lock:
             return replace(self._state, online=list(self._state.online), seen=list(self._state.seen),
                            last_updates=list(self._state.last_updates))
-
-    # ---- life cycle ---------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self.console is not None and self._live is None:
-            self._live = Live(get_renderable=self.render, console=self.console,
-                              refresh_per_second=self._refresh, transient=False, redirect_stderr=False)
-            self._live.start()
-
-    def stop(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-    def __enter__(self) -> RunProgress:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # ---- what the engine reports --------------------------------------------------------------------
 

@@ -7,15 +7,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from types import TracebackType
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
-from rich.live import Live
 from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
+
+from federation.console import LivePanel
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class ClientProgressState:
     closed: bool = False            # the client left the run and closed its connection
 
 
-class ClientProgress:
+class ClientProgress(LivePanel):
     """Follows the client for the person at the device. Without a console it only logs; with one it
     draws the connection state, the round and a batch progress bar, refreshed by rich."""
 
@@ -49,35 +49,12 @@ class ClientProgress:
                  connected: threading.Event | None = None, refresh_per_second: float = 4.0) -> None:
         self._state = ClientProgressState(client_id, broker)
         self._lock = threading.Lock()
-        self.console = console
+        super().__init__(console, refresh_per_second)
         self.connected = connected
-        self._refresh = refresh_per_second
-        self._live: Live | None = None
 
     def snapshot(self) -> ClientProgressState:
         with self._lock:
             return replace(self._state)
-
-    # ---- life cycle ---------------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self.console is not None and self._live is None:
-            self._live = Live(get_renderable=self.render, console=self.console,
-                              refresh_per_second=self._refresh, transient=False, redirect_stderr=False)
-            self._live.start()
-
-    def stop(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-    def __enter__(self) -> ClientProgress:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
     # ---- what the client reports --------------------------------------------------------------------
 

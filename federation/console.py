@@ -6,7 +6,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
-from rich.console import Console
+from types import TracebackType
+
+from rich.console import Console, RenderableType
+from rich.live import Live
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 LOG_DATE_FORMAT = "%H:%M:%S"
@@ -40,3 +43,41 @@ def configure_logging(level: str, console: Console | None = None, always_info: I
         logger.setLevel(min(logging.INFO, logging.getLogger().getEffectiveLevel()))
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+class LivePanel:
+    """A rich Live panel drawn while started, when there is a console; subclasses give `render`.
+
+    Without a console start() and stop() do nothing, so callers need not check for a terminal."""
+
+    def __init__(self, console: Console | None, refresh_per_second: float) -> None:
+        self.console = console
+        self._refresh = refresh_per_second
+        self._live: Live | None = None
+
+    @property
+    def live(self) -> bool:
+        """True while a live panel is drawn."""
+        return self._live is not None
+
+    def render(self) -> RenderableType:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self.console is not None and self._live is None:
+            self._live = Live(get_renderable=self.render, console=self.console,
+                              refresh_per_second=self._refresh, transient=False, redirect_stderr=False)
+            self._live.start()
+
+    def stop(self) -> None:
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def __enter__(self) -> "LivePanel":
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
