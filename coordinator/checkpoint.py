@@ -29,6 +29,7 @@ class Checkpoint:
     weights: list[np.ndarray]
     metrics: list[RoundMetrics]
     fingerprint: str
+    finished: bool = False   # the run completed: a restart starts a new run instead of continuing it
 
 
 def run_fingerprint(settings: Settings, specs: list[TensorSpec]) -> str:
@@ -46,7 +47,7 @@ def run_fingerprint(settings: Settings, specs: list[TensorSpec]) -> str:
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     """Write the checkpoint next to the run's outputs: to a temporary file, fsync, then rename."""
-    meta = {"round": checkpoint.round, "fingerprint": checkpoint.fingerprint,
+    meta = {"round": checkpoint.round, "fingerprint": checkpoint.fingerprint, "finished": checkpoint.finished,
             "metrics": [asdict(m) for m in checkpoint.metrics]}
     arrays = {f"w{i}": w for i, w in enumerate(checkpoint.weights)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
@@ -70,7 +71,8 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
         meta = json.loads(bytes(data["meta"]).decode())
         count = sum(1 for k in data.files if k.startswith("w"))
         weights = [data[f"w{i}"] for i in range(count)]
-    return Checkpoint(meta["round"], weights, [RoundMetrics(**m) for m in meta["metrics"]], meta["fingerprint"])
+    return Checkpoint(meta["round"], weights, [RoundMetrics(**m) for m in meta["metrics"]], meta["fingerprint"],
+                      bool(meta.get("finished", False)))
 
 
 def check_resumable(checkpoint: Checkpoint, fingerprint: str, run_dir: Path) -> None:

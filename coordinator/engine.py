@@ -128,7 +128,7 @@ class Coordinator:
         checkpoint = load_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
         if checkpoint is None:
             return None
-        finished = checkpoint.round >= self.settings.training.rounds
+        finished = checkpoint.finished or checkpoint.round >= self.settings.training.rounds
         if self.settings.run.on_existing == "new" or finished:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             aside = self.run_dir.with_name(f"{self.run_dir.name}.{stamp}")
@@ -398,6 +398,9 @@ class Coordinator:
         self.link.publish(self.topics.coordinator_state, self._state_payload, qos=1, retain=True)
 
     def _finish(self, result: RunResult) -> None:
+        if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
+            save_checkpoint(self.run_dir, Checkpoint(result.rounds_completed, self.model.get_weights(), self.history,
+                                                     self.fingerprint, finished=True))
         if result.rounds_completed:
             self._set_phase("exporting")
             self.model.save(self.run_dir / "model.keras")

@@ -90,3 +90,10 @@ def _make_run_dir(tmp_path):
     run_dir = tmp_path / "r1"
     run_dir.mkdir()
     return run_dir
+
+
+def test_an_ended_run_is_not_continued_even_with_more_rounds(tmp_path) -> None:
+    save_checkpoint(_make_run_dir(tmp_path), Checkpoint(2, [], [_metrics(1), _metrics(2)], "a" * 64, finished=True))
+    assert load_checkpoint(tmp_path / "r1").finished
+    assert _coordinator(tmp_path)._usable_checkpoint() is None, "3 rounds planned now, but the 2-round run ended"
+    assert [p.name.startswith("r1.") for p in tmp_path.iterdir()] == [True]
