@@ -104,7 +104,7 @@ class LocalFederation:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        with open(log_path, "ab") as fh:
+        with open(log_path, "wb") as fh:
             popen = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
         proc = Proc(name, popen, log_path)
