@@ -1,11 +1,11 @@
 """Run one real federation (Mosquitto, coordinator and edge clients as processes) and collect its results.
 
-Shared by the bench/ scripts: run_federation() never leaves a process behind; print_table() prints Markdown."""
+Shared by the bench/ scripts: run_federation() drives demo.local_federation.LocalFederation and never leaves a
+process behind; print_table() prints Markdown."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,13 +21,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from broker.mosquitto_process import MosquittoProcess  # noqa: E402
+from broker.mosquitto_process import BrokerError, find_mosquitto  # noqa: E402
+from demo.local_federation import LocalFederation, Proc  # noqa: E402
 
 PYTHON = sys.executable
 DEFAULT_CONFIG = REPO_ROOT / "config" / "default.toml"
 TAIL_LINES = 40
 _POLL_S = 0.2
-_TERM_GRACE_S = 5.0
 _CLIENT_EXIT_GRACE_S = 60.0   # after the coordinator exits, how long clients get to see the run end and leave
 
 
@@ -57,15 +57,6 @@ class RunReport:
                 "commands": self.commands, "metrics": self.metrics, "summary": self.summary}
 
 
-@dataclass
-class _Child:
-    name: str
-    command: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes]
-    log_handle: IO[bytes]
-
-
 def run_federation(clients: Sequence[Sequence[str]], coordinator_overrides: Mapping[str, Any], out_dir: Path,
                    run_name: str, timeout_s: float, *, config: Path | None = DEFAULT_CONFIG,
                    env: Mapping[str, str] | None = None, echo: bool = True, fresh: bool = True) -> RunReport:
@@ -74,168 +65,89 @@ def run_federation(clients: Sequence[Sequence[str]], coordinator_overrides: Mapp
     clients[k] is the extra `python -m edge_client` arguments of client k (its id defaults to client-<k+1>;
     --client-id in the extra arguments wins). coordinator_overrides maps "section.key" to a value (a string,
     or a list of strings for list settings such as export.tflite); quorum.min_clients defaults to the number
-    of clients so that every round waits for all of them. Logs go to out_dir/logs/, results to
-    out_dir/<run_name>/, which is removed first unless fresh=False (the coordinator would resume a checkpoint
-    there). Raises FederationError (with log tails) when a process fails or timeout_s passes; every process
-    is stopped before this returns or raises."""
+    of clients so that every round waits for all of them. Logs go to out_dir/logs/<name>.log (Mosquitto's to
+    out_dir/mosquitto/mosquitto.log), results to out_dir/<run_name>/, which is removed first unless fresh=False
+    (the coordinator would resume a checkpoint there). Raises FederationError (with log tails) when a process
+    fails or timeout_s passes; every process is stopped before this returns or raises."""
     if not clients:
         raise ValueError("run_federation needs at least one client")
+    extras = [[str(a) for a in extra] for extra in clients]
+    client_ids = [_flag_value(extra, "--client-id") or f"client-{k}" for k, extra in enumerate(extras, start=1)]
+    if len(set(client_ids)) != len(client_ids) or "coordinator" in client_ids:
+        raise FederationError(f"client ids are not unique: {client_ids}")
+    if find_mosquitto() is None:  # LocalFederation would fall back to the embedded broker: not what we measure
+        raise BrokerError("mosquitto is not installed (or not on PATH)")
     out_dir = Path(out_dir).resolve()
-    log_dir = out_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
     run_dir = out_dir / run_name
     if fresh and run_dir.exists():
         # Never resume or mix with an earlier run: the coordinator resumes a checkpoint it finds there.
         shutil.rmtree(run_dir)
+    overrides: dict[str, Any] = {"quorum.min_clients": str(len(clients)), **coordinator_overrides}
 
-    child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), child_env.get("PYTHONPATH", "")) if p)
-    child_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-
-    overrides: dict[str, Any] = {"quorum.min_clients": str(len(clients))}
-    overrides.update(coordinator_overrides)
-
-    children: list[_Child] = []
-    broker = MosquittoProcess(workdir=log_dir / "broker")
+    fed = LocalFederation(out_dir, run_name=run_name, config=config, env=env)
     with _sigterm_as_exit():
         try:
-            broker.start()
-            logs = {"broker": broker.log_path}
-            _say(echo, f"mosquitto on 127.0.0.1:{broker.port} (log {broker.log_path})")
-            coordinator_cmd = [PYTHON, "-m", "coordinator", "run"]
-            if config is not None:
-                coordinator_cmd += ["--config", str(config)]
-            coordinator_cmd += ["--broker.host", broker.host, "--broker.port", str(broker.port),
-                                "--run.output_dir", str(out_dir), "--run.name", run_name]
-            for key, value in overrides.items():
-                coordinator_cmd.append(f"--{key}")
-                coordinator_cmd += [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+            fed.start_broker()
+            assert fed.broker is not None
+            _say(echo, f"mosquitto on 127.0.0.1:{fed.port} (log {fed.broker.log_path})")
             started = time.monotonic()
-            coordinator = _spawn("coordinator", coordinator_cmd, log_dir, child_env)
-            children.append(coordinator)
-            client_ids = []
-            for k, extra in enumerate(clients, start=1):
-                extra = [str(a) for a in extra]
-                client_id = _flag_value(extra, "--client-id") or f"client-{k}"
-                client_ids.append(client_id)
-                cmd = [PYTHON, "-m", "edge_client", "--broker", broker.host, "--port", str(broker.port),
-                       "--run", run_name, "--client-id", client_id, *extra]
-                children.append(_spawn(client_id, cmd, log_dir, child_env))
-            if len(set(client_ids)) != len(client_ids):
-                raise FederationError(f"client ids are not unique: {client_ids}")
-            _say(echo, f"coordinator and {len(clients)} clients started; logs in {log_dir}")
-            deadline = started + timeout_s
-            _wait(children, coordinator, deadline, timeout_s)
+            fed.start_coordinator(overrides)
+            for client_id, extra in zip(client_ids, extras):
+                fed.start_client(client_id, extra)
+            _say(echo, f"coordinator and {len(clients)} clients started; logs in {out_dir / 'logs'}")
+            _wait(fed, started + timeout_s, timeout_s)
             wall_s = time.monotonic() - started
-            codes = {c.name: c.process.returncode for c in children}
         except BaseException as exc:
-            left = [c.name for c in children if c.process.poll() is None]
+            left = [name for name, p in fed.procs.items() if p.popen.poll() is None]
             if left:
                 _say(echo, f"{type(exc).__name__}: stopping {', '.join(left)}")
             raise
         finally:
-            _stop_all(children)
-            broker.close()  # keeps the workdir we gave it, with mosquitto.log
+            fed.stop()  # keeps out_dir/mosquitto with mosquitto.log
 
-    logs.update({c.name: c.log_path for c in children})
     metrics_path = run_dir / "metrics.jsonl"
     summary_path = run_dir / "summary.json"
     if not metrics_path.is_file() or not summary_path.is_file():
         raise FederationError(f"the coordinator exited 0 but wrote no {metrics_path.name} / {summary_path.name} "
-                              f"in {run_dir}\n{_tail_text(coordinator)}")
+                              f"in {run_dir}\n{_tail(fed.procs['coordinator'])}")
     with metrics_path.open(encoding="utf-8") as fh:
         metrics = [json.loads(line) for line in fh if line.strip()]
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    codes = {name: p.popen.returncode for name, p in fed.procs.items()}
     return RunReport(run_name=run_name, run_dir=run_dir, metrics=metrics, summary=summary, wall_s=wall_s,
-                     coordinator_exit_code=codes.pop("coordinator"), client_exit_codes=codes, logs=logs,
-                     broker_port=broker.port, commands={c.name: c.command for c in children})
+                     coordinator_exit_code=codes.pop("coordinator"), client_exit_codes=codes,
+                     logs={"broker": fed.broker.log_path, **{n: p.log_path for n, p in fed.procs.items()}},
+                     broker_port=fed.port, commands={n: list(p.popen.args) for n, p in fed.procs.items()})
 
 
-def _wait(children: list[_Child], coordinator: _Child, deadline: float, timeout_s: float) -> None:
+def _wait(fed: LocalFederation, deadline: float, timeout_s: float) -> None:
     """Return once every process exited 0; raise FederationError on a failure or at the deadline."""
-    clients = [c for c in children if c is not coordinator]
+    procs = list(fed.procs.values())
+    coordinator = fed.procs["coordinator"]
+    clients = [p for p in procs if p is not coordinator]
     client_deadline: float | None = None
     while True:
         now = time.monotonic()
-        for child in children:
-            code = child.process.poll()
+        for proc in procs:
+            code = proc.popen.poll()
             if code is not None and code != 0:
-                raise FederationError(f"{child.name} exited with code {code}\n{_tail_text(child)}")
-        if coordinator.process.poll() is not None:
-            if all(c.process.poll() is not None for c in clients):
+                raise FederationError(f"{proc.name} exited with code {code}\n{_tail(proc)}")
+        if coordinator.popen.poll() is not None:
+            left = [p for p in clients if p.popen.poll() is None]
+            if not left:
                 return
             if client_deadline is None:
                 client_deadline = min(deadline, now + _CLIENT_EXIT_GRACE_S)
             if now > client_deadline:
-                left = [c for c in clients if c.process.poll() is None]
                 raise FederationError(
                     f"the coordinator finished but {len(left)} client(s) did not exit within "
-                    f"{_CLIENT_EXIT_GRACE_S:g} s: {', '.join(c.name for c in left)}\n"
-                    + "\n".join(_tail_text(c) for c in left))
+                    f"{_CLIENT_EXIT_GRACE_S:g} s: {', '.join(p.name for p in left)}\n"
+                    + "\n".join(_tail(p) for p in left))
         if now > deadline:
-            running = [c for c in children if c.process.poll() is None]
-            raise FederationError(f"timed out after {timeout_s:g} s; still running: "
-                                  f"{', '.join(c.name for c in running)}\n" + _tail_text(coordinator))
+            running = [p.name for p in procs if p.popen.poll() is None]
+            raise FederationError(f"timed out after {timeout_s:g} s; still running: {', '.join(running)}\n"
+                                  + _tail(coordinator))
         time.sleep(_POLL_S)
-
-
-def _spawn(name: str, command: list[str], log_dir: Path, env: Mapping[str, str]) -> _Child:
-    log_path = log_dir / f"{name}.log"
-    handle = log_path.open("wb")
-    handle.write(("$ " + " ".join(command) + "\n").encode())
-    handle.flush()
-    try:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=dict(env), stdin=subprocess.DEVNULL, stdout=handle,
-                                   stderr=subprocess.STDOUT, start_new_session=True,  # own process group
-                                   preexec_fn=_die_with_parent(os.getpid()))
-    except OSError:
-        handle.close()
-        raise
-    return _Child(name, command, log_path, process, handle)
-
-
-def _die_with_parent(parent_pid: int) -> Any:
-    """A preexec_fn asking Linux to SIGKILL the child if this bench process dies (even by SIGKILL)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-
-    def arm() -> None:
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return arm
-
-
-def _stop_all(children: list[_Child]) -> None:
-    """SIGTERM every child's process group, then SIGKILL what is left after a grace period; close logs."""
-    for child in children:
-        if child.process.poll() is None:
-            _signal_group(child.process, signal.SIGTERM)
-    end = time.monotonic() + _TERM_GRACE_S
-    for child in children:
-        try:
-            child.process.wait(timeout=max(0.0, end - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-    for child in children:
-        # Kill the group even when its leader is gone: a grandchild could still hold it.
-        _signal_group(child.process, signal.SIGKILL)
-        if child.process.poll() is None:
-            child.process.wait()
-        child.log_handle.close()
-
-
-def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
-    try:
-        os.killpg(process.pid, sig)  # start_new_session: the group id is the child's pid
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @contextmanager
@@ -267,15 +179,8 @@ def _flag_value(args: Sequence[str], flag: str) -> str | None:
     return value
 
 
-def _tail_text(child: _Child, lines: int = TAIL_LINES) -> str:
-    if not child.log_handle.closed:
-        child.log_handle.flush()
-    try:
-        text = child.log_path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        text = ""
-    tail = "\n".join(text.splitlines()[-lines:])
-    return f"--- last {lines} lines of {child.log_path} ---\n{tail}"
+def _tail(proc: Proc, lines: int = TAIL_LINES) -> str:
+    return f"--- last {lines} lines of {proc.log_path} ---\n{proc.log_tail(lines)}"
 
 
 def _say(echo: bool, message: str) -> None:

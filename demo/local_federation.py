@@ -1,6 +1,7 @@
 """Start and stop a broker, a coordinator and edge clients as real processes on this machine.
 
-Every process logs to its own file; `stop()` never leaves one behind."""
+Every process logs to its own file, workdir/logs/<name>.log; `stop()` never leaves one behind, and on Linux
+the children die with this process even when it is killed (SIGKILL included)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from broker import MosquittoProcess, find_mosquitto, free_port
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES = ("broker", "dashboard")  # processes that run until stopped: wait_all() does not wait for them
+TERM_GRACE_S = 5.0  # stop(): how long processes get to exit after SIGTERM before SIGKILL
 
 
 @dataclass
@@ -40,13 +44,14 @@ class LocalFederation:
 
     workdir: Path
     run_name: str = "local"
-    config: Path = REPO_ROOT / "config" / "default.toml"
+    config: Path | None = REPO_ROOT / "config" / "default.toml"   # None: the coordinator's built-in defaults
     embedded_broker: bool = False
     ws_port: int = 0          # also serve MQTT over WebSockets here (Mosquitto only), for the dashboard
     port: int = 0
     procs: dict[str, Proc] = field(default_factory=dict)
     broker: MosquittoProcess | None = None
     broker_config: list[str] = field(default_factory=list)   # extra mosquitto.conf lines
+    env: Mapping[str, str] | None = None     # the children's environment (default os.environ), plus PYTHONPATH etc.
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
@@ -74,7 +79,9 @@ class LocalFederation:
                     "run.output_dir": self.workdir, **overrides}
         if self.embedded_broker:
             settings["broker.mqtt_version"] = "3.1.1"
-        args = [sys.executable, "-m", "coordinator", "--config", str(self.config)]
+        args = [sys.executable, "-m", "coordinator"]
+        if self.config is not None:
+            args += ["--config", str(self.config)]
         for key, value in settings.items():
             args += [f"--{key}", *(map(str, value) if isinstance(value, (list, tuple)) else [str(value)])]
         return args
@@ -88,7 +95,8 @@ class LocalFederation:
         if not self.ws_port or self.embedded_broker:
             raise RuntimeError("the dashboard needs Mosquitto with a websockets listener: set ws_port and do not "
                                "use the embedded broker")
-        proc = self.spawn("dashboard", [sys.executable, "-m", "coordinator", "dashboard", "--config", str(self.config),
+        config = ["--config", str(self.config)] if self.config is not None else []
+        proc = self.spawn("dashboard", [sys.executable, "-m", "coordinator", "dashboard", *config,
                                         "--bind", "127.0.0.1", "--port", str(http_port), "--run.name", self.run_name,
                                         "--broker.ws_port", str(self.ws_port)])
         _wait_for_port(http_port, timeout)
@@ -102,11 +110,13 @@ class LocalFederation:
     def spawn(self, name: str, argv: list[str]) -> Proc:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        base = os.environ if self.env is None else self.env
+        env = {**base, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": base.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), base.get("PYTHONPATH")]))}
         with open(log_path, "wb") as fh:
-            popen = subprocess.Popen(argv, cwd=REPO_ROOT, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
+            popen = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=fh,
+                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,  # own process group
+                                     preexec_fn=_die_with_parent())
         proc = Proc(name, popen, log_path)
         self.procs[name] = proc
         return proc
@@ -131,13 +141,19 @@ class LocalFederation:
             proc.popen.wait(10)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.popen.poll() is None:
-                try:
-                    os.killpg(proc.popen.pid, signal.SIGTERM)
-                    proc.popen.wait(5)
-                except (subprocess.TimeoutExpired, ProcessLookupError):
-                    _kill_group(proc.popen)
+        """SIGTERM every running process group at once, SIGKILL what is left after TERM_GRACE_S; then the broker."""
+        running = [p.popen for p in self.procs.values() if p.popen.poll() is None]
+        for popen in running:
+            _signal_group(popen, signal.SIGTERM)
+        deadline = time.monotonic() + TERM_GRACE_S
+        for popen in running:
+            try:
+                popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for popen in running:
+            _signal_group(popen, signal.SIGKILL)  # also when the leader is gone: a grandchild could hold the group
+            popen.wait()
         if self.broker is not None:
             self.broker.close()
 
@@ -155,12 +171,31 @@ class LocalFederation:
         self.stop()
 
 
-def _kill_group(popen: subprocess.Popen) -> None:
+def _signal_group(popen: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(popen.pid, signal.SIGKILL)
-    except ProcessLookupError:
+        os.killpg(popen.pid, sig)  # start_new_session: the group id is the leader's pid
+    except (ProcessLookupError, PermissionError):
         pass
-    popen.wait(5)
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGKILL the child when this process dies, even by SIGKILL.
+
+    PR_SET_PDEATHSIG fires when the forking *thread* exits, so it is armed only for children spawned from
+    the main thread (which lives as long as the process)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent_pid = os.getpid()
+
+    def arm() -> None:
+        prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent_pid:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return arm
 
 
 def _wait_for_port(port: int, timeout: float) -> None:
