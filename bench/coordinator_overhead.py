@@ -8,12 +8,11 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from federated_run import REPO_ROOT, FederationError, print_table, run_federation, write_results  # noqa: E402
+from federated_run import REPO_ROOT, print_table, run_for_bench, write_results  # noqa: E402
 
 NAME = "coordinator_overhead"
 
@@ -43,13 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"model.dataset": "fashion_mnist", "training.rounds": str(args.rounds),
                  "evaluation.max_examples": str(args.eval_examples), "export.tflite": ["float32"]}
     out = args.out.resolve()
-    started = time.monotonic()
-    try:
-        report = run_federation(clients, overrides, out / NAME, NAME, args.timeout)
-    except FederationError as exc:
-        print(f"ERROR: the federated run failed: {exc}", file=sys.stderr)
+    outcome = run_for_bench(clients, overrides, out / NAME, NAME, args.timeout)
+    if outcome is None:
         return 2
-    total_s = time.monotonic() - started
+    report, total_s = outcome
 
     cores = os.cpu_count() or 0
     print(f"## Coordinator overhead: {args.clients} clients on loopback, {args.rounds} rounds, "

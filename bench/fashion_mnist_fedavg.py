@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from federated_run import (  # noqa: E402
-    REPO_ROOT, FederationError, print_table, round_table, run_federation, write_results,
-)
+from federated_run import REPO_ROOT, print_table, round_table, run_for_bench, write_results  # noqa: E402
 
 NAME = "fashion_mnist_fedavg"
 TARGET_ACCURACY = 0.90
@@ -60,13 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         "export.tflite": ["float32"],
     }
     out = args.out.resolve()
-    started = time.monotonic()
-    try:
-        report = run_federation(clients, overrides, out / NAME, NAME, args.timeout)
-    except FederationError as exc:
-        print(f"ERROR: the federated run failed: {exc}", file=sys.stderr)
+    outcome = run_for_bench(clients, overrides, out / NAME, NAME, args.timeout)
+    if outcome is None:
         return 2
-    total_s = time.monotonic() - started
+    report, total_s = outcome
 
     print(f"## Fashion-MNIST FedAvg: {args.clients} clients (IID parts), {args.rounds} rounds, "
           f"{args.local_epochs} local epoch(s), batch {args.batch_size}, Adam lr {args.learning_rate:g}\n")

@@ -191,6 +191,19 @@ def _say(echo: bool, message: str) -> None:
 # ---- output helpers ------------------------------------------------------------------------------------
 
 
+def run_for_bench(clients: Sequence[Sequence[str]], coordinator_overrides: Mapping[str, Any], out_dir: Path,
+                  run_name: str, timeout_s: float) -> tuple[RunReport, float] | None:
+    """run_federation for a bench script: (report, wall seconds including set-up), or None after printing why
+    the run failed (the script then exits 2)."""
+    started = time.monotonic()
+    try:
+        report = run_federation(clients, coordinator_overrides, out_dir, run_name, timeout_s)
+    except FederationError as exc:
+        print(f"ERROR: the federated run failed: {exc}", file=sys.stderr)
+        return None
+    return report, time.monotonic() - started
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], align: str | None = None,
                 file: IO[str] | None = None) -> None:
     """Print a Markdown table (pipe syntax, padded for reading as plain text).
