@@ -5,8 +5,10 @@ The same format is written by every run, so plots and reports read any of them."
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from federation.messages import RoundMetricsMessage
 
@@ -28,23 +30,47 @@ class RoundMetrics:
     client_ids: list[str] = field(default_factory=list)
     rejected: dict[str, int] = field(default_factory=dict)   # reason -> count
     aggregation: dict = field(default_factory=dict)          # the rule's report: clipped/excluded clients, DP epsilon
+    cohort: int = 0                                          # clients asked to train this round
+    ignored: dict[str, int] = field(default_factory=dict)    # honest leftovers by reason: late, duplicate
+
+
+def to_json_line(metrics: RoundMetrics) -> str:
+    """One strict-JSON line: a non-finite float (a diverged model's loss) is written as null."""
+    return json.dumps(_finite_or_none(asdict(metrics)), allow_nan=False)
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
 
 
 def append_metrics(path: Path, metrics: RoundMetrics) -> None:
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(asdict(metrics)) + "\n")
+        fh.write(to_json_line(metrics) + "\n")
 
 
 def read_metrics(path: Path) -> list[RoundMetrics]:
+    rows = []
     with open(path, encoding="utf-8") as fh:
-        return [RoundMetrics(**json.loads(line)) for line in fh if line.strip()]
+        for line in fh:
+            if line.strip():
+                row = json.loads(line)
+                for key in ("test_loss", "test_accuracy"):
+                    row[key] = float("nan") if row.get(key) is None else row[key]
+                rows.append(RoundMetrics(**row))
+    return rows
 
 
 def rewrite_metrics(path: Path, rows: list[RoundMetrics]) -> None:
     """Replace the file with exactly `rows` (atomically), e.g. when resuming from a checkpoint."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(asdict(m)) + "\n" for m in rows)
+        fh.writelines(to_json_line(m) + "\n" for m in rows)
     tmp.replace(path)
 
 

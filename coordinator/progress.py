@@ -46,6 +46,7 @@ class ProgressState:
     last_updates: list[str] = field(default_factory=list)
     last: RoundMetrics | None = None
     rounds_closed: int = 0
+    problems: dict[str, str] = field(default_factory=dict)  # device -> why it can't train this run's model
 
 
 class RunProgress(LivePanel):
@@ -61,7 +62,7 @@ class RunProgress(LivePanel):
     def snapshot(self) -> ProgressState:
         with self._lock:
             return replace(self._state, online=list(self._state.online), seen=list(self._state.seen),
-                           last_updates=list(self._state.last_updates))
+                           last_updates=list(self._state.last_updates), problems=dict(self._state.problems))
 
     # ---- what the engine reports --------------------------------------------------------------------
 
@@ -81,6 +82,14 @@ class RunProgress(LivePanel):
             s = self._state
             s.received, s.expected = received, expected
             s.last_updates.append(client_id)
+
+    def device_problem(self, client_id: str, error: str) -> None:
+        """A device said why it can't train this run's model ("" once it can again)."""
+        with self._lock:
+            if error:
+                self._state.problems[client_id] = error
+            else:
+                self._state.problems.pop(client_id, None)
 
     def round_closed(self, metrics: RoundMetrics) -> None:
         with self._lock:
@@ -123,6 +132,13 @@ class RunProgress(LivePanel):
         if offline:
             clients.append(f"\n{len(offline)} offline: {', '.join(offline)}", style="red")
         grid.add_row("clients", clients)
+        if s.problems:
+            problems = Text(style="red")
+            for client_id, error in list(s.problems.items())[:5]:
+                problems.append(f"{client_id}: {error}\n")
+            if len(s.problems) > 5:
+                problems.append(f"and {len(s.problems) - 5} more devices")
+            grid.add_row("can't train", problems)
         return Panel(grid, title=f"fedmq coordinator, run {s.run}", title_align="left", expand=False)
 
 

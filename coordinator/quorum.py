@@ -1,6 +1,5 @@
-"""When a round may close: the quorum and deadline rules, as pure logic over client sets and time.
-
-The engine asks `RoundTracker.decide` after every event and on a timer."""
+"""When a round may close: the quorum and deadline rules over the round's cohort, as pure logic over
+client sets and time. The engine asks `RoundTracker.decide` after every event and on a timer."""
 
 from __future__ import annotations
 
@@ -36,12 +35,15 @@ class QuorumRule:
 
 @dataclass
 class RoundTracker:
-    """One round's bookkeeping: who was expected, who answered, when it started."""
+    """One round's bookkeeping: its cohort (the clients asked to train), who answered, when it started.
+
+    Only cohort members' updates are accepted (`add` refuses others), so a client that joined after the
+    round started can never close it, and every cohort member still training is waited for."""
 
     rule: QuorumRule
     round: int
     started_at: float
-    expected: frozenset[str]
+    expected: frozenset[str]                      # the cohort
     received: set[str] = field(default_factory=set)
 
     @property
@@ -54,19 +56,30 @@ class RoundTracker:
         # round() first: 0.14 * 100 is 14.000000000000002 in floating point, which ceil makes 15
         return max(self.rule.min_clients, math.ceil(round(self.rule.fraction * len(self.expected), 9)))
 
+    def in_cohort(self, client_id: str) -> bool:
+        return client_id in self.expected
+
     def add(self, client_id: str) -> bool:
-        """Record an answer; False if this client already answered this round."""
-        if client_id in self.received:
+        """Record an answer; False if this client is outside the cohort or already answered this round."""
+        if client_id not in self.expected or client_id in self.received:
             return False
         self.received.add(client_id)
         return True
 
+    def extend(self, members: set[str]) -> None:
+        """Ask more clients in this round: when too few cohort members are left online for a quorum."""
+        self.expected = self.expected | frozenset(members)
+
+    def missing_for_quorum(self, online: set[str]) -> int:
+        """How many more clients must be asked before a quorum is possible again (0: it is possible)."""
+        return max(0, self.rule.min_clients - len(self.received | (set(self.expected) & online)))
+
     def waiting_for(self, online: set[str]) -> set[str]:
-        """Expected clients still online that have not answered."""
+        """Cohort members still online that have not answered."""
         return (set(self.expected) & online) - self.received
 
     def quorum_possible(self, online: set[str]) -> bool:
-        return len(self.received | online) >= self.rule.min_clients
+        return len(self.received | (set(self.expected) & online)) >= self.rule.min_clients
 
     def decide(self, now: float, online: set[str]) -> Decision:
         have = len(self.received)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from federation.chunking import MAX_CHUNKS, ChunkError, ChunkManifest, is_sha256_hex
+from federation.chunking import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
 from federation.codec import DecodeError, decode_tensors, encode_tensors, pack, unpack
 from federation.deployment import DeploymentError, DeploymentInfo
 from federation.version import PROTOCOL_VERSION
@@ -21,6 +21,9 @@ Tensors = list[tuple[str, np.ndarray]]
 
 # Upper bound on a client's claimed example count; larger claims are rejected as absurd.
 MAX_NUM_EXAMPLES = 1_000_000_000
+MAX_METRICS = 64                  # metrics of one update
+MAX_METRIC_VALUE = 1e15           # larger metric values are rejected (JSON-safe, plot-safe)
+MAX_CHUNK_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -31,10 +34,11 @@ class TrainingPlan:
     batch_size: int
     learning_rate: float
     optimizer: str = "adam"
+    chunk_bytes: int = 0     # updates larger than this must be sent chunked (0: the broker takes any size)
 
     def to_wire(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "optimizer": self.optimizer}
+                "learning_rate": self.learning_rate, "optimizer": self.optimizer, "chunk_bytes": self.chunk_bytes}
 
     @classmethod
     def from_wire(cls, raw: Any) -> "TrainingPlan":
@@ -44,9 +48,13 @@ class TrainingPlan:
             batch_size=_get(m, "batch_size", int, "train"),
             learning_rate=float(_get(m, "learning_rate", (int, float), "train")),
             optimizer=_get(m, "optimizer", str, "train"),
+            chunk_bytes=_optional_int(m, "chunk_bytes", "train"),
         )
         if plan.epochs < 1 or plan.batch_size < 1 or not (0 < plan.learning_rate < 10):
             raise DecodeError(f"train: out-of-range settings {plan}")
+        if plan.chunk_bytes and not MIN_CHUNK_BYTES <= plan.chunk_bytes <= MAX_CHUNK_BYTES:
+            raise DecodeError(f"train: chunk_bytes {plan.chunk_bytes} is out of range (0, or {MIN_CHUNK_BYTES}.."
+                              f"{MAX_CHUNK_BYTES})")
         return plan
 
 
@@ -57,20 +65,28 @@ class ModelInfo:
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
+    class_names: tuple[str, ...] = ()   # one per output, in order; () when the coordinator has none
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes}
+        return {"name": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "class_names": list(self.class_names)}
 
     @classmethod
     def from_wire(cls, raw: Any) -> "ModelInfo":
         m = _require_map(raw, "model")
         shape = _get(m, "input_shape", list, "model")
         if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
-            raise DecodeError(f"model: bad input_shape {shape!r}")
+            raise DecodeError(f"model: bad input_shape {_short(shape)}")
         num_classes = _get(m, "num_classes", int, "model")
         if num_classes < 2:
             raise DecodeError(f"model: num_classes {num_classes} < 2")
-        return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes)
+        names = m.get("class_names") or []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise DecodeError("model: class_names must be a list of str")
+        if names and len(names) != num_classes:
+            raise DecodeError(f"model: {len(names)} class_names for {num_classes} classes")
+        return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes,
+                   class_names=tuple(names))
 
 
 @dataclass
@@ -105,11 +121,19 @@ class GlobalModel(Message):
     tensors: Tensors = field(default_factory=list)
     total_rounds: int = 0
     weights_sha256: str = ""   # weights_digest(tensors): tells a re-sent model from a new one
+    cohort: list[str] | None = None   # the clients asked to train this round; None: every online client
 
     def body(self) -> dict[str, Any]:
-        return {"model": self.model.to_wire(), "train": self.train.to_wire(),
+        body = {"model": self.model.to_wire(), "train": self.train.to_wire(),
                 "total_rounds": self.total_rounds, "weights_sha256": self.weights_sha256,
                 "tensors": encode_tensors(self.tensors)}
+        if self.cohort is not None:
+            body["cohort"] = self.cohort
+        return body
+
+    def asks(self, client_id: str) -> bool:
+        """Whether `client_id` is asked to train this round."""
+        return self.cohort is None or client_id in self.cohort
 
 
 @dataclass
@@ -138,10 +162,13 @@ class ClientStatus(Message):
     role: str = "train"                      # "serve": an inference-only device; coordinators don't wait for it
     deployed: dict[str, Any] | None = None   # serve only: DeploymentInfo.summary() of the model it serves
     deploy_error: str = ""                   # serve only: why the last delivered model was rejected
+    error: str = ""                          # train only: why this device can't train the run's model
 
     def body(self) -> dict[str, Any]:
         body = {"status": self.status, "software": self.software,
                 "num_examples": self.num_examples, "device": self.device}
+        if self.error:
+            body["error"] = self.error
         if self.role != "train":  # optional fields go on the wire only when set
             body["role"] = self.role
         if self.deployed is not None:
@@ -204,6 +231,8 @@ class RoundMetricsMessage(Message):
     rejected: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     aggregation: dict[str, Any] = field(default_factory=dict)  # the rule's report: clipped clients, DP epsilon...
+    cohort: int = 0                                            # clients asked to train (optional on the wire)
+    ignored: dict[str, int] = field(default_factory=dict)      # honest leftovers: late, duplicate (optional)
 
     INT_FIELDS: ClassVar[tuple[str, ...]] = ("total_rounds", "clients", "examples", "bytes_in", "bytes_out")
     FLOAT_FIELDS: ClassVar[tuple[str, ...]] = ("test_loss", "test_accuracy", "round_time_s", "slowest_train_s",
@@ -212,6 +241,7 @@ class RoundMetricsMessage(Message):
     def body(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.INT_FIELDS + self.FLOAT_FIELDS},
                 "client_ids": self.client_ids, "rejected": self.rejected, "history": self.history,
+                "cohort": self.cohort, "ignored": self.ignored,
                 "aggregation": self.aggregation}
 
 
@@ -269,10 +299,10 @@ def decode_message(payload: bytes | bytearray | memoryview, max_size: int = 0) -
     raw = unpack(payload, max_size=max_size)
     version = raw.get("version")
     if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
-        raise DecodeError(f"protocol version {version!r}, this software speaks {PROTOCOL_VERSION}", "version")
+        raise DecodeError(f"protocol version {_short(version)}, this software speaks {PROTOCOL_VERSION}", "version")
     mtype = raw.get("type")
     if not isinstance(mtype, str) or mtype not in MESSAGE_TYPES:  # a list/map type would be unhashable
-        raise DecodeError(f"unknown message type {mtype!r}")
+        raise DecodeError(f"unknown message type {_short(mtype)}")
     env = dict(
         version=version,
         run=_get(raw, "run", str, mtype),
@@ -292,8 +322,16 @@ def _decode_global_model(raw: dict[str, Any], env: dict[str, Any]) -> GlobalMode
         **env, model=ModelInfo.from_wire(raw.get("model")), train=TrainingPlan.from_wire(raw.get("train")),
         total_rounds=_get(raw, "total_rounds", int, "global_model"),
         weights_sha256=raw.get("weights_sha256") if isinstance(raw.get("weights_sha256"), str) else "",
-        tensors=decode_tensors(raw.get("tensors")),
+        tensors=decode_tensors(raw.get("tensors")), cohort=_decode_cohort(raw.get("cohort")),
     )
+
+
+def _decode_cohort(raw: Any) -> list[str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise DecodeError("global_model: cohort must be a list of client ids (str)")
+    return raw
 
 
 def _decode_update(raw: dict[str, Any], env: dict[str, Any]) -> Update:
@@ -301,11 +339,21 @@ def _decode_update(raw: dict[str, Any], env: dict[str, Any]) -> Update:
     if not 0 < num_examples <= MAX_NUM_EXAMPLES:
         raise DecodeError(f"update: num_examples {num_examples} is out of range (1..{MAX_NUM_EXAMPLES})",
                           "bad_num_examples")
-    metrics = _require_map(raw.get("metrics", {}), "update metrics")
+    metrics = raw.get("metrics", {})
+    if not isinstance(metrics, dict):
+        raise DecodeError(f"update: metrics is a {type(metrics).__name__}, expected a map", "bad_metrics")
+    if len(metrics) > MAX_METRICS:
+        raise DecodeError(f"update: {len(metrics)} metrics, at most {MAX_METRICS}", "bad_metrics")
     clean: dict[str, float] = {}
     for key, value in metrics.items():
-        if not isinstance(key, str) or isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DecodeError(f"update: metric {key!r} is not a number")
+        if not isinstance(key, str) or len(key) > 64:
+            raise DecodeError(f"update: metric name {_short(key)} is not a str of at most 64 characters",
+                              "bad_metrics")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DecodeError(f"update: metric {key!r} is not a number (a {type(value).__name__})", "bad_metrics")
+        if not math.isfinite(value) or abs(value) > MAX_METRIC_VALUE:
+            raise DecodeError(f"update: metric {key!r} = {value!r} is not a finite number within "
+                              f"+-{MAX_METRIC_VALUE:g}", "bad_metrics")
         clean[key] = float(value)
     return Update(**env, num_examples=num_examples, metrics=clean, tensors=decode_tensors(raw.get("tensors")))
 
@@ -320,7 +368,8 @@ def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientSta
         device=raw.get("device") if isinstance(raw.get("device"), dict) else {},
         role=raw["role"] if isinstance(raw.get("role"), str) else "train",
         deployed=raw["deployed"] if isinstance(raw.get("deployed"), dict) else None,
-        deploy_error=str(raw.get("deploy_error") or ""),
+        deploy_error=_short_str(raw.get("deploy_error")),
+        error=_short_str(raw.get("error")),
     )
 
 
@@ -367,8 +416,12 @@ def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetr
                        "test_accuracy": float(_get_number(m, "test_accuracy", f"{what} history")),
                        "test_loss": float(_get_number(m, "test_loss", f"{what} history"))})
     aggregation = _require_map(raw.get("aggregation", {}), f"{what} aggregation")
+    ignored = _require_map(raw.get("ignored", {}), f"{what} ignored")
+    if not all(isinstance(k, str) and type(v) is int for k, v in ignored.items()):
+        raise DecodeError(f"{what}: ignored must map str to int")
     return RoundMetricsMessage(**env, **values, client_ids=list(client_ids), rejected=dict(rejected), history=points,
-                               aggregation=dict(aggregation))
+                               aggregation=dict(aggregation), cohort=_optional_int(raw, "cohort", what),
+                               ignored=dict(ignored))
 
 
 def _decode_deployed_model(raw: dict[str, Any], env: dict[str, Any]) -> DeployedModel:
@@ -425,6 +478,19 @@ def check_finite(tensors: Tensors) -> None:
     for name, arr in tensors:
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise DecodeError(f"tensor {name!r} holds NaN or Inf", "not_finite")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """repr() of a value from the wire, cut to `limit` characters: a hostile value never floods a log line."""
+    if isinstance(value, (list, dict, str, bytes)) and len(value) > limit:
+        return f"<{type(value).__name__} of {len(value)}>"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _short_str(value: Any, limit: int = 500) -> str:
+    """An optional free-text field: a str, cut to `limit` characters; anything else reads as empty."""
+    return value[:limit] if isinstance(value, str) else ""
 
 
 def _require_map(raw: Any, what: str) -> dict[str, Any]:

@@ -75,7 +75,7 @@ class TrainingSettings:
 @dataclass(frozen=True)
 class QuorumSettings:
     min_clients: int = _opt(2, "a round never closes with fewer updates than this", lo=1)
-    fraction: float = _opt(1.0, "close as soon as this fraction of the round's clients answered", lo=0.0, hi=1.0)
+    fraction: float = _opt(1.0, "close as soon as this fraction of the round's cohort answered", lo=0.0, hi=1.0)
     round_deadline_s: float = _opt(600.0, "after this many seconds a round closes if it has min_clients", lo=0.1)
     on_no_quorum: str = _opt("wait", "at the deadline without quorum: keep waiting, or stop the run",
                              choices=("wait", "stop"))
@@ -83,6 +83,19 @@ class QuorumSettings:
                                      " this long for more clients to announce themselves", lo=0.0, hi=3600)
     wait_for_clients_s: float = _opt(0.0, "before round 1, wait at most this long for min_clients to be online"
                                           " (0: forever)", lo=0.0)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    fraction_train: float = _opt(1.0, "fraction of the online training clients asked to train each round (the "
+                                      "round's cohort); 1.0: all of them", lo=1e-9, hi=1.0)
+    min_train_clients: int = _opt(0, "ask at least this many clients each round (0: quorum.min_clients)", lo=0)
+    max_train_clients: int = _opt(0, "ask at most this many clients each round (0: no cap), e.g. 50 of a fleet "
+                                     "of 1,000", lo=0)
+    min_available_clients: int = _opt(0, "start a round only when this many training clients are online "
+                                         "(0: quorum.min_clients)", lo=0)
+    seed: int = _opt(0, "seed of the cohort sample: the same seed, round and online clients give the same "
+                        "cohort", lo=0)
 
 
 @dataclass(frozen=True)
@@ -138,6 +151,7 @@ class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     quorum: QuorumSettings = field(default_factory=QuorumSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
@@ -242,7 +256,26 @@ def _check_cross_field(s: Settings, source: str) -> None:
                               f" (choose from {', '.join(TFLITE_VARIANTS)})")
     if s.model.image_size and len(s.model.image_size) != 2:
         raise ConfigError(f"{source}: [model] image_size must be [height, width], got {s.model.image_size}")
+    _check_sampling(s, source)
     _check_security(s, source)
+
+
+def _check_sampling(s: Settings, source: str) -> None:
+    q, p = s.quorum, s.sampling
+    if p.max_train_clients and p.max_train_clients < q.min_clients:
+        raise ConfigError(f"{source}: [sampling] max_train_clients = {p.max_train_clients} is below [quorum] "
+                          f"min_clients = {q.min_clients}: no round could ever close; raise it or lower "
+                          "min_clients")
+    if p.max_train_clients and p.min_train_clients > p.max_train_clients:
+        raise ConfigError(f"{source}: [sampling] min_train_clients = {p.min_train_clients} exceeds "
+                          f"max_train_clients = {p.max_train_clients}")
+    if p.min_train_clients and p.min_train_clients < q.min_clients:
+        raise ConfigError(f"{source}: [sampling] min_train_clients = {p.min_train_clients} is below [quorum] "
+                          f"min_clients = {q.min_clients}: a round needs at least that many updates; raise it "
+                          "or set it to 0 (= min_clients)")
+    if p.min_available_clients and p.min_available_clients < q.min_clients:
+        raise ConfigError(f"{source}: [sampling] min_available_clients = {p.min_available_clients} is below "
+                          f"[quorum] min_clients = {q.min_clients}; raise it or set it to 0 (= min_clients)")
 
 
 def _check_security(s: Settings, source: str) -> None:

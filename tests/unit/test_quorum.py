@@ -99,16 +99,24 @@ def test_deadline_without_quorum(policy: str, decision: Decision) -> None:
     assert t.decide(T0 + 10 * DEADLINE, ABCD) is Decision.CLOSE
 
 
-def test_a_client_that_joined_mid_round_counts_toward_received() -> None:
+def test_a_client_that_joined_mid_round_can_not_close_it() -> None:
+    """Issue 9: a late joiner's update used to fill the round's target and close it while a cohort member was
+    still training, whose update was then rejected. Now only the cohort counts."""
     t = tracker({"a", "b"}, min_clients=2, fraction=1.0)
     t.add("a")
     assert t.decide(T0 + 1, {"a", "b", "late"}) is Decision.OPEN
-    assert t.add("late")
-    assert t.received == {"a", "late"}
-    # target is max(2, ceil(1.0 * 2 expected)) = 2, and "late" is one of the 2 received
-    assert t.target == 2
-    assert t.decide(T0 + 1, {"a", "b", "late"}) is Decision.CLOSE
-    assert "late" not in t.waiting_for({"a", "b", "late"})
+    assert t.add("late") is False
+    assert t.received == {"a"}
+    assert t.decide(T0 + 1, {"a", "b", "late"}) is Decision.OPEN      # b, asked to train, is still training
+    assert t.waiting_for({"a", "b", "late"}) == {"b"}
+    assert t.add("b")
+    assert t.decide(T0 + 2, {"a", "b", "late"}) is Decision.CLOSE
+
+
+def test_quorum_counts_only_online_cohort_members() -> None:
+    t = tracker({"a", "b"}, min_clients=2)
+    assert not t.quorum_possible({"a", "x", "y"})       # x and y are online but not asked this round
+    assert t.quorum_possible({"a", "b"})
 
 
 def test_add_returns_false_for_a_duplicate() -> None:
@@ -129,7 +137,9 @@ def test_quorum_possible() -> None:
     t.add("b")
     assert not t.quorum_possible(set()) and not t.quorum_possible({"a"})
     assert t.quorum_possible({"c"})
-    assert t.quorum_possible({"new"})                              # any online client may still answer
+    assert not t.quorum_possible({"new"})                          # only the cohort may answer...
+    t.extend({"new"})                                               # ...unless the coordinator asks "new" too
+    assert t.quorum_possible({"new"})
     t.add("c")
     assert t.quorum_possible(set())
 
@@ -145,11 +155,15 @@ def test_waiting_for() -> None:
     assert isinstance(t.waiting_for(ABCD), set)
 
 
-def test_empty_expected_set_closes_once_min_clients_joined() -> None:
+def test_empty_cohort_closes_once_the_coordinator_asked_a_newcomer_and_it_answered() -> None:
     t = tracker(set(), min_clients=1)
     assert t.target == 1
     assert t.decide(T0, set()) is Decision.OPEN
-    t.add("newcomer")
+    assert t.missing_for_quorum({"newcomer"}) == 1
+    assert t.add("newcomer") is False
+    t.extend({"newcomer"})
+    assert t.missing_for_quorum({"newcomer"}) == 0
+    assert t.add("newcomer")
     assert t.decide(T0, {"newcomer"}) is Decision.CLOSE
 
 
