@@ -6,14 +6,17 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import secrets
 import socket
 import threading
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from federation.codec import DecodeError, check_tensors
 from federation.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
-from federation.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, Update, check_finite
+from federation.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, ModelInfo, RunEnd, Update, check_finite
 from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
 from federation.topics import RunTopics, check_level
 from federation.version import SOFTWARE_VERSION
@@ -49,9 +52,41 @@ class SentUpdate:
     messages: list[tuple[str, bytes]]   # (topic, payload): one, or chunks then their manifest
 
 
+INSTANCE = secrets.token_hex(8)   # this process: tells its own status from another process's with the same id
+# Coordinator phases in which a run_end is expected; a run_end while it is in another phase is not honoured.
+_ENDING_PHASES = frozenset({"exporting", "done", "stopped"})
+
+
 def device_info() -> dict[str, object]:
     return {"host": socket.gethostname(), "platform": platform.platform(), "machine": platform.machine(),
-            "python": platform.python_version(), "cpu_count": os.cpu_count() or 0}
+            "python": platform.python_version(), "cpu_count": os.cpu_count() or 0, "pid": os.getpid(),
+            "instance": INSTANCE}
+
+
+def label_map(local: tuple[str, ...], info: ModelInfo, num_labels_used: int) -> np.ndarray | None:
+    """How this device's label indices map to the coordinator's classes, by name: None for the identity.
+
+    Raises IncompatibleModelError when the local classes are not the coordinator's (by count, or by a name it
+    does not have). A device holding a subset of the classes, named the same, is the normal non-IID case."""
+    if not info.class_names:  # a coordinator that sends no names: only the count can be checked
+        if num_labels_used > info.num_classes:
+            raise IncompatibleModelError(
+                f"the coordinator's model has {info.num_classes} classes, but local labels go up to "
+                f"{num_labels_used - 1}")
+        return None
+    if tuple(local) == tuple(info.class_names):
+        return None
+    unknown = [name for name in local if name not in info.class_names]
+    if unknown or not local:
+        shown = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise IncompatibleModelError(
+            f"this device's classes do not match the coordinator's: {len(local)} local classes "
+            f"({shown or 'none'} not among the coordinator's {info.num_classes}: "
+            f"{', '.join(repr(n) for n in info.class_names[:10])}{', ...' if info.num_classes > 10 else ''}). "
+            "Rename the local class folders to the coordinator's class names (a subset is fine), or join a run "
+            "of this data's classes")
+    index = {name: i for i, name in enumerate(info.class_names)}
+    return np.array([index[name] for name in local], dtype=np.int64)
 
 
 class EdgeClient:
@@ -64,7 +99,12 @@ class EdgeClient:
         self._wake = threading.Event()
         self._latest: GlobalModel | None = None
         self._end: RunEnd | None = None
+        self._coordinator: CoordinatorState | None = None
         self._seen_run_model = False
+        self._error = ""                  # why the last model could not be trained here ("" when it could)
+        self._labels: tuple[tuple[str, ...], np.ndarray] | None = None   # (coordinator's names, labels mapped)
+        self._birth_fixed_at = 0.0
+        self._leaving = False
         self._model = None
         self._model_info: ModelInfo | None = None
         self.rounds_trained: list[int] = []
@@ -75,7 +115,8 @@ class EdgeClient:
             client_id=f"fedmq-client-{settings.client_id}",
             address=settings.broker,
             subscriptions=[(self.topics.global_model, 1), (chunk_topic(self.topics.global_model, "+"), 1),
-                           (self.topics.run_end, 1)],
+                           (self.topics.run_end, 1), (self.topics.coordinator_state, 1),
+                           (self.topics.client_status(settings.client_id), 1)],
             on_message=self._on_message,
             will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
             on_connected=self._announce,
@@ -89,7 +130,8 @@ class EdgeClient:
     def _status(self, status: str) -> ClientStatus:
         return ClientStatus(run=self.settings.run, round=self.rounds_trained[-1] if self.rounds_trained else 0,
                             sender=self.settings.client_id, status=status, software=f"fedmq {SOFTWARE_VERSION}",
-                            num_examples=len(self.data.y), device=device_info())
+                            num_examples=len(self.data.y), device=device_info(),
+                            error=getattr(self, "_error", ""))
 
     def _announce(self) -> None:
         self.link.publish(self.topics.client_status(self.settings.client_id), self._status("online").encode(),
@@ -98,6 +140,9 @@ class EdgeClient:
     # ---- receiving (paho's network thread) ------------------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic == self.topics.client_status(self.settings.client_id):
+            self._check_own_status(payload)
+            return
         if not payload:
             return  # a cleared retained message
         try:
@@ -119,14 +164,47 @@ class EdgeClient:
                 if self._latest is None or message.round >= self._latest.round:
                     self._latest = message  # a re-sent model of the same round replaces the old object
             elif topic == self.topics.run_end and isinstance(message, RunEnd):
+                state = self._coordinator
+                if state is not None and state.status == "online" and state.phase not in _ENDING_PHASES:
+                    # The coordinator says it is still running: a run_end it did not send (a broker without
+                    # logins lets anyone publish). It replaces the forgery; keep going.
+                    log.warning("ignored a run_end while the coordinator is %s in round %d", state.phase, state.round)
+                    return
                 if not retained or self._seen_run_model:
                     self._end = message
                 else:
                     log.info("run %r ended earlier (%s); waiting for it to start again", message.run, message.reason)
+            elif topic == self.topics.coordinator_state and isinstance(message, CoordinatorState):
+                self._coordinator = message
+                return
             else:
                 log.warning("ignored a %s message on %s", message.TYPE, topic)
                 return
         self._wake.set()
+
+    def _check_own_status(self, payload: bytes) -> None:
+        """Our status topic: if it holds anything but our own birth while we are connected (another process's
+        status, or an "offline" someone else published), publish our birth again (at most once a second)."""
+        if not self.link.connected.is_set() or self._leaving:
+            return
+        try:
+            status = decode_message(payload, 64 * 1024) if payload else None
+        except DecodeError:
+            status = None
+        if (isinstance(status, ClientStatus) and status.status == "online"
+                and status.device.get("instance") == INSTANCE):
+            return
+        now = time.monotonic()
+        if now - self._birth_fixed_at < 1.0:
+            return
+        self._birth_fixed_at = now
+        if isinstance(status, ClientStatus) and status.status == "online":
+            log.warning("another process announced itself as %r (host %s, pid %s); re-announcing this one",
+                        self.settings.client_id, str(status.device.get("host", "?"))[:64],
+                        str(status.device.get("pid", "?"))[:16])
+        else:
+            log.warning("this client's status topic says it is offline; announcing it again")
+        self._announce()
 
     # ---- main loop ---------------------------------------------------------------------------------------
 
@@ -157,6 +235,8 @@ class EdgeClient:
                     log.info("run %r %s (final test accuracy %s); %d rounds trained here", end.run, end.reason,
                              f"{end.test_accuracy:.4f}" if end.test_accuracy is not None else "n/a",
                              len(self.rounds_trained))
+                    if self._error and not self.rounds_trained:
+                        raise IncompatibleModelError(self._error)
                     break
                 elif model is None and not self.link.connected.is_set():
                     log.info("waiting for the broker at %s", self.settings.broker)
@@ -172,8 +252,16 @@ class EdgeClient:
         last = self._last_update
         if last is None or model.round > last.round or (
                 model.round == last.round and model.weights_sha256 != last.weights_sha256):
-            self._train_and_publish(model)
-            return True
+            if not model.asks(self.settings.client_id):
+                log.info("round %d: not in this round's cohort (%d clients asked); waiting for the next round",
+                         model.round, len(model.cohort or ()))
+                self.progress.set_phase(f"not asked to train in round {model.round}")
+                return False
+            try:
+                return self._train_and_publish(model)
+            except IncompatibleModelError as exc:
+                self._refuse(model, str(exc))
+                return False
         if model.round == last.round:
             log.info("round %d: the coordinator offers the same model again; re-sending this client's update",
                      model.round)
@@ -181,18 +269,31 @@ class EdgeClient:
                 self.link.publish(topic, part, qos=1)
         return False
 
+    def _refuse(self, model: GlobalModel, reason: str) -> None:
+        """This device can't train `model`: say why here and in its status, and wait for the next model."""
+        log.error("round %d: can't train the coordinator's model: %s; waiting for the next model", model.round,
+                  reason)
+        self.progress.set_phase(f"can't train round {model.round}: {reason}")
+        if reason != self._error:
+            self._error = reason
+            self._announce()
+
     def _shutdown(self) -> None:
+        self._leaving = True  # our own "offline" coming back is not a forgery to answer
         if self.link.connected.is_set():
             self.link.publish_and_wait(self.topics.client_status(self.settings.client_id),
                                        self._status("offline").encode(), retain=True, timeout=5)
         self.link.stop()
 
-    def _train_and_publish(self, message: GlobalModel) -> None:
+    def _train_and_publish(self, message: GlobalModel) -> bool:
+        """Train on `message`'s model and publish the update; False if a newer model came meanwhile (then the
+        update would be late, so it is dropped and the newer model is trained next)."""
         import keras
 
         from federation.models import compile_model, weight_specs
 
         model = self._model_for(message.model)
+        labels = self._labels_for(message.model)
         specs = weight_specs(model)
         try:
             check_tensors(message.tensors, specs)
@@ -201,6 +302,9 @@ class EdgeClient:
             raise IncompatibleModelError(f"global model of round {message.round} does not fit the "
                                          f"{message.model.name} built here: {exc}") from None
         model.set_weights([w for _, w in message.tensors])
+        if self._error:
+            self._error = ""
+            self._announce()
         plan = message.train
         compile_model(model, plan.optimizer, plan.learning_rate)
         keras.utils.set_random_seed(self.settings.seed * 100003 + message.round)
@@ -208,7 +312,7 @@ class EdgeClient:
                  plan.epochs, len(self.data.y))
         self.progress.training_started(message.round, message.total_rounds, plan.epochs)
         started = time.monotonic()
-        history = model.fit(self.data.x, self.data.y, epochs=plan.epochs, batch_size=plan.batch_size,
+        history = model.fit(self.data.x, labels, epochs=plan.epochs, batch_size=plan.batch_size,
                             shuffle=True, verbose=0, callbacks=[self.progress.keras_callback()])
         train_time = time.monotonic() - started
         metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
@@ -216,8 +320,16 @@ class EdgeClient:
         update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
                         num_examples=int(len(self.data.y)), metrics=metrics,
                         tensors=[(spec.name, w) for spec, w in zip(specs, self._trained_weights(model, message))])
+        with self._lock:
+            newer = self._latest if self._latest is not None and self._latest.round > message.round else None
+        if newer is not None:
+            log.info("round %d: trained, but the model of round %d arrived meanwhile; this update would be late, so "
+                     "it is dropped", message.round, newer.round)
+            self.progress.set_phase(f"round {message.round} closed while training; dropped the update")
+            return False
         payload = update.encode()
-        messages = outgoing_messages(self.topics.update(self.settings.client_id), payload, self.settings.chunk_bytes,
+        chunk = min((c for c in (self.settings.chunk_bytes, plan.chunk_bytes) if c), default=0)
+        messages = outgoing_messages(self.topics.update(self.settings.client_id), payload, chunk,
                                      self.settings.run, message.round, self.settings.client_id)
         self._last_update = SentUpdate(message.round, message.weights_sha256, messages)
         for topic, part in messages[:-1]:
@@ -228,6 +340,7 @@ class EdgeClient:
         log.info("round %d: trained in %.1f s (loss %.4f, accuracy %.4f); update of %.2f MB %s", message.round,
                  train_time, metrics["loss"], metrics["accuracy"], len(payload) / 1e6,
                  "published" if ok else "queued until the broker is back")
+        return True
 
     def _trained_weights(self, model: "keras.Model", message: GlobalModel) -> list:  # noqa: F821
         """The weights to send: the trained ones, or in attack mode (testing only) their poisoned version."""
@@ -236,6 +349,16 @@ class EdgeClient:
             return trained
         return self._attack.apply([w for _, w in message.tensors], trained)
 
+    def _labels_for(self, info: ModelInfo) -> np.ndarray:
+        """This device's labels as indices of the coordinator's classes (IncompatibleModelError if they differ)."""
+        if self._labels is not None and self._labels[0] == (info.class_names, info.num_classes):
+            return self._labels[1]
+        used = int(self.data.y.max()) + 1 if self.data.y.size else 0
+        mapping = label_map(tuple(self.data.class_names), info, used)
+        labels = self.data.y if mapping is None else mapping[self.data.y]
+        self._labels = ((info.class_names, info.num_classes), labels)
+        return labels
+
     def _model_for(self, info: ModelInfo) -> "keras.Model":  # noqa: F821
         if self._model is not None and self._model_info == info:
             return self._model
@@ -243,10 +366,7 @@ class EdgeClient:
             raise IncompatibleModelError(
                 f"the coordinator's model {info.name} takes inputs of shape {tuple(info.input_shape)}, but this "
                 f"device's data ({self.data.name}) has shape {self.data.input_shape}")
-        if self.data.y.size and int(self.data.y.max()) >= info.num_classes:
-            raise IncompatibleModelError(
-                f"the coordinator's model has {info.num_classes} classes, but local labels go up to "
-                f"{int(self.data.y.max())}")
+        self._labels_for(info)
         from federation.models import build_model
 
         self._model = build_model(info.name, info.input_shape, info.num_classes)
