@@ -32,6 +32,7 @@ class Outcome:
     lost: int
     duplicates: int
     rejected: int
+    ignored: int
     accuracy: float
 
 
@@ -69,7 +70,8 @@ def _outcome(fed: LocalFederation, fault: str, behaviour: str, whole_run_clients
         lost += sum(1 for r in trained if name not in accepted.get(r, []))
     duplicates = sum(len(ids) - len(set(ids)) for ids in accepted.values())
     rejected = sum(sum(r["rejected"].values()) for r in rows)
-    return Outcome(fault, behaviour, len(rows), lost, duplicates, rejected, rows[-1]["test_accuracy"])
+    ignored = sum(sum(r.get("ignored", {}).values()) for r in rows)
+    return Outcome(fault, behaviour, len(rows), lost, duplicates, rejected, ignored, rows[-1]["test_accuracy"])
 
 
 def no_fault(fed: LocalFederation, examples: int) -> Outcome:
@@ -121,6 +123,35 @@ def broker_restarted(fed: LocalFederation, examples: int) -> Outcome:
                     "queued updates delivered", names)
 
 
+def late_joiner(fed: LocalFederation, examples: int) -> Outcome:
+    fed.start_coordinator(_overrides())
+    names = _start_clients(fed, examples)
+    _wait_for(_logged(fed, "dev-1", "round 1/4: training"))
+    time.sleep(1.0)
+    fed.start_client("dev-late", ["--dataset", "fashion_mnist", "--index-range",
+                                  f"{examples}:{examples + examples // CLIENTS}"])
+    _check_exit(fed.wait_all(900))
+    rows = fed.metrics()
+    joined = [r["round"] for r in rows if "dev-late" in r["client_ids"]]
+    return _outcome(fed, "a fourth client joins 1 s after round 1 started",
+                    f"not in round 1's cohort, it waited; asked from round {joined[0] if joined else '-'} on, "
+                    f"it took part in rounds {joined}", [*names, "dev-late"])
+
+
+def broker_restarted_after_an_update(fed: LocalFederation, examples: int) -> Outcome:
+    assert fed.broker is not None
+    fed.start_coordinator(_overrides())
+    names = _start_clients(fed, examples)
+    _wait_for(_logged(fed, "dev-1", "round 2: trained in"))
+    fed.broker.stop()
+    time.sleep(5)
+    fed.broker.start()
+    _check_exit(fed.wait_all(900))
+    return _outcome(fed, "restart Mosquitto right after one client's round-2 update",
+                    "the coordinator re-published the open round's model; the client re-sent its update, "
+                    "counted once (a copy already received is ignored as a duplicate, not rejected)", names)
+
+
 def hostile_client(fed: LocalFederation, examples: int) -> Outcome:
     fed.start_coordinator(_overrides(**{"broker.max_payload_mb": 2.0}))
     names = _start_clients(fed, examples)
@@ -144,7 +175,7 @@ def size_capped_broker(fed: LocalFederation, examples: int) -> Outcome:
 
 SCENARIOS: list[tuple[Callable[[LocalFederation, int], Outcome], list[str]]] = [
     (no_fault, []), (client_killed, []), (coordinator_killed, []), (broker_restarted, []),
-    (hostile_client, []), (size_capped_broker, ["message_size_limit 300000"]),
+    (late_joiner, []), (broker_restarted_after_an_update, []), (hostile_client, []), (size_capped_broker, ["message_size_limit 300000"]),
 ]
 
 
@@ -158,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/faults.py", description=__doc__)
     p.add_argument("--examples", type=int, default=15000, help="Fashion-MNIST training images shared by the 3 clients")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
-    p.add_argument("--only", default="", help="run only the scenario with this function name")
+    p.add_argument("--only", default="", help="run only the scenarios with these function names (comma-separated)")
     args = p.parse_args(argv)
     outcomes = []
     for scenario, broker_config in SCENARIOS:
-        if args.only and scenario.__name__ != args.only:
+        if args.only and scenario.__name__ not in args.only.split(","):
             continue
         workdir = args.out / NAME / scenario.__name__
         shutil.rmtree(workdir, ignore_errors=True)
@@ -174,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nFashion-MNIST, {CLIENTS} clients with {args.examples // CLIENTS} images each, {ROUNDS} rounds, "
           "full test set\n")
     print_table(["fault", "what the system did", "rounds completed", "updates lost", "duplicates counted",
-                 "rejected", "final accuracy"],
-                [[o.fault, o.behaviour, f"{o.rounds}/{ROUNDS}", o.lost, o.duplicates, o.rejected,
+                 "rejected (errors)", "ignored (late, duplicate)", "final accuracy"],
+                [[o.fault, o.behaviour, f"{o.rounds}/{ROUNDS}", o.lost, o.duplicates, o.rejected, o.ignored,
                   f"{o.accuracy:.4f}"] for o in outcomes])
     write_results(args.out / f"{NAME}.json", {"outcomes": [o.__dict__ for o in outcomes]})
     ok = all(o.rounds == ROUNDS and o.lost == 0 and o.duplicates == 0 for o in outcomes)
