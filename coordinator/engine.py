@@ -369,7 +369,7 @@ class Coordinator:
         self.progress.round_closed(metrics)
         self.last_evaluation = ev
         self.deployer.after_round(self.model, r, self.x_test, self.y_test, ev.accuracy)
-        ROUND_LOG.info("round %d/%d: %d of %d asked clients, %d examples, test accuracy %.4f, loss %.4f, "
+        ROUND_LOG.info("round %d/%d: %d clients (of %d asked), %d examples, test accuracy %.4f, loss %.4f, "
                        "%.2f MB in, %.2f MB out, %.1f s (overhead %.2f s)%s%s", r, self.settings.training.rounds,
                        metrics.clients, cohort_size, metrics.examples, ev.accuracy, ev.loss, metrics.bytes_in / 1e6,
                        bytes_out / 1e6, round_time, metrics.overhead_s,

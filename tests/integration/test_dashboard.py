@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from broker import free_port
 from demo.local_federation import REPO_ROOT, LocalFederation
-from federation.messages import RoundMetricsMessage, decode_message
+from federation.messages import ClientStatus, RoundMetricsMessage, decode_message
 from tests.conftest import retained_messages
 
 pytestmark = pytest.mark.timeout(300)
@@ -58,6 +58,21 @@ def text_is(page: Page, selector: str, expected: str) -> None:
 def chart_points(page: Page, chart: str) -> list[tuple[int, float]]:
     return [(int(r), float(v)) for r, v in page.eval_on_selector_all(
         f"#{chart} circle.point", "els => els.map(e => [e.dataset.round, e.dataset.value])")]
+
+
+def publish_status(port: int, status: ClientStatus) -> None:
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-status-publisher")
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(f"fedmq/{RUN}/client/{status.sender}/status", status.encode(), qos=1,
+                       retain=True).wait_for_publish(10)
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def save_artifact(source: Path, name: str) -> Path:
@@ -125,6 +140,12 @@ def test_dashboard_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
             assert sorted(page.eval_on_selector_all("#clients tbody tr", "rows => rows.map(r => r.dataset.client)")) \
                 == list(CLIENTS)
             assert f"final test accuracy {rows[-1]['test_accuracy']:.4f}" in page.inner_text("#run-end")
+
+            # A device that can't train says why in its status; the page shows it (issue 9).
+            reason = "this device's classes do not match the coordinator's: 2 local classes ('cat', 'dog' ...)"
+            publish_status(fed.port, ClientStatus(run=RUN, round=0, sender="misfit", error=reason))
+            page.wait_for_selector("#clients tr[data-client=misfit] td.problem", timeout=30_000)
+            assert page.inner_text("#clients tr[data-client=misfit] td.problem") == "can't train: " + reason
 
             # A page opened after the run draws the whole curve from the one retained metrics message.
             late = browser.new_page()

@@ -264,9 +264,13 @@
       status.className = "status";
       status.dataset.status = m.status;
       // Inference-only devices (role "serve", PROTOCOL.md) are listed too, marked as such.
+      // Why a device can't train the run's model (error) or rejected a deployment (deploy_error), PROTOCOL.md.
+      var problem = typeof m.error === "string" && m.error ? "can't train: " + m.error
+        : typeof m.deploy_error === "string" && m.deploy_error ? "deployment rejected: " + m.deploy_error : "";
       tr.append(cell(m.role === "serve" ? id + " (serve)" : id), status,
         cell(m.num_examples ? String(m.num_examples) : "", "num"),
-        cell(m.device && m.device.host ? String(m.device.host) : ""), cell(ago(m.sent_at * 1000)));
+        cell(m.device && m.device.host ? String(m.device.host) : ""), cell(ago(m.sent_at * 1000)),
+        cell(problem.slice(0, 300), problem ? "problem" : ""));
       body.appendChild(tr);
     });
     $("no-clients").hidden = ids.length > 0;
