@@ -140,10 +140,10 @@ class Coordinator:
         self.max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(self.specs))
         self.receiver = ChunkedReceiver(self.max_update_bytes)
         # An honest device sends one update per round (or its chunks, at least 1 KiB each) and may re-send it
-        # after a reconnect; anything beyond a few times that is a flood.
+        # after reconnects; many times that is a flood, dropped before it is queued or decoded.
         self.admission = Admission(max_message_bytes=self.max_update_bytes,
                                    max_messages=4 * (self.max_update_bytes // 1024 + 2),
-                                   max_bytes=4 * self.max_update_bytes)
+                                   max_bytes=16 * self.max_update_bytes)
         self.fingerprint = run_fingerprint(s, self.specs)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.history: list[RoundMetrics] = []
@@ -507,12 +507,15 @@ class Coordinator:
 
     # ---- own topics ---------------------------------------------------------------------------------
 
-    def _publish_own(self, topic: str, payload: bytes, retain: bool = True, wait: bool = False) -> bool:
-        """Publish on one of this coordinator's retained topics, remembering the payload so that a message
-        there that it did not publish can be noticed and replaced."""
+    def _remember_own(self, topic: str, payload: bytes) -> None:
         recent = self._own.setdefault(topic, [])
         recent.append(hashlib.sha256(payload).digest())
         del recent[:-_OWN_TOPIC_MEMORY]
+
+    def _publish_own(self, topic: str, payload: bytes, retain: bool = True, wait: bool = False) -> bool:
+        """Publish on one of this coordinator's retained topics, remembering the payload so that a message
+        there that it did not publish can be noticed and replaced."""
+        self._remember_own(topic, payload)
         self._own_current[topic] = (payload, retain)
         if wait:
             return self.link.publish_and_wait(topic, payload, qos=1, retain=retain)
@@ -542,6 +545,7 @@ class Coordinator:
     def _on_connected(self) -> None:
         """After every (re)connect: restore the retained state and the open round's model (a restarted
         broker without persistence has lost them). Runs on paho's network thread."""
+        self._remember_own(self.topics.coordinator_state, self._state_payload)
         self.link.publish(self.topics.coordinator_state, self._state_payload, qos=1, retain=True)
         for topic, part in list(self._global_messages):
             self.link.publish(topic, part, qos=1, retain=True)
