@@ -161,8 +161,9 @@ class EdgeClient:
         with self._lock:
             if topic == self.topics.global_model and isinstance(message, GlobalModel):
                 self._seen_run_model = True
-                if self._latest is None or message.round >= self._latest.round:
-                    self._latest = message  # a re-sent model of the same round replaces the old object
+                # The retained model topic holds one model, published by one coordinator: the last one received
+                # is the current one, even with a lower round (the coordinator replaced a forged one).
+                self._latest = message
             elif topic == self.topics.run_end and isinstance(message, RunEnd):
                 state = self._coordinator
                 if state is not None and state.status == "online" and state.phase not in _ENDING_PHASES:
@@ -321,7 +322,9 @@ class EdgeClient:
                         num_examples=int(len(self.data.y)), metrics=metrics,
                         tensors=[(spec.name, w) for spec, w in zip(specs, self._trained_weights(model, message))])
         with self._lock:
-            newer = self._latest if self._latest is not None and self._latest.round > message.round else None
+            latest = self._latest
+        newer = latest if latest is not None and latest.round > message.round and latest.model == message.model \
+            else None
         if newer is not None:
             log.info("round %d: trained, but the model of round %d arrived meanwhile; this update would be late, so "
                      "it is dropped", message.round, newer.round)
