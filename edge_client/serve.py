@@ -8,13 +8,11 @@ import json
 import logging
 import os
 import platform
-import queue
 import re
 import signal
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +29,7 @@ from edge_client.images import (
 )
 from edge_client.model_store import ModelStore, ModelStoreError
 from federation.deployment import DeploymentInfo
+from federation.inbox import Inbound, Inbox
 from federation.inference import TFLiteClassifier, load_interpreter_class
 from federation.messages import ClientStatus
 from federation.model_delivery import DeliveryReceiver, DeliveryRejected
@@ -47,6 +46,7 @@ MAX_MULTIPART_BYTES = 8 * 1024 * 1024  # the email parser holds a body about 4 t
 MAX_CONCURRENT_REQUESTS = 2  # predictions decoding at once; with the caps above, serve stays under about 150 MB
 REQUEST_TIMEOUT_S = 30.0
 INBOX_BYTES = 8 * 1024 * 1024  # MQTT payloads waiting for the serving loop; paho's thread waits beyond that
+INBOX_WAIT_S = 60.0
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
 
 
@@ -414,40 +414,6 @@ class _HTTPServer(ThreadingHTTPServer):
 # ---- the serving process: MQTT + HTTP ----------------------------------------------------------------------
 
 
-class _Inbox:
-    """Messages from paho's thread for the serving loop, at most `max_bytes` of them (one message always fits):
-    beyond that paho's thread waits, so a flood waits in the broker and the socket instead of in this process."""
-
-    def __init__(self, max_bytes: int, wait_s: float = 60.0) -> None:
-        self.max_bytes = max_bytes
-        self.wait_s = wait_s
-        self.dropped = 0
-        self._items: deque[tuple[str, bytes]] = deque()
-        self._bytes = 0
-        self._changed = threading.Condition()
-
-    def put(self, topic: str, payload: bytes) -> None:
-        with self._changed:
-            if not self._changed.wait_for(lambda: not self._items or self._bytes + len(payload) <= self.max_bytes,
-                                          self.wait_s):
-                self.dropped += 1  # the serving loop is stuck: don't block paho's thread for ever
-                log.warning("dropped a message on %s: the serving loop has not taken any for %.0f s", topic,
-                            self.wait_s)
-                return
-            self._items.append((topic, payload))
-            self._bytes += len(payload)
-            self._changed.notify_all()
-
-    def get(self, timeout: float) -> tuple[str, bytes]:
-        with self._changed:
-            if not self._changed.wait_for(lambda: bool(self._items), timeout):
-                raise queue.Empty
-            topic, payload = self._items.popleft()
-            self._bytes -= len(payload)
-            self._changed.notify_all()
-            return topic, payload
-
-
 @dataclass(frozen=True)
 class ServeSettings:
     client_id: str
@@ -473,13 +439,14 @@ class ServeProcess:
         self.models = ModelServer(ModelStore(settings.model_dir), settings.num_threads, self._publish_status)
         self.receiver = DeliveryReceiver(self.topics, int(settings.max_payload_mb * 1024 * 1024),
                                          settings.chunk_timeout_s, int(settings.max_model_mb * 1024 * 1024))
-        self._inbox = _Inbox(INBOX_BYTES)
+        self._inbox = Inbox(INBOX_BYTES)  # a flood waits in the broker and the socket, not in this process
+        self._inbox_dropped = 0
         self.stop_event = threading.Event()
         self.http: _HTTPServer | None = None
         self.link = MqttLink(
             client_id=f"fedmq-serve-{settings.client_id}", address=settings.broker,
             subscriptions=self.receiver.subscriptions,
-            on_message=lambda topic, payload, retained: self._inbox.put(topic, payload),
+            on_message=self._on_message,
             will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
             on_connected=self._publish_status)
 
@@ -503,7 +470,13 @@ class ServeProcess:
         return {"client_id": self.settings.client_id, "run": self.settings.run,
                 "broker_connected": self.link.connected.is_set(), "pending_transfers": self.receiver.pending,
                 "held_chunk_bytes": self.receiver.receiver.held_bytes(),
-                "dropped_messages": dict(self.receiver.receiver.rejected) | {"inbox_full": self._inbox.dropped}}
+                "dropped_messages": dict(self.receiver.receiver.rejected) | {"inbox_full": self._inbox_dropped}}
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """On paho's thread: queue for the serving loop, waiting while the inbox is full, but not for ever."""
+        if not self._inbox.put(Inbound(topic, payload, retained), timeout=INBOX_WAIT_S):
+            self._inbox_dropped += 1
+            log.warning("dropped a message on %s: the serving loop took none for %.0f s", topic, INBOX_WAIT_S)
 
     def start_http(self) -> int | None:
         """Start the HTTP server in a thread; returns its port (None when HTTP is off)."""
@@ -529,12 +502,9 @@ class ServeProcess:
         self.link.start()
         try:
             while not self.stop_event.is_set():
-                try:
-                    topic, payload = self._inbox.get(timeout=0.5)
-                except queue.Empty:
-                    pass
-                else:
-                    self._handle(topic, payload)
+                item = self._inbox.get(timeout=0.5)
+                if item is not None:
+                    self._handle(item.topic, item.payload)
                 for manifest in self.receiver.expire():
                     self.models.reject(f"deployment of round {manifest.round}: chunks incomplete after "
                                        f"{self.settings.chunk_timeout_s:g} s; dropped")

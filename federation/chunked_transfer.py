@@ -65,7 +65,8 @@ class ChunkedReceiver:
 
     - `max_payload`: the largest message, whole or reassembled (and so the largest transfer);
     - `max_sender_bytes` (default 2 x max_payload): chunks held for one sender; its older transfers make room;
-    - `max_held_bytes` (default 2 x max_payload): chunks held in all; stray chunks (no manifest) make room;
+    - `max_held_bytes` (default max(4 x max_payload, 64 MiB)): chunks held in all; the oldest stray chunks (no
+      manifest yet) make room, so size it for the senders that may be mid-transfer at once;
     - `timeout_s`: a transfer not complete by then is dropped, checked on every call (amortised O(1)).
 
     Byte counts include a per-chunk and per-transfer overhead (federation.chunking.CHUNK_OVERHEAD...). Chunk
@@ -78,7 +79,7 @@ class ChunkedReceiver:
         self.timeout_s = timeout_s
         self.limits = limits or DecodeLimits.for_size(max_payload)
         self._chunk_limits = DecodeLimits.for_size(max_payload)
-        self._reassembler = Reassembler(timeout_s, max_held_bytes or 2 * max_payload, clock,
+        self._reassembler = Reassembler(timeout_s, max_held_bytes or max(4 * max_payload, 64 * 1024 * 1024), clock,
                                         max_owner_bytes=max_sender_bytes or 2 * max_payload,
                                         max_transfer_bytes=max_payload, on_drop=self._dropped)
         self._manifests: dict[tuple[Hashable, str], ChunkedMessage] = {}  # announced transfers still pending
