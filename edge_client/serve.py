@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import platform
-import queue
+import re
 import signal
 import sys
 import threading
@@ -24,9 +24,12 @@ import numpy as np
 
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, run_name, setup_logging
 from edge_client.connection import add_security_flags, broker_address
-from edge_client.images import NPY_MAGIC, ZIP_MAGIC, InputError, as_batch, decode_array, decode_image
+from edge_client.images import (
+    MAX_ARRAY_BYTES, NPY_MAGIC, ZIP_MAGIC, InputError, InputTooLarge, as_batch, decode_array, decode_image,
+)
 from edge_client.model_store import ModelStore, ModelStoreError
 from federation.deployment import DeploymentInfo
+from federation.inbox import Inbound, Inbox
 from federation.inference import TFLiteClassifier, load_interpreter_class
 from federation.messages import ClientStatus
 from federation.model_delivery import DeliveryReceiver, DeliveryRejected
@@ -37,7 +40,14 @@ from federation.version import SOFTWARE_VERSION
 log = logging.getLogger("edge_client.serve")
 
 DEFAULT_HTTP_PORT = 8501  # TensorFlow Serving's REST port: what users of model servers try first
-MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_JSON_BYTES = 4 * 1024 * 1024      # parsed JSON takes several times its size
+MAX_MULTIPART_BYTES = 8 * 1024 * 1024  # the email parser holds a body about 4 times over
+MAX_CONCURRENT_REQUESTS = 2  # predictions decoding at once; with the caps above, serve stays under about 150 MB
+REQUEST_TIMEOUT_S = 30.0
+INBOX_BYTES = 8 * 1024 * 1024  # MQTT payloads waiting for the serving loop; paho's thread waits beyond that
+INBOX_WAIT_S = 60.0
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
 
 
 class NoModelError(RuntimeError):
@@ -206,9 +216,11 @@ class ModelServer:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """POST /predict (an image, .npy/.npz, or JSON {"instances": ...}); GET /status; GET /healthz."""
+    """POST /predict (an image, .npy/.npz, JSON {"instances": ...}, or any of these as multipart/form-data files);
+    GET /status; GET /healthz. Bad input gets a 4xx answer saying why, never a 500."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: a client can stream requests over one connection
+    timeout = REQUEST_TIMEOUT_S  # a client that stalls mid-request is cut off
     server: "_HTTPServer"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
@@ -220,19 +232,31 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.OK, {**self.server.extra_status(), **self.server.models.status()})
         elif path == "/healthz":
             ready = self.server.models.active is not None
-            self._send_json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
-                            {"ready": ready})
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE if not ready else HTTPStatus.OK, {"ready": ready})
+        elif path == "/predict":
+            self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "POST the input to /predict"},
+                            headers={"Allow": "POST"})
         else:
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such path {path}; try POST /predict, GET /status"})
 
     def do_POST(self) -> None:
         url = urlparse(self.path)
         if url.path != "/predict":
-            self._drain()
-            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}; try POST /predict"})
+            close = not self._drain()
+            if url.path in ("/status", "/healthz"):
+                self._send_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": f"GET {url.path}"}, close=close,
+                                headers={"Allow": "GET"})
+            else:
+                self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no such path {url.path}; try POST /predict"},
+                                close=close)
             return
         models = self.server.models
         body: bytes | None = None
+        if not self.server.slots.acquire(timeout=REQUEST_TIMEOUT_S):
+            models.count_request(False)
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "busy: too many predictions at once"},
+                            close=True)
+            return
         try:
             body = self._read_body()
             top = int(parse_qs(url.query).get("top", ["1"])[0])
@@ -243,43 +267,64 @@ class _Handler(BaseHTTPRequestHandler):
             result = models.predict(images, top)
         except NoModelError as exc:
             models.count_request(False)
-            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
-        except _TooLarge as exc:
+            self._send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)}, close=body is None)
+        except _LengthRequired as exc:
             models.count_request(False)
-            self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(exc)}, close=True)
+            self._send_json(HTTPStatus.LENGTH_REQUIRED, {"error": str(exc)}, close=True)
+        except (_TooLarge, InputTooLarge) as exc:
+            models.count_request(False)
+            self._send_json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": str(exc)}, close=body is None)
         except (InputError, ValueError) as exc:
             models.count_request(False)  # an unread body would be taken for the next request: close then
             self._send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)}, close=body is None)
         except Exception as exc:  # a runtime failure: report it, keep serving
             log.exception("prediction failed")
             models.count_request(False)
-            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+            self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"},
+                            close=body is None)
         else:
             models.count_request(True)
             self._send_json(HTTPStatus.OK, result)
+        finally:
+            self.server.slots.release()
+
+    def _content_length(self) -> int:
+        """The body's length from its one Content-Length header; _LengthRequired, InputError or _TooLarge."""
+        if self.headers.get("Transfer-Encoding"):
+            raise _LengthRequired("chunked transfer encoding is not supported: send a Content-Length header")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            raise _LengthRequired("send the input as the request body, with a Content-Length header")
+        if len(set(lengths)) > 1 or not _CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+            raise InputError(f"bad Content-Length {', '.join(lengths)[:40]!r}: expected one byte count")
+        size = int(lengths[0])
+        if size > MAX_BODY_BYTES:
+            raise _TooLarge(f"a request body of {size} bytes (Content-Length); the limit is {MAX_BODY_BYTES}")
+        return size
 
     def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None:
-            raise InputError("send the image as the request body with a Content-Length")
+        size = self._content_length()
+        body = self.rfile.read(size)
+        if len(body) != size:
+            raise InputError(f"the request body ended after {len(body)} of its {size} bytes (Content-Length)")
+        return body
+
+    def _drain(self) -> bool:
+        """Read and drop a request body that won't be used; False if the connection can't be reused."""
         try:
-            size = int(length)
-        except ValueError:
-            raise InputError(f"bad Content-Length {length!r}") from None
-        if size > MAX_BODY_BYTES:
-            raise _TooLarge(f"request body of {size} bytes; the limit is {MAX_BODY_BYTES}")
-        return self.rfile.read(size)
+            size = self._content_length()
+        except (InputError, _LengthRequired, _TooLarge):
+            return False
+        return len(self.rfile.read(size)) == size
 
-    def _drain(self) -> None:
-        size = int(self.headers.get("Content-Length") or 0)
-        if 0 < size <= MAX_BODY_BYTES:
-            self.rfile.read(size)
-
-    def _send_json(self, code: int, body: dict[str, Any], close: bool = False) -> None:
+    def _send_json(self, code: int, body: dict[str, Any], close: bool = False,
+                   headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -291,23 +336,68 @@ class _TooLarge(ValueError):
     pass
 
 
-def _decode_body(body: bytes, shape: tuple[int, ...], content_type: str) -> np.ndarray:
+class _LengthRequired(ValueError):
+    pass
+
+
+def _decode_body(body: bytes, shape: tuple[int, ...], content_type: str, multipart: bool = True) -> np.ndarray:
     if not body:
         raise InputError("empty request body: send an image, a .npy/.npz file, or JSON {\"instances\": [...]}")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == "multipart/form-data" and multipart:
+        return _decode_multipart(body, shape, content_type)
     if body.startswith(NPY_MAGIC) or body.startswith(ZIP_MAGIC):
-        return decode_array(body, shape, "request body").images
-    if content_type.startswith("application/json") or body[:1] in (b"{", b"["):
+        return decode_array(body, shape, "request body", MAX_ARRAY_BYTES).images
+    if media_type == "application/json" or body[:1] in (b"{", b"["):
+        if len(body) > MAX_JSON_BYTES:
+            raise InputTooLarge(f"a JSON body of {len(body)} bytes; the limit is {MAX_JSON_BYTES} (send a .npy "
+                                "file or images for more)")
         try:
             doc = json.loads(body)
+        except RecursionError:
+            raise InputError("request body: JSON nested too deeply") from None
         except ValueError as exc:
-            raise InputError(f"request body is not valid JSON: {exc}") from None
+            raise InputError(f"request body is not valid JSON: {str(exc)[:200]}") from None
         instances = doc.get("instances") if isinstance(doc, dict) else doc
         try:
             array = np.asarray(instances, dtype=np.float32)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, RecursionError):
             raise InputError("JSON \"instances\" must be nested lists of pixel values") from None
         return as_batch(array, shape, "JSON instances")
     return decode_image(body, shape, "request body")[None]
+
+
+def _decode_multipart(body: bytes, shape: tuple[int, ...], content_type: str) -> np.ndarray:
+    """The files of a multipart/form-data upload (an HTML form, `curl -F file=@x.png`), each read like a bare body,
+    as one batch in order; parts without a file name count only when no part has one."""
+    from email import policy
+    from email.parser import BytesParser
+
+    if "boundary=" not in content_type.lower():
+        raise InputError("a multipart upload without a boundary in its Content-Type")
+    if len(body) > MAX_MULTIPART_BYTES:
+        raise InputTooLarge(f"a multipart upload of {len(body)} bytes; the limit is {MAX_MULTIPART_BYTES} (send "
+                            "the file as the bare request body for more)")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart() or message.defects:
+        problems = ", ".join(type(d).__name__ for d in message.defects) or "no parts"
+        raise InputError(f"a malformed multipart upload ({problems})")
+    parts = list(message.iter_parts())
+    files = [p for p in parts if p.get_filename()] or parts
+    batches = []
+    for index, part in enumerate(files):
+        data = part.get_payload(decode=True)
+        if not data:
+            continue
+        label = part.get_filename() or part.get_param("name", header="content-disposition") or f"part {index}"
+        try:
+            batches.append(_decode_body(data, shape, part.get_content_type(), multipart=False))
+        except InputError as exc:
+            raise type(exc)(f"multipart file {str(label)[:80]!r}: {exc}") from None
+    if not batches:
+        raise InputError("a multipart upload holding no file: send the image as a form field with a file name")
+    return np.concatenate(batches)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -318,6 +408,7 @@ class _HTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.models = models
         self.extra_status = extra_status
+        self.slots = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
 
 
 # ---- the serving process: MQTT + HTTP ----------------------------------------------------------------------
@@ -335,7 +426,7 @@ class ServeSettings:
     num_threads: int | None = None
     chunk_timeout_s: float = 60.0
     max_payload_mb: float = 64.0
-    max_model_mb: float = 256.0
+    max_model_mb: float = 16.0
 
 
 class ServeProcess:
@@ -348,13 +439,14 @@ class ServeProcess:
         self.models = ModelServer(ModelStore(settings.model_dir), settings.num_threads, self._publish_status)
         self.receiver = DeliveryReceiver(self.topics, int(settings.max_payload_mb * 1024 * 1024),
                                          settings.chunk_timeout_s, int(settings.max_model_mb * 1024 * 1024))
-        self._inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._inbox = Inbox(INBOX_BYTES)  # a flood waits in the broker and the socket, not in this process
+        self._inbox_dropped = 0
         self.stop_event = threading.Event()
         self.http: _HTTPServer | None = None
         self.link = MqttLink(
             client_id=f"fedmq-serve-{settings.client_id}", address=settings.broker,
             subscriptions=self.receiver.subscriptions,
-            on_message=lambda topic, payload, retained: self._inbox.put((topic, payload)),
+            on_message=self._on_message,
             will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
             on_connected=self._publish_status)
 
@@ -376,7 +468,15 @@ class ServeProcess:
 
     def _extra_status(self) -> dict[str, Any]:
         return {"client_id": self.settings.client_id, "run": self.settings.run,
-                "broker_connected": self.link.connected.is_set(), "pending_transfers": self.receiver.pending}
+                "broker_connected": self.link.connected.is_set(), "pending_transfers": self.receiver.pending,
+                "held_chunk_bytes": self.receiver.receiver.held_bytes(),
+                "dropped_messages": dict(self.receiver.receiver.rejected) | {"inbox_full": self._inbox_dropped}}
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        """On paho's thread: queue for the serving loop, waiting while the inbox is full, but not for ever."""
+        if not self._inbox.put(Inbound(topic, payload, retained), timeout=INBOX_WAIT_S):
+            self._inbox_dropped += 1
+            log.warning("dropped a message on %s: the serving loop took none for %.0f s", topic, INBOX_WAIT_S)
 
     def start_http(self) -> int | None:
         """Start the HTTP server in a thread; returns its port (None when HTTP is off)."""
@@ -402,12 +502,9 @@ class ServeProcess:
         self.link.start()
         try:
             while not self.stop_event.is_set():
-                try:
-                    topic, payload = self._inbox.get(timeout=0.5)
-                except queue.Empty:
-                    pass
-                else:
-                    self._handle(topic, payload)
+                item = self._inbox.get(timeout=0.5)
+                if item is not None:
+                    self._handle(item.topic, item.payload)
                 for manifest in self.receiver.expire():
                     self.models.reject(f"deployment of round {manifest.round}: chunks incomplete after "
                                        f"{self.settings.chunk_timeout_s:g} s; dropped")
@@ -451,14 +548,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None, help="interpreter threads (default: the runtime's)")
     s.add_argument("--chunk-timeout", type=float, default=60.0,
                    help="drop a chunked model not complete after this many seconds")
-    s.add_argument("--max-model-mb", type=float, default=256.0, help="refuse larger models")
+    s.add_argument("--max-model-mb", type=float, default=16.0,
+                   help="refuse larger models (default 16); pending chunks are capped at about this too")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
+
+
+def _return_big_buffers_to_the_system() -> None:
+    """glibc raises its mmap threshold after a big buffer is freed, so later request bodies and chunks come from
+    the heap and stay resident after use; a fixed threshold keeps every buffer over 1 MiB in its own mapping,
+    given back when freed. Elsewhere than glibc this does nothing."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    _return_big_buffers_to_the_system()
     from federation.settings import ConfigError, load_settings
 
     try:

@@ -13,7 +13,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from federation.chunking import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
-from federation.codec import DecodeError, decode_tensors, encode_tensors, pack, unpack
+from federation.codec import (
+    DecodeError, DecodeLimits, clip_text, decode_tensors, encode_tensors, pack, unpack, wire_repr,
+)
 from federation.deployment import DeploymentError, DeploymentInfo
 from federation.version import PROTOCOL_VERSION
 
@@ -51,7 +53,7 @@ class TrainingPlan:
             chunk_bytes=_optional_int(m, "chunk_bytes", "train"),
         )
         if plan.epochs < 1 or plan.batch_size < 1 or not (0 < plan.learning_rate < 10):
-            raise DecodeError(f"train: out-of-range settings {plan}")
+            raise DecodeError(f"train: out-of-range settings {wire_repr(plan, 200)}")
         if plan.chunk_bytes and not MIN_CHUNK_BYTES <= plan.chunk_bytes <= MAX_CHUNK_BYTES:
             raise DecodeError(f"train: chunk_bytes {plan.chunk_bytes} is out of range (0, or {MIN_CHUNK_BYTES}.."
                               f"{MAX_CHUNK_BYTES})")
@@ -294,9 +296,12 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 }
 
 
-def decode_message(payload: bytes | bytearray | memoryview, max_size: int = 0) -> Message:
-    """Decode and structurally validate any fedmq message. Raises DecodeError with the reason."""
-    raw = unpack(payload, max_size=max_size)
+def decode_message(payload: bytes | bytearray | memoryview, max_size: int = 0,
+                   limits: DecodeLimits | None = None) -> Message:
+    """Decode and structurally validate any fedmq message. Raises DecodeError with the reason.
+
+    `limits` bound what msgpack may allocate (default DecodeLimits.for_size(max_size)); see codec.DecodeLimits."""
+    raw = unpack(payload, max_size=max_size, limits=limits)
     version = raw.get("version")
     if type(version) is not int or version != PROTOCOL_VERSION:  # not True, not 1.0
         raise DecodeError(f"protocol version {_short(version)}, this software speaks {PROTOCOL_VERSION}", "version")
@@ -361,7 +366,7 @@ def _decode_update(raw: dict[str, Any], env: dict[str, Any]) -> Update:
 def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientStatus:
     status = _get(raw, "status", str, "client_status")
     if status not in CLIENT_STATUSES:
-        raise DecodeError(f"client_status: unknown status {status!r}")
+        raise DecodeError(f"client_status: unknown status {wire_repr(status)}")
     return ClientStatus(
         **env, status=status, software=str(raw.get("software", "")),
         num_examples=_optional_int(raw, "num_examples", "client_status"),
@@ -428,7 +433,7 @@ def _decode_deployed_model(raw: dict[str, Any], env: dict[str, Any]) -> Deployed
     try:
         info = DeploymentInfo.fields_from_wire(raw, env["run"], env["round"])
     except DeploymentError as exc:
-        raise DecodeError(f"deployed_model: {exc}") from None
+        raise DecodeError(f"deployed_model: {clip_text(str(exc), 200)}") from None
     model = _get(raw, "model", bytes, "deployed_model")  # its sha256 is checked by the receiver (bad_hash)
     return DeployedModel(**env, info=info, model=model)
 
@@ -477,15 +482,13 @@ def check_finite(tensors: Tensors) -> None:
     """Raise DecodeError naming the first floating tensor holding NaN or Inf."""
     for name, arr in tensors:
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise DecodeError(f"tensor {name!r} holds NaN or Inf", "not_finite")
+            raise DecodeError(f"tensor {wire_repr(name)} holds NaN or Inf", "not_finite")
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    """repr() of a value from the wire, cut to `limit` characters: a hostile value never floods a log line."""
-    if isinstance(value, (list, dict, str, bytes)) and len(value) > limit:
-        return f"<{type(value).__name__} of {len(value)}>"
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    """repr() of a value from the wire, cut to `limit` characters: a hostile value never floods a log line (nor
+    takes long to format: codec.wire_repr looks at a few elements of a few levels only)."""
+    return wire_repr(value, limit)
 
 
 def _short_str(value: Any, limit: int = 500) -> str:

@@ -9,14 +9,16 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from federation.chunked_transfer import outgoing_messages
-from federation.chunking import ChunkError, Reassembler, sha256_hex
-from federation.codec import DecodeError
+from federation.chunked_transfer import ChunkedReceiver, outgoing_messages
+from federation.chunking import sha256_hex
+from federation.codec import DecodeError, wire_repr
 from federation.deployment import DeploymentInfo
-from federation.messages import ChunkedMessage, DeployedModel, Message, ModelChunk, decode_message
+from federation.messages import ChunkedMessage, DeployedModel, Message, ModelChunk
 from federation.topics import RunTopics
 
 log = logging.getLogger(__name__)
+
+ENVELOPE_BYTES = 64 * 1024  # a deployed_model message beyond its model bytes: fields, class names, framing
 
 
 @dataclass(frozen=True)
@@ -58,21 +60,30 @@ class DeliveryReceiver:
 
     `handle()` returns a Delivered when a message completes a model; None while chunks are missing, for an empty
     retained payload, or for a transfer superseded by a later deployment; and raises DeliveryRejected for a message
-    that fails a check: undecodable, wrong type or run, a chunk not matching its hash, a model not matching its."""
+    that fails a check: undecodable, wrong type or run, a chunk not matching its hash, a model not matching its.
+    Chunks go through a ChunkedReceiver, the same as every other topic's, with its caps and expiry: at most
+    `max_held_bytes` (default: one largest deployment) of pending chunks, stray ones dropped first."""
 
     def __init__(self, topics: RunTopics, max_payload: int = 0, chunk_timeout_s: float = 60.0,
-                 max_model_bytes: int = 256 * 1024 * 1024, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_model_bytes: int = 256 * 1024 * 1024, clock: Callable[[], float] = time.monotonic,
+                 max_held_bytes: int | None = None) -> None:
         self.topics = topics
-        self.max_payload = max_payload
         self.max_model_bytes = max_model_bytes
-        self._chunks = Reassembler(chunk_timeout_s, max_model_bytes + 64 * 1024, clock)
-        self._announced: dict[str, ChunkedMessage] = {}  # manifests of chunked deployments not complete yet
+        self.max_payload = max_payload or max_model_bytes + ENVELOPE_BYTES
+        largest = min(self.max_payload, max_model_bytes + ENVELOPE_BYTES)
+        self._receiver = ChunkedReceiver(self.max_payload, chunk_timeout_s, clock=clock,
+                                         max_held_bytes=max_held_bytes or largest + largest // 4,
+                                         max_sender_bytes=max_held_bytes or largest + largest // 4)
         self._latest: str | None = None  # the transfer id of the last deployment announced on the deploy topic
 
     @property
     def pending(self) -> int:
         """Chunked transfers in progress."""
-        return len(self._chunks.pending)
+        return self._receiver.pending
+
+    @property
+    def receiver(self) -> ChunkedReceiver:
+        return self._receiver
 
     @property
     def subscriptions(self) -> list[tuple[str, int]]:
@@ -81,77 +92,51 @@ class DeliveryReceiver:
     def handle(self, topic: str, payload: bytes) -> Delivered | None:
         if not payload:
             return None  # a cleared retained message
-        if topic == self.topics.deploy:
-            message = self._decode(payload, topic, (DeployedModel, ChunkedMessage))
-            if isinstance(message, DeployedModel):
-                self._latest = None
-                return self._verified(message)
-            return self._announce(message)
-        prefix = self.topics.deploy_chunk(0)[:-1]
-        if not topic.startswith(prefix):
+        if topic != self.topics.deploy and not topic.startswith(self.topics.deploy_chunk(0)[:-1]):
             raise DeliveryRejected(f"message on unexpected topic {topic}", "wrong_topic")
-        chunk = self._decode(payload, topic, (ModelChunk,))
-        assert isinstance(chunk, ModelChunk)
-        if topic[len(prefix):] != str(chunk.index):
-            raise DeliveryRejected(f"chunk {chunk.index} published on {topic}", "bad_chunk")
-        if sha256_hex(chunk.data) != chunk.sha256:
-            raise DeliveryRejected(f"chunk {chunk.index}/{chunk.count} of transfer {chunk.transfer[:12]}: its "
-                                   f"{len(chunk.data)} bytes do not match its sha256", "bad_hash")
         try:
-            whole = self._chunks.add_chunk(chunk.transfer, chunk.index, chunk.data)
-        except ChunkError as exc:
+            received = self._receiver.receive(topic, payload, check=self._check)
+        except DecodeError as exc:
             raise DeliveryRejected(str(exc), "bad_hash" if exc.reason == "bad_chunk" else exc.reason) from None
-        return self._assembled(chunk.transfer, whole)
+        if received is None:
+            return None
+        message = received.message
+        if not isinstance(message, DeployedModel):
+            raise DeliveryRejected(f"{message.TYPE} message on {topic}", "wrong_type")
+        if received.manifest is None:
+            self._latest = None
+            return self._verified(message)
+        manifest = received.manifest
+        if manifest.manifest.sha256 != self._latest:
+            log.info("deployment of round %d complete but superseded by a later one; ignored", manifest.round)
+            return None
+        self._check(topic, message)
+        if (message.sender, message.round) != (manifest.sender, manifest.round):
+            raise DeliveryRejected(f"the reassembled deployment names sender {wire_repr(message.sender)} and round "
+                                   f"{message.round}, its manifest {wire_repr(manifest.sender)} and {manifest.round}",
+                                   "sender_mismatch")
+        return self._verified(message)
 
     def expire(self) -> list[ChunkedMessage]:
         """Drop chunked transfers that stayed incomplete too long; returns the announced ones among them (stray
         chunks without a manifest, e.g. retained ones of an older model, are dropped silently)."""
-        return [m for key in self._chunks.expire() if (m := self._announced.pop(key, None)) is not None]
+        return self._receiver.expire()
 
-    def _decode(self, payload: bytes, topic: str, expected: tuple[type[Message], ...]) -> Message:
-        try:
-            message = decode_message(payload, self.max_payload)
-        except DecodeError as exc:
-            raise DeliveryRejected(f"undecodable message on {topic} ({len(payload)} bytes): {exc}",
-                                   exc.reason) from None
-        if not isinstance(message, expected):
-            raise DeliveryRejected(f"{message.TYPE} message on {topic}", "wrong_type")
+    def _check(self, base: str, message: Message) -> None:
+        """Refuses, before anything is kept, what can't be a deployment of this run; notes announcements."""
+        if base == self.topics.deploy and not isinstance(message, (DeployedModel, ChunkedMessage, ModelChunk)):
+            raise DecodeError(f"{message.TYPE} message on {base}", "wrong_type")
         if message.run != self.topics.run:
-            raise DeliveryRejected(f"deployment for run {message.run!r}, this device serves {self.topics.run!r}",
-                                   "wrong_run")
-        return message
-
-    def _announce(self, message: ChunkedMessage) -> Delivered | None:
-        manifest = message.manifest
-        if manifest.size > self.max_model_bytes + 64 * 1024:
-            raise DeliveryRejected(f"a deployment of {manifest.size} bytes exceeds the limit of "
-                                   f"{self.max_model_bytes} model bytes", "too_large")
-        self._latest = manifest.sha256
-        self._announced[manifest.sha256] = message
-        for stale in [k for k in self._announced if k != manifest.sha256 and k not in self._chunks.pending]:
-            del self._announced[stale]
-        log.info("deployment of round %d announced: %d bytes in %d chunks", message.round, manifest.size,
-                 manifest.count)
-        try:
-            whole = self._chunks.add_manifest(manifest)
-        except ChunkError as exc:
-            raise DeliveryRejected(f"deployment of round {message.round}: {exc}", exc.reason) from None
-        return self._assembled(manifest.sha256, whole)
-
-    def _assembled(self, transfer: str, whole: bytes | None) -> Delivered | None:
-        if whole is None:
-            return None
-        manifest = self._announced.pop(transfer)
-        if transfer != self._latest:
-            log.info("deployment of round %d complete but superseded by a later one; ignored", manifest.round)
-            return None
-        message = self._decode(whole, self.topics.deploy, (DeployedModel,))
-        assert isinstance(message, DeployedModel)
-        if (message.sender, message.round) != (manifest.sender, manifest.round):
-            raise DeliveryRejected(f"the reassembled deployment names sender {message.sender!r} and round "
-                                   f"{message.round}, its manifest {manifest.sender!r} and {manifest.round}",
-                                   "sender_mismatch")
-        return self._verified(message)
+            raise DecodeError(f"deployment for run {wire_repr(message.run)}, this device serves "
+                              f"{self.topics.run!r}", "wrong_run")
+        if isinstance(message, ChunkedMessage):
+            manifest = message.manifest
+            if manifest.size > self.max_model_bytes + ENVELOPE_BYTES:
+                raise DecodeError(f"a deployment of {manifest.size} bytes exceeds the limit of "
+                                  f"{self.max_model_bytes} model bytes", "too_large")
+            self._latest = manifest.sha256
+            log.info("deployment of round %d announced: %d bytes in %d chunks", message.round, manifest.size,
+                     manifest.count)
 
     def _verified(self, message: DeployedModel) -> Delivered:
         info, model = message.info, message.model

@@ -13,6 +13,7 @@ from functools import partial
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 from federation.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
 
@@ -61,6 +62,8 @@ class DashboardHandler(SimpleHTTPRequestHandler):
         super().__init__(*args, directory=str(STATIC_DIR), **kwargs)  # type: ignore[arg-type]
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self._nul_in_path():
+            return
         if self.path.split("?", 1)[0] == "/config.json":
             body = self.dashboard_config.to_json()
             self.send_response(HTTPStatus.OK)
@@ -71,6 +74,17 @@ class DashboardHandler(SimpleHTTPRequestHandler):
             self.wfile.write(body)
             return
         super().do_GET()
+
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+        if not self._nul_in_path():
+            super().do_HEAD()
+
+    def _nul_in_path(self) -> bool:
+        """A NUL byte, raw or %00, would make open() raise ValueError (a traceback and no answer): answer 400."""
+        if "\x00" in unquote(self.path):
+            self.send_error(HTTPStatus.BAD_REQUEST, "NUL byte in the path")
+            return True
+        return False
 
     def list_directory(self, path: str) -> None:  # type: ignore[override]
         self.send_error(HTTPStatus.NOT_FOUND, "no directory listings")

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from federation.chunked_transfer import ChunkedReceiver, base_topic, outgoing_messages
-from federation.codec import DecodeError
+from federation.chunking import sha256_hex
+from federation.codec import DecodeError, pack, unpack
 from federation.messages import ModelChunk, Update, decode_message
 
 TOPIC = "fedmq/run1/update/dev-1"
+
+
+class FakeClock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _update(sender: str = "dev-1", size: int = 20_000) -> bytes:
@@ -55,8 +66,9 @@ def test_a_tampered_chunk_is_rejected_and_the_transfer_completes_with_the_good_o
     assert isinstance(chunk, ModelChunk)
     bad = ModelChunk(run="run1", round=2, sender="dev-1", transfer=chunk.transfer, index=0, count=chunk.count,
                      sha256=chunk.sha256, data=b"\x00" * len(chunk.data)).encode()
-    with pytest.raises(DecodeError, match="does not match"):
+    with pytest.raises(DecodeError, match="do not match its sha256") as info:
         receiver.receive(topic, bad)
+    assert info.value.reason == "bad_chunk" and receiver.rejected == {"bad_chunk": 1}
     results = [receiver.receive(t, p) for t, p in messages[:-1]]
     assert results[-1] is not None and isinstance(results[-1].message, Update)
 
@@ -81,11 +93,14 @@ def test_a_chunk_on_a_plain_topic_and_a_whole_message_on_a_chunk_topic_are_refus
 
 
 def test_incomplete_transfers_expire() -> None:
+    clock = FakeClock()
     messages = outgoing_messages(TOPIC, _update(), 8192, "run1", 2, "dev-1")
-    receiver = ChunkedReceiver(max_payload=10_000_000, timeout_s=0.0)
+    receiver = ChunkedReceiver(max_payload=10_000_000, timeout_s=10.0, clock=clock)
     for topic, payload in messages[1:]:
         assert receiver.receive(topic, payload) is None
-    assert len(receiver.expire()) == 1
+    clock.now = 10.5
+    assert [m.manifest.sha256 for m in receiver.expire()] == [decode_message(messages[-1][1]).manifest.sha256]
+    assert receiver.expire() == [] and receiver.pending == 0 and receiver.held_bytes() == 0
     assert receiver.receive(*messages[0]) is None, "the rest was dropped; one chunk alone completes nothing"
 
 
@@ -95,3 +110,103 @@ def test_whole_payload_over_the_limit_is_refused() -> None:
     with pytest.raises(DecodeError) as info:
         receiver.receive(*messages[-1])
     assert info.value.reason == "too_large"
+
+
+# ---- hostile chunk traffic (issue 10, items 4 and 5) -------------------------------------------------------------
+
+
+def _orphan(i: int, size: int = 1, sender: str = "dev-1", topic: str = TOPIC, run: str = "run1") -> tuple[str, bytes]:
+    """A chunk with a valid hash of its own, of a transfer whose manifest never comes."""
+    data = (i.to_bytes(4, "big") * (size // 4 + 1))[:size]
+    return f"{topic}/chunk/0", ModelChunk(run=run, round=2, sender=sender, transfer=sha256_hex(b"%d" % i), index=0,
+                                          count=2, sha256=sha256_hex(data), data=data).encode()
+
+
+def test_orphan_chunks_cost_linear_time() -> None:
+    orphans = [_orphan(i) for i in range(16_000)]
+    receiver = ChunkedReceiver(max_payload=64 * 1024 * 1024)
+    started = time.perf_counter()
+    for topic, payload in orphans:
+        assert receiver.receive(topic, payload) is None
+    elapsed = time.perf_counter() - started
+    assert elapsed < 3.0, f"{elapsed:.1f} s for 16,000 orphan chunks"  # quadratic: 26 s on an idle machine
+    assert receiver.pending == 16_000
+
+
+def test_held_chunks_are_capped_in_total_across_topics_and_senders() -> None:
+    receiver = ChunkedReceiver(max_payload=1_000_000, max_held_bytes=4_000_000)
+    tracemalloc.start()
+    try:
+        for i in range(200):  # 200 senders on their own topics, 100 kB of orphan chunks each: 20 MB
+            receiver.receive(*_orphan(i, 100_000, sender=f"dev-{i}", topic=f"fedmq/run1/update/dev-{i}"))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 5_000_000, f"{held / 1e6:.1f} MB held"
+    assert receiver.held_bytes() <= 4_000_000 and receiver.dropped["evicted"] > 150
+
+
+def test_one_sender_can_not_crowd_out_another_on_a_shared_topic() -> None:
+    topic = "fedmq/run1/model/global"
+    receiver = ChunkedReceiver(max_payload=1_000_000, max_held_bytes=3_000_000, max_sender_bytes=1_500_000)
+    payload = _update(sender="coordinator", size=100_000)
+    genuine = outgoing_messages(topic, payload, 100_000, "run1", 2, "coordinator")
+    for t, p in genuine[:2]:
+        assert receiver.receive(t, p) is None
+    for i in range(50):  # 5 MB of stray chunks from someone else: only 1.5 MB of it is kept
+        receiver.receive(*_orphan(i, 100_000, sender="mallory", topic=topic))
+    assert receiver.held_bytes("mallory") <= 1_500_000
+    results = [receiver.receive(t, p) for t, p in genuine[2:]]
+    assert results[-1] is not None and results[-1].message.sender == "coordinator"
+
+
+def test_transfers_expire_while_traffic_keeps_flowing() -> None:
+    clock = FakeClock()
+    receiver = ChunkedReceiver(max_payload=10_000_000, timeout_s=120.0, clock=clock)
+    receiver.receive(*_orphan(0, 1000))
+    whole = _update(size=10)
+    for second in range(1, 131):  # a complete message every second: the receiver is never idle
+        clock.now = float(second)
+        assert receiver.receive(TOPIC, whole) is not None
+    assert receiver.pending == 0 and receiver.held_bytes() == 0 and receiver.dropped["expired"] == 1
+
+
+def test_a_chunk_not_matching_its_own_hash_is_dropped_at_once() -> None:
+    receiver = ChunkedReceiver(max_payload=10_000_000)
+    topic, payload = _orphan(1, 1000)
+    raw = unpack(payload)
+    raw["data"] = b"\0" * 1000
+    with pytest.raises(DecodeError, match="do not match its sha256") as info:
+        receiver.receive(topic, pack(raw))
+    assert info.value.reason == "bad_chunk" and receiver.pending == 0 and receiver.held_bytes() == 0
+
+
+def test_a_chunk_on_another_index_topic_is_dropped() -> None:
+    receiver = ChunkedReceiver(max_payload=10_000_000)
+    _, payload = _orphan(1, 1000)
+    with pytest.raises(DecodeError, match="published on") as info:
+        receiver.receive(TOPIC + "/chunk/1", payload)
+    assert info.value.reason == "bad_chunk" and receiver.pending == 0
+
+
+def test_the_expected_sender_is_enforced_on_chunks_manifests_and_whole_messages() -> None:
+    receiver = ChunkedReceiver(max_payload=10_000_000)
+    messages = outgoing_messages(TOPIC, _update(sender="dev-2"), 8192, "run1", 2, "dev-2")
+    for topic, payload in [messages[0], messages[-1], (TOPIC, _update(sender="dev-2", size=10))]:
+        with pytest.raises(DecodeError) as info:
+            receiver.receive(topic, payload, expected_sender="dev-1")
+        assert info.value.reason == "sender_mismatch"
+    assert receiver.pending == 0 and receiver.rejected == {"sender_mismatch": 3}
+
+
+def test_orphans_are_not_logged_above_debug(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    receiver = ChunkedReceiver(max_payload=1_000_000, timeout_s=5, max_held_bytes=200_000, clock=clock)
+    with caplog.at_level(logging.DEBUG):
+        for i in range(2000):
+            clock.now = i / 100
+            receiver.receive(*_orphan(i, 500))
+        clock.now = 100
+        receiver.expire()
+    assert [r for r in caplog.records if r.levelno > logging.DEBUG] == []
+    assert receiver.pending == 0

@@ -119,3 +119,18 @@ def test_command_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "must start with ws://" in capsys.readouterr().err
     assert main(["--broker.ws_port", "0"]) == 2
     assert "ws_port is 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+@pytest.mark.parametrize("path", [b"/%00", b"/index.html%00.js", b"/vendor/%00/x", b"/\x00", b"/config.json%00"])
+def test_a_nul_byte_in_the_path_is_a_400_not_a_traceback(served: tuple[str, DashboardConfig], path: bytes,
+                                                         method: str) -> None:
+    import socket
+
+    base, _ = served
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(method.encode() + b" " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert get(f"{base}/index.html")[0] == 200, "the server keeps serving"
