@@ -103,7 +103,7 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coordinator baseline",
+        allow_abbrev=False, prog="python -m coordinator baseline",
         description="Train the run's model centrally on the union of the data (the first N training examples), "
                     "for rounds x local_epochs epochs, and write metrics.jsonl like a federated run.")
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (config/default.toml)")

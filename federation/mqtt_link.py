@@ -7,12 +7,14 @@ import logging
 import os
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from federation.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +42,45 @@ class BrokerAddress:
     tls_key: str = ""
     username: str = ""
     password_file: str = ""   # the password is read from this file by MqttLink, never passed around
+    transport: str = "tcp"    # or "websockets" (ws:// and wss:// addresses)
+    tls: bool = False         # TLS even without tls_ca (mqtts:// and wss://): verified against the system's CAs
+    ws_path: str = DEFAULT_WS_PATH
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca)
+
+    @property
+    def url(self) -> str:
+        scheme = ("wss" if self.use_tls else "ws") if self.transport == "websockets" else \
+            ("mqtts" if self.use_tls else "mqtt")
+        return format_address(self.host, self.port, scheme, self.ws_path if self.transport == "websockets" else "")
 
     def __str__(self) -> str:
-        scheme = "mqtts" if self.tls_ca else "mqtt"
+        scheme, rest = self.url.split("://", 1)
         user = f"{self.username}@" if self.username else ""
-        return f"{scheme}://{user}{self.host}:{self.port} (MQTT {self.mqtt_version})"
+        return f"{scheme}://{user}{rest} (MQTT {self.mqtt_version})"
+
+    @classmethod
+    def parse(cls, text: str, defaults: "BrokerAddress | None" = None, port_flag: int | None = None) -> "BrokerAddress":
+        """`text` in any form of federation.broker_address.FORMS, the other fields from `defaults`. The port:
+        see ParsedAddress.choose_port (`defaults.port` is [broker] port). AddressError (a ValueError) names
+        what is wrong, also a plain mqtt:// or ws:// address given with a CA certificate for TLS."""
+        base = defaults or cls()
+        parsed = parse_address(text)
+        if parsed.scheme in ("mqtt", "ws") and base.tls_ca:
+            raise AddressError(f"{parsed.scheme}:// is plain MQTT, but a CA certificate ({base.tls_ca}) asks for "
+                               f"TLS: write {parsed.scheme}s://{text.split('://', 1)[1]}")
+        return replace(base, host=parsed.host, port=parsed.choose_port(port_flag, base.port),
+                       transport=parsed.transport, tls=parsed.tls,
+                       ws_path=parsed.path or DEFAULT_WS_PATH)
 
     @classmethod
     def from_settings(cls, broker: object) -> "BrokerAddress":
-        """From federation.settings.BrokerSettings (any object with the same attribute names)."""
-        return cls(**{name: getattr(broker, name) for name in cls.__dataclass_fields__ if hasattr(broker, name)})
+        """From federation.settings.BrokerSettings (any object with the same attribute names); its host may be
+        any address form (mqtts://broker.lan)."""
+        fields = {name: getattr(broker, name) for name in cls.__dataclass_fields__ if hasattr(broker, name)}
+        return cls.parse(fields.pop("host", "localhost"), cls(**fields))
 
 
 def read_password(path: str) -> str:
@@ -75,13 +106,13 @@ def configure_security(client: mqtt.Client, address: BrokerAddress) -> None:
         raise CredentialsError("a client certificate needs tls_ca (--tls-ca) too: mutual TLS is TLS first")
     if address.password_file and not address.username:
         raise CredentialsError("a password file needs a username (--username)")
-    if address.tls_ca:
+    if address.use_tls:
         for what, path in (("CA certificate", address.tls_ca), ("client certificate", address.tls_cert),
                            ("client key", address.tls_key)):
             if path and not Path(path).expanduser().is_file():
                 raise CredentialsError(f"{what} file {path} does not exist")
-        try:
-            client.tls_set(ca_certs=str(Path(address.tls_ca).expanduser()),
+        try:  # without tls_ca (mqtts:// alone): the system's CA certificates
+            client.tls_set(ca_certs=str(Path(address.tls_ca).expanduser()) if address.tls_ca else None,
                            certfile=str(Path(address.tls_cert).expanduser()) if address.tls_cert else None,
                            keyfile=str(Path(address.tls_key).expanduser()) if address.tls_key else None,
                            cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -108,7 +139,10 @@ class MqttLink:
         self._stopping = False
         protocol = mqtt.MQTTv5 if address.mqtt_version == "5" else mqtt.MQTTv311
         kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                                   transport=address.transport, **kwargs)
+        if address.transport == "websockets":
+            self._client.ws_set_options(path=address.ws_path)
         configure_security(self._client, address)
         self.refused: str | None = None   # why the broker refused our login, once it did
         self.on_refused: Callable[[], None] | None = None  # called (paho's thread) when that happens
