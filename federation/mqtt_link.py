@@ -15,6 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from federation.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
+from federation.connect_diagnosis import GET_CREDENTIALS, diagnose
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,8 @@ class MqttLink:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
-        self._fail_logged = False
+        self.failure = ""             # why the last attempt failed, with the fix (federation.connect_diagnosis)
+        self._connack_seen = False    # this attempt got an answer from the broker (accepted or refused)
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
 
@@ -186,19 +188,26 @@ class MqttLink:
 
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
                         reason_code: mqtt.ReasonCode, properties: object) -> None:
+        self._connack_seen = True
         if reason_code.is_failure:
             if reason_code.value in _LOGIN_REFUSED:
                 self.refused = str(reason_code)
-                log.error("%s: broker refused the login of %r: %s (wrong or revoked password, or a username the "
-                          "broker does not know)", self.client_id, self.address.username or "anonymous",
-                          reason_code)
+                if self.address.username:
+                    self.failure = (f"the broker at {self.address.url} refused the login of "
+                                    f"{self.address.username!r} ({reason_code}): a wrong or revoked password, or a "
+                                    "username it does not know; check --username and --password-file, or make the "
+                                    f"login with {GET_CREDENTIALS}")
+                else:
+                    self.failure = (f"the broker at {self.address.url} requires a login ({reason_code}): give "
+                                    f"--username and --password-file, made by {GET_CREDENTIALS}")
+                log.error("%s: %s", self.client_id, self.failure)
                 if self.on_refused:
                     self.on_refused()
             else:
                 log.error("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         log.info("%s connected to %s", self.client_id, self.address)
-        self._fail_logged = False
+        self.failure = ""
         if self._subscriptions:
             client.subscribe(self._subscriptions)
         self.connected.set()
@@ -206,16 +215,26 @@ class MqttLink:
             self._on_connected()
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        if not self._fail_logged:  # once until the next successful connect: paho retries every few seconds
-            log.warning("%s: can't reach %s (broker down, or a TLS handshake failure: wrong CA or host name, or a "
-                        "client certificate the broker refuses); retrying", self.client_id, self.address)
-            self._fail_logged = True
+        self._report_failure()
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                            reason_code: mqtt.ReasonCode, properties: object) -> None:
         if self.connected.is_set() and not self._stopping:
             log.warning("%s disconnected (%s); reconnecting", self.client_id, reason_code)
+        elif not self._connack_seen and not self._stopping:  # closed before any answer: e.g. plain MQTT on TLS
+            self._report_failure()
+        self._connack_seen = False
         self.connected.clear()
+
+    def _report_failure(self) -> None:
+        """Find out why the attempt failed; log it when it is news (paho retries every few seconds)."""
+        try:
+            failure = diagnose(self.address)
+        except Exception as exc:  # noqa: BLE001 (never let a diagnosis kill paho's thread)
+            failure = f"can't reach {self.address} ({exc})"
+        if failure != self.failure:
+            log.warning("%s: %s; retrying", self.client_id, failure)
+        self.failure = failure
 
     def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
