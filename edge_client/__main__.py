@@ -94,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from edge_client.id_claim import EXIT_ID_IN_USE, ClientIdInUseError, ensure_client_id_free
+
+    try:
+        ensure_client_id_free(address, client.topics.client_status(settings.client_id), settings.client_id,
+                              client.receiver.max_payload)
+    except ClientIdInUseError as exc:
+        log.error("%s", exc)
+        return EXIT_ID_IN_USE
     from edge_client.progress import ClientProgress
 
     client.progress = ClientProgress(settings.client_id, str(settings.broker), console,
