@@ -19,7 +19,7 @@ from coordinator.checkpoint import CHECKPOINT_FILE, Checkpoint, check_resumable,
     save_checkpoint
 from coordinator.evaluation import Evaluation, evaluate_keras, evaluate_tflite, test_split
 from coordinator.deploy import Deployer
-from coordinator.export import ACCURACY_BOUND_POINTS, export_tflite
+from coordinator.export import ACCURACY_BOUND_POINTS, export_tflite, write_labels
 from coordinator.metrics import RoundMetrics, append_metrics, rewrite_metrics, round_metrics_message
 from coordinator.progress import ROUND_LOG, RunProgress
 from coordinator.cohort import SamplingRule
@@ -192,6 +192,7 @@ class Coordinator:
             log.info("%s holds %s run of %d rounds; moved it to %s and starting a new run", self.run_dir,
                      *earlier, aside)
         (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        write_labels(self.run_dir / "models", self._dataset.class_names)  # beside round_NNN.keras
         rewrite_metrics(self.metrics_path, self.history)
         (self.run_dir / "config.json").write_text(json.dumps(asdict(self.settings), indent=2))
 
@@ -587,6 +588,7 @@ class Coordinator:
         if result.rounds_completed:
             self._set_phase("exporting")
             self.model.save(self.run_dir / "model.keras")
+            write_labels(self.run_dir, self._dataset.class_names)  # beside model.keras (and the .tflite files)
             result.keras_accuracy = self.last_evaluation.accuracy
             result.tflite = self._export()
             if result.reason == "completed":
@@ -617,7 +619,7 @@ class Coordinator:
         for variant in dict.fromkeys([*self.settings.export.tflite, *deploy]):
             representative = self.x_test[: self.settings.export.representative_examples]
             path = export_tflite(self.model, self.run_dir, variant, representative,
-                                 self.settings.export.tflite_runtime_compat)
+                                 self.settings.export.tflite_runtime_compat, self._dataset.class_names)
             ev: Evaluation = evaluate_tflite(path, self.x_test, self.y_test)
             delta = round(100 * (ev.accuracy - keras_acc), 4)
             out[variant] = {"path": path.name, "bytes": path.stat().st_size, "accuracy": ev.accuracy,

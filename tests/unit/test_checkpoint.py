@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -82,6 +83,7 @@ def _set_aside(coordinator) -> None:
     """What the coordinator does when its first round starts (tests/integration/test_run_start.py: not before)."""
     assert [p.name for p in coordinator.run_dir.parent.iterdir() if p.name == "r1"] == ["r1"], "not moved yet"
     coordinator.metrics_path, coordinator.history = coordinator.run_dir / "metrics.jsonl", []
+    coordinator._dataset = SimpleNamespace(class_names=("a", "b"))  # for labels.txt
     coordinator._claim_run_dir()
 
 
