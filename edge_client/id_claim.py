@@ -34,13 +34,15 @@ class Holder:
     """Who holds a client id, from its retained status."""
 
     host: str
-    pid: object
+    pid: str
     instance: str
 
     @classmethod
     def of(cls, status: ClientStatus) -> "Holder":
         device = status.device if isinstance(status.device, dict) else {}
-        return cls(str(device.get("host", "?")), device.get("pid", "?"), str(device.get("instance", "")))
+        # Capped: anyone who may publish on the status topic chooses these strings.
+        return cls(str(device.get("host", "?"))[:64], str(device.get("pid", "?"))[:16],
+                   str(device.get("instance", ""))[:64])
 
     def __str__(self) -> str:
         return f"host {self.host}, pid {self.pid}"
