@@ -38,7 +38,7 @@ class DataError(RuntimeError):
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python bench/cifar10_fedavg.py", description=__doc__,
+        allow_abbrev=False, prog="python bench/cifar10_fedavg.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run from the repository root. The archive is extracted once into --cache (train/<class>/, "
                "test/<class>/). Exit code: 0 PASS, 1 FAIL, 2 missing data or a failed run.")

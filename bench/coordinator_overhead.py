@@ -19,7 +19,7 @@ NAME = "coordinator_overhead"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python bench/coordinator_overhead.py", description=__doc__,
+        allow_abbrev=False, prog="python bench/coordinator_overhead.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run from the repository root. overhead = round_time_s - slowest_train_s from metrics.jsonl: "
                "publishing, transfer, decoding and waiting, plus client scheduling delays when the clients "

@@ -64,7 +64,7 @@ print(json.dumps({"median_us": float(np.median(us)), "p95_us": float(np.percenti
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench/deploy_variants.py", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python bench/deploy_variants.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", type=Path, default=None,
                    help="take model.keras from this federated run folder instead of training one")

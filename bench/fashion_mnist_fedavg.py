@@ -19,7 +19,7 @@ MAX_TFLITE_DELTA_POINTS = 0.1
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python bench/fashion_mnist_fedavg.py", description=__doc__,
+        allow_abbrev=False, prog="python bench/fashion_mnist_fedavg.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run from the repository root. Exit code: 0 PASS, 1 FAIL, 2 the run itself failed (see the logs).")
     p.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")

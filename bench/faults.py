@@ -186,7 +186,7 @@ def _check_exit(codes: dict[str, int], killed: set[str] = frozenset()) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python bench/faults.py", description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python bench/faults.py", description=__doc__)
     p.add_argument("--examples", type=int, default=15000, help="Fashion-MNIST training images shared by the 3 clients")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     p.add_argument("--only", default="", help="run only the scenarios with these function names (comma-separated)")

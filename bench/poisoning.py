@@ -40,7 +40,7 @@ class Scenario:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench/poisoning.py", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="python bench/poisoning.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run from the repository root. Exit code: 0 PASS, 1 FAIL, 2 a run failed.")
     p.add_argument("--rounds", type=int, default=4, help="federated rounds per run (default 4)")

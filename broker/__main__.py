@@ -57,7 +57,7 @@ class BrokerOptions:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the `python -m broker` command line."""
     parser = argparse.ArgumentParser(
-        prog="python -m broker",
+        allow_abbrev=False, prog="python -m broker",
         description="Run the fedmq MQTT broker (Mosquitto, or the embedded amqtt fallback).",
         epilog="Secure profile (TLS, a password per device, ACLs): python -m broker init-secure | add-device NAME "
                "| revoke-device NAME | list-devices (each with --help), then python -m broker --secure.",

@@ -1,5 +1,8 @@
-"""Command line of the coordinator: `python -m coordinator [run] --config FILE [--section.key VALUE ...]`,
-`evaluate MODEL`, `baseline` (centralized training), `report RUN_DIR [BASELINE_DIR]` and `dashboard`."""
+"""Command line of the coordinator: `python -m coordinator run [--config FILE] [--section.key VALUE ...]`,
+`evaluate MODEL`, `baseline` (centralized training), `report RUN_DIR [BASELINE_DIR]` and `dashboard`.
+
+Without any argument it only prints how to start a run: a run moves earlier results aside, so it never starts
+by accident."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from federation.broker_cli import add_broker_flags, settings_overrides
 from federation.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
 
 log = logging.getLogger("coordinator")
@@ -21,9 +25,21 @@ MODULE_COMMANDS = {"baseline": "coordinator.baseline", "report": "coordinator.re
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
 
 
+USAGE = """usage: python -m coordinator run [--config FILE] [--section.key VALUE ...]   start or resume a run
+       python -m coordinator evaluate MODEL                                      test a .keras or .tflite model
+       python -m coordinator baseline | report | dashboard ...
+
+A run connects to the broker ([broker] host, or --broker ADDRESS) and writes runs/<run.name>/; a finished
+run there is moved aside when the new run's first round starts. `python -m coordinator --config FILE ...`
+(any argument) also starts a run. Help: python -m coordinator run --help"""
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    if not argv:
+        print(USAGE, file=sys.stderr)
+        return 2
+    command = argv.pop(0) if argv[0] in COMMANDS else "run"
     if command in MODULE_COMMANDS:
         import importlib
 
@@ -42,25 +58,30 @@ def _setup_logging(level: str, console: "Console | None" = None) -> None:  # noq
     configure_logging(level, console)
 
 
-def run_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coordinator [run]",
+def build_run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m coordinator run",
                                      description="Run a federated training over MQTT and export the model.",
                                      epilog="Other commands: evaluate, baseline, report, dashboard "
-                                            "(python -m coordinator COMMAND --help).")
-    _common(parser)
+                                            "(python -m coordinator COMMAND --help).", allow_abbrev=False)
+    add_broker_flags(parser, None, "the coordinator's MQTT client id (default: fedmq-coordinator-<run>)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_override_flags(parser)
-    tls = parser.add_argument_group("secure broker (short forms of --broker.tls_ca etc.)")
-    for flag, key in (("--tls-ca", "tls_ca"), ("--tls-cert", "tls_cert"), ("--tls-key", "tls_key"),
-                      ("--username", "username"), ("--password-file", "password_file")):
-        tls.add_argument(flag, dest=f"set:broker.{key}", default=argparse.SUPPRESS, metavar=key.upper(),
-                         help=f"= --broker.{key}")
+    return parser
+
+
+def run_command(argv: list[str]) -> int:
+    parser = build_run_parser()
     args = parser.parse_args(argv)
+    try:
+        overrides = {**overrides_from_args(args), **settings_overrides(args)}
+    except ValueError as exc:
+        parser.error(str(exc))
     from coordinator.progress import RunProgress, terminal_console
 
     console = terminal_console()  # a live progress panel on a terminal; plain log lines otherwise
     _setup_logging(args.log_level, console)
     try:
-        settings = load_settings(args.config, overrides_from_args(args))
+        settings = load_settings(args.config, overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
@@ -70,7 +91,7 @@ def run_command(argv: list[str]) -> int:
 
     try:
         with RunProgress(settings.run.name, settings.training.rounds, console) as progress:
-            result = Coordinator(settings, progress=progress).run()
+            result = Coordinator(settings, progress=progress, client_id=args.client_id).run()
             progress.finished("done" if result.reason == "completed" else "stopped", result.detail)
     except (DatasetNotFoundError, DatasetError) as exc:
         print(f"data error: {exc}", file=sys.stderr)
@@ -85,7 +106,7 @@ def run_command(argv: list[str]) -> int:
 
 
 def evaluate_command(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m coordinator evaluate",
+    parser = argparse.ArgumentParser(prog="python -m coordinator evaluate", allow_abbrev=False,
                                      description="Evaluate a saved .keras or .tflite model on the full test set.")
     parser.add_argument("model", type=Path, help="a .keras or .tflite file")
     _common(parser)

@@ -93,6 +93,9 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
         log.info("round-equivalent %d/%d (%s): test accuracy %.4f, loss %.4f, %.1f s", r, s.training.rounds, trained,
                  ev.accuracy, ev.loss, row_s)
     model.save(run_dir / "model.keras")
+    from coordinator.export import write_labels
+
+    write_labels(run_dir, dataset.class_names)
     summary = {"run": s.run.name, "kind": CENTRAL_ID, "reason": "completed", "rounds": s.training.rounds,
                "epochs_per_round": epochs, "total_epochs": s.training.rounds * epochs, "train_examples": n,
                "examples_evaluated": int(len(y_test)),
@@ -103,7 +106,7 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coordinator baseline",
+        allow_abbrev=False, prog="python -m coordinator baseline",
         description="Train the run's model centrally on the union of the data (the first N training examples), "
                     "for rounds x local_epochs epochs, and write metrics.jsonl like a federated run.")
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (config/default.toml)")

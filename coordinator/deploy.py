@@ -75,7 +75,7 @@ class Deployer:
 
         s = self.settings
         content = convert_to_tflite(model, self.variant, x[: s.export.representative_examples],
-                                    s.export.tflite_runtime_compat)
+                                    s.export.tflite_runtime_compat, self.class_names)
         ev = evaluate_tflite(content, x, y)
         return self.publish(content, round_, ev.accuracy, ev.examples, keras_accuracy)
 

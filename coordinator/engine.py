@@ -19,7 +19,7 @@ from coordinator.checkpoint import CHECKPOINT_FILE, Checkpoint, check_resumable,
     save_checkpoint
 from coordinator.evaluation import Evaluation, evaluate_keras, evaluate_tflite, test_split
 from coordinator.deploy import Deployer
-from coordinator.export import ACCURACY_BOUND_POINTS, export_tflite
+from coordinator.export import ACCURACY_BOUND_POINTS, export_tflite, write_labels
 from coordinator.metrics import RoundMetrics, append_metrics, rewrite_metrics, round_metrics_message
 from coordinator.progress import ROUND_LOG, RunProgress
 from coordinator.cohort import SamplingRule
@@ -63,7 +63,7 @@ class RunResult:
 
 class Coordinator:
     def __init__(self, settings: Settings, dataset: Dataset | None = None,
-                 progress: RunProgress | None = None) -> None:
+                 progress: RunProgress | None = None, client_id: str | None = None) -> None:
         self.settings = settings
         self.topics = RunTopics(settings.broker.topic_prefix, settings.run.name)
         self.run_dir = settings.run_dir
@@ -78,6 +78,7 @@ class Coordinator:
         self.drops = DropLog()
         self.admission: Admission | None = None   # set in _prepare, from the model's size
         self._tracker: RoundTracker | None = None
+        self._earlier_run: tuple[str, int] | None = None  # a finished/unwanted run in run_dir: (what, rounds)
         self._round_stats: dict = {}
         self._state_payload = self._state_message().encode()
         # The open round's model as published (maybe chunked); re-published after a reconnect.
@@ -97,7 +98,7 @@ class Coordinator:
         self.sampling = SamplingRule(p.fraction_train, p.min_train_clients or q.min_clients, p.max_train_clients,
                                      p.min_available_clients or q.min_clients, p.seed)
         self.link = MqttLink(
-            client_id=f"fedmq-coordinator-{settings.run.name}",
+            client_id=client_id or f"fedmq-coordinator-{settings.run.name}",
             address=BrokerAddress.from_settings(settings.broker),
             subscriptions=[(self.topics.updates_wildcard, 1), (chunk_topic(self.topics.updates_wildcard, "+"), 1),
                            (self.topics.statuses_wildcard, 1), (self.topics.global_model, 1),
@@ -159,18 +160,28 @@ class Coordinator:
             self.last_evaluation = Evaluation(last.test_loss, last.test_accuracy, len(self.y_test))
             log.info("resuming run %r after round %d (test accuracy %.4f) from %s", s.run.name, checkpoint.round,
                      last.test_accuracy, self.run_dir / CHECKPOINT_FILE)
-        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
-        rewrite_metrics(self.metrics_path, self.history)
-        (self.run_dir / "config.json").write_text(json.dumps(asdict(s), indent=2))
         self.deployer = Deployer(s, self.link, self.topics, COORDINATOR_ID, self._dataset.class_names)
 
     def _usable_checkpoint(self) -> Checkpoint | None:
-        """The checkpoint to resume, or None after setting aside a finished or unwanted earlier run."""
+        """The checkpoint to resume, or None when the earlier run in the folder is finished or unwanted: that one is
+        set aside by _claim_run_dir, once the new run really starts."""
         checkpoint = load_checkpoint(self.run_dir) if self.run_dir.is_dir() else None
         if checkpoint is None:
             return None
         finished = checkpoint.finished or checkpoint.round >= self.settings.training.rounds
         if self.settings.run.on_existing == "new" or finished:
+            self._earlier_run = ("a finished" if finished else "an earlier", checkpoint.round)
+            log.info("%s holds %s run of %d rounds; it is set aside when the new run's first round starts",
+                     self.run_dir, *self._earlier_run)
+            return None
+        check_resumable(checkpoint, self.fingerprint, self.run_dir)
+        return checkpoint
+
+    def _claim_run_dir(self) -> None:
+        """Just before the first round: set aside the earlier run (if any) and start writing into the run folder.
+        Not sooner, so that a coordinator that never reaches the broker or its clients leaves the folder alone."""
+        earlier, self._earlier_run = self._earlier_run, None
+        if earlier is not None and self.run_dir.is_dir():
             stamp = time.strftime("%Y%m%d-%H%M%S")
             aside = self.run_dir.with_name(f"{self.run_dir.name}.{stamp}")
             suffix = 1
@@ -179,10 +190,11 @@ class Coordinator:
                 aside = self.run_dir.with_name(f"{self.run_dir.name}.{stamp}-{suffix}")
             self.run_dir.rename(aside)
             log.info("%s holds %s run of %d rounds; moved it to %s and starting a new run", self.run_dir,
-                     "a finished" if finished else "an earlier", checkpoint.round, aside)
-            return None
-        check_resumable(checkpoint, self.fingerprint, self.run_dir)
-        return checkpoint
+                     *earlier, aside)
+        (self.run_dir / "models").mkdir(parents=True, exist_ok=True)
+        write_labels(self.run_dir / "models", self._dataset.class_names)  # beside round_NNN.keras
+        rewrite_metrics(self.metrics_path, self.history)
+        (self.run_dir / "config.json").write_text(json.dumps(asdict(self.settings), indent=2))
 
     # ---- main loop ----------------------------------------------------------------------------------
 
@@ -210,6 +222,7 @@ class Coordinator:
             return RunResult(self.run_dir, 0, "stopped",
                              f"fewer than {self.sampling.min_available_clients} clients came online within "
                              f"{s.quorum.wait_for_clients_s:g} s")
+        self._claim_run_dir()
         for r in range(self.start_round, s.training.rounds + 1):
             if r > self.start_round:
                 self._wait_for_clients(first=False)
@@ -579,6 +592,7 @@ class Coordinator:
         if result.rounds_completed:
             self._set_phase("exporting")
             self.model.save(self.run_dir / "model.keras")
+            write_labels(self.run_dir, self._dataset.class_names)  # beside model.keras (and the .tflite files)
             result.keras_accuracy = self.last_evaluation.accuracy
             result.tflite = self._export()
             if result.reason == "completed":
@@ -609,7 +623,7 @@ class Coordinator:
         for variant in dict.fromkeys([*self.settings.export.tflite, *deploy]):
             representative = self.x_test[: self.settings.export.representative_examples]
             path = export_tflite(self.model, self.run_dir, variant, representative,
-                                 self.settings.export.tflite_runtime_compat)
+                                 self.settings.export.tflite_runtime_compat, self._dataset.class_names)
             ev: Evaluation = evaluate_tflite(path, self.x_test, self.y_test)
             delta = round(100 * (ev.accuracy - keras_acc), 4)
             out[variant] = {"path": path.name, "bytes": path.stat().st_size, "accuracy": ev.accuracy,

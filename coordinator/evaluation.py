@@ -25,7 +25,7 @@ class Evaluation:
 
 
 def evaluate_keras(model: "keras.Model", x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Evaluation:  # noqa: F821
-    if model.optimizer is None or not model.compiled:
+    if not getattr(model, "compiled", False):  # Keras 3.15 has no `optimizer` attribute before compile()
         compile_model(model)
     loss, acc = model.evaluate(x, y, batch_size=batch_size, verbose=0)
     return Evaluation(float(loss), float(acc), len(x))
@@ -53,5 +53,7 @@ def evaluate_file(path: Path, dataset: Dataset, max_examples: int = 0) -> Evalua
     if path.suffix == ".keras":
         import keras
 
+        # compile=False: the saved optimizer state is not needed to evaluate, and evaluate_keras compiles the
+        # model with the project's loss and metrics whatever the file was saved with.
         return evaluate_keras(keras.models.load_model(path, compile=False), x, y)
     raise ValueError(f"{path}: expected a .keras or .tflite file")

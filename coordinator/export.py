@@ -1,6 +1,7 @@
 """Export a Keras model to TFLite: float32, dynamic-range or full-integer int8.
 
-The int8 variant calibrates on representative images and takes uint8 pixels as input."""
+The int8 variant calibrates on representative images and takes uint8 pixels as input. The class names go into the
+.tflite (a metadata entry named fedmq_labels, one name per line) and into labels.txt beside the exported files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -18,12 +19,16 @@ log = logging.getLogger(__name__)
 VARIANT_FILES = {"float32": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
 # How far each variant's test accuracy may fall from the Keras model's, in percentage points (README, tests).
 ACCURACY_BOUND_POINTS = {"float32": 0.1, "dynamic": 0.5, "int8": 1.0}
+LABELS_FILE = "labels.txt"      # one class name per line, in class index order
+LABELS_METADATA = "fedmq_labels"  # the same text inside the .tflite: a Model.metadata entry of the flatbuffer
 
 
 def convert_to_tflite(model: "keras.Model", variant: str = "float32",  # noqa: F821
-                      representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False) -> bytes:
-    """The .tflite bytes of `model`. `tflite_runtime_compat` makes the dynamic variant loadable by tflite-runtime
-    2.14, which lacks the per-channel FULLY_CONNECTED kernels that TF 2.21 emits for dense layers by default."""
+                      representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False,
+                      class_names: Sequence[str] = ()) -> bytes:
+    """The .tflite bytes of `model`, with `class_names` in its metadata when given. `tflite_runtime_compat` makes
+    the dynamic variant loadable by tflite-runtime 2.14, which lacks the per-channel FULLY_CONNECTED kernels that
+    TF 2.21 emits for dense layers by default."""
     import tensorflow as tf
 
     if variant not in VARIANT_FILES:
@@ -46,7 +51,60 @@ def convert_to_tflite(model: "keras.Model", variant: str = "float32",  # noqa: F
     # The converter prints the traced signature to stdout; keep the coordinator's output readable.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
-        return converter.convert()
+        content = converter.convert()
+    return with_labels(content, class_names) if class_names else content
+
+
+def labels_text(class_names: Sequence[str]) -> str:
+    """labels.txt's text; ValueError for a name that would not fit on one line."""
+    for name in class_names:
+        if not name or "\n" in name or "\r" in name:
+            raise ValueError(f"class name {name!r} can't be written as one class name per line")
+    return "".join(f"{name}\n" for name in class_names)
+
+
+def with_labels(content: bytes, class_names: Sequence[str]) -> bytes:
+    """`content` (a .tflite) with labels_text(class_names) in a metadata entry named LABELS_METADATA.
+
+    TFLite's standard label metadata needs the tflite-support package (its metadata schema and writer), whose last
+    release (0.4.4, 2023) needs protobuf<4, which TF 2.21 does not allow, and has no aarch64 wheel for Python 3.11;
+    a named metadata buffer needs only the flatbuffer schema TF ships (tensorflow.lite.tools.flatbuffer_utils), and
+    runtimes ignore entries they do not know."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(labels_text(class_names).encode("utf-8"), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = LABELS_METADATA
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name not in (LABELS_METADATA, LABELS_METADATA.encode())]
+    model.metadata.append(entry)
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def read_labels(content: bytes) -> tuple[str, ...]:
+    """The class names stored by with_labels in a .tflite, or () when it has none."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(bytearray(content), 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == LABELS_METADATA.encode():
+            data = model.Buffers(entry.Buffer()).DataAsNumpy()
+            return tuple(bytes(data).decode("utf-8").splitlines())
+    return ()
+
+
+def write_labels(out_dir: Path, class_names: Sequence[str]) -> Path:
+    """Write LABELS_FILE into out_dir (one class name per line), atomically."""
+    path = Path(out_dir) / LABELS_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(labels_text(class_names), encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:
@@ -55,9 +113,13 @@ def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:
 
 
 def export_tflite(model: "keras.Model", out_dir: Path, variant: str,  # noqa: F821
-                  representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False) -> Path:
-    """Write `variant` of `model` into out_dir under its standard file name, atomically."""
-    content = convert_to_tflite(model, variant, representative_images, tflite_runtime_compat)
+                  representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False,
+                  class_names: Sequence[str] = ()) -> Path:
+    """Write `variant` of `model` into out_dir under its standard file name, atomically; with `class_names`,
+    also labels.txt beside it and the labels inside it."""
+    content = convert_to_tflite(model, variant, representative_images, tflite_runtime_compat, class_names)
+    if class_names:
+        write_labels(out_dir, class_names)
     path = Path(out_dir) / VARIANT_FILES[variant]
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(content)

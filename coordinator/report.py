@@ -232,7 +232,7 @@ def _row(cells: list[str]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m coordinator report",
+        allow_abbrev=False, prog="python -m coordinator report",
         description="Write PNG plots and a Markdown summary (report.md) of a run's metrics.jsonl, federated "
                     "against a centralized baseline (python -m coordinator baseline) when one is given.")
     parser.add_argument("run_dir", type=Path, help="the federated run's folder (runs/<run.name>)")

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
 
+from broker import BrokerError
 from broker.__main__ import DEFAULT_WS_PORT
 from demo.local_federation import LocalFederation
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m demo", description=" ".join(__doc__.split()), allow_abbrev=False)
     p.add_argument("--clients", type=int, default=2, help="edge-client processes (IID parts of the training set)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default: config/default.toml)")
     p.add_argument("--quick", action="store_true", help="small subset and 2 rounds: about a minute")
@@ -24,10 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", default="demo", help="run id")
     p.add_argument("--dashboard", type=int, nargs="?", const=8080, default=None, metavar="PORT",
                    help="also serve the live dashboard on http://localhost:PORT (default 8080; the broker's "
-                        "WebSockets on 9001) and keep it up after the run until Ctrl-C")
+                        "WebSockets on --ws-port) and keep it up after the run until Ctrl-C")
+    p.add_argument("--ws-port", type=int, default=DEFAULT_WS_PORT, metavar="PORT",
+                   help="with --dashboard: the broker's MQTT-over-WebSockets port, which the page uses "
+                        "(default %(default)s)")
     args = p.parse_args(argv)
     if args.dashboard is not None and args.embedded_broker:
         p.error("--dashboard needs Mosquitto's websockets listener; the embedded broker has none")
+    if args.dashboard is not None:
+        if args.dashboard == args.ws_port:
+            p.error(f"--dashboard {args.dashboard} and --ws-port {args.ws_port} must differ")
+        for port, what, flag in ((args.ws_port, "the broker's WebSockets port for the dashboard", "--ws-port PORT"),
+                                 (args.dashboard, "the dashboard page's port", "--dashboard PORT")):
+            if not _port_free(port):
+                print(f"error: port {port} ({what}) is in use, by another broker, dashboard or program; choose "
+                      f"another with {flag}", file=sys.stderr)
+                return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     overrides: dict[str, object] = {"quorum.min_clients": args.clients, "model.dataset": args.dataset}
@@ -37,10 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         client_args += ["--max-examples", str(3000 * args.clients)]
     if args.rounds:
         overrides["training.rounds"] = args.rounds
-    ws_port = DEFAULT_WS_PORT if args.dashboard is not None else 0
+    ws_port = args.ws_port if args.dashboard is not None else 0
     with LocalFederation(args.workdir, run_name=args.run, embedded_broker=args.embedded_broker,
                          ws_port=ws_port) as fed:
-        fed.start_broker()
+        try:
+            fed.start_broker()
+        except BrokerError as exc:  # e.g. a port taken between the check above and now
+            print(f"error: the broker did not start: {exc}", file=sys.stderr)
+            return 2
         if args.dashboard is not None:
             fed.start_dashboard(args.dashboard)
             print(f"live dashboard: http://localhost:{args.dashboard}/")
@@ -59,6 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             except KeyboardInterrupt:
                 pass
     return result
+
+
+def _port_free(port: int) -> bool:
+    """Whether this machine can listen on `port` (on every interface: the broker and the page listen there)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
 
 
 def _summarize(fed: LocalFederation, code: int, codes: dict[str, int]) -> int:

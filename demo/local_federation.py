@@ -97,7 +97,7 @@ class LocalFederation:
                                "use the embedded broker")
         config = ["--config", str(self.config)] if self.config is not None else []
         proc = self.spawn("dashboard", [sys.executable, "-m", "coordinator", "dashboard", *config,
-                                        "--bind", "127.0.0.1", "--port", str(http_port), "--run.name", self.run_name,
+                                        "--http-host", "127.0.0.1", "--http", str(http_port), "--run", self.run_name,
                                         "--broker.ws_port", str(self.ws_port)])
         _wait_for_port(http_port, timeout)
         return proc

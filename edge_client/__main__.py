@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
 import sys
 from pathlib import Path
 
 from edge_client.attacks import ATTACK_HELP
-from edge_client.connection import add_security_flags, broker_address
+from edge_client.cli_common import unique_client_id
+from federation.broker_cli import add_broker_flags, device_address
 from federation.settings import ConfigError, load_settings
 
 
@@ -21,22 +21,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m edge_client", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m edge_client", description=__doc__.splitlines()[0], allow_abbrev=False,
                                 epilog="Inference-only devices: python -m edge_client serve --help, "
-                                       "python -m edge_client predict --help")
-    conn = p.add_argument_group("broker and run")
-    conn.add_argument("--config", type=Path, default=None,
-                      help="read [broker] and [run] defaults from this TOML file (config/default.toml)")
-    conn.add_argument("--broker", default=None, help="broker host (default: config, else localhost)")
-    conn.add_argument("--port", type=int, default=None, help="broker port (default: config, else 1883)")
-    conn.add_argument("--mqtt-version", choices=("3.1.1", "5"), default=None)
-    conn.add_argument("--run", default=None, help="run id to join (default: config, else demo)")
-    conn.add_argument("--topic-prefix", default=None)
-    conn.add_argument("--chunk-bytes", type=int, default=None,
-                      help="split updates larger than this for brokers that cap message sizes (default: config, 0)")
-    conn.add_argument("--client-id", default=socket.gethostname().split(".")[0],
-                      help="this device's name in topics (default: the host name)")
-    add_security_flags(p)
+                                       "python -m edge_client predict --help. Exit codes: 2 bad arguments or data, "
+                                       "3 the coordinator's model does not fit the data, 4 login refused, "
+                                       "5 the client id is already online")
+    add_broker_flags(p, unique_client_id(), "this device's name in topics; unique per process by default, give a "
+                                            "stable name so the coordinator knows the device again after a restart")
+    p.add_argument("--chunk-bytes", type=int, default=None,
+                   help="split updates larger than this for brokers that cap message sizes (default: config, 0)")
     data = p.add_argument_group("local data")
     data.add_argument("--dataset", required=True,
                       help="fashion_mnist, mnist, cifar10, or a folder of images with one sub-folder per class")
@@ -85,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from federation.partition import PartitionError
 
     try:
-        address = broker_address(args, args.broker or cfg.broker.host, args.port or cfg.broker.port,
-                                 args.mqtt_version or cfg.broker.mqtt_version, cfg.broker.keepalive_s, args.client_id)
+        address = device_address(args, cfg.broker, args.client_id)
         data = load_local_data(DataChoice(
             dataset=args.dataset, data_dir=args.data_dir, partition=args.partition, scheme=args.scheme,
             alpha=args.alpha, shards_per_client=args.shards_per_client, seed=args.seed,
@@ -102,6 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from edge_client.id_claim import EXIT_ID_IN_USE, ClientIdInUseError, ensure_client_id_free
+
+    try:
+        ensure_client_id_free(address, client.topics.client_status(settings.client_id), settings.client_id,
+                              client.receiver.max_payload)
+    except ClientIdInUseError as exc:
+        log.error("%s", exc)
+        return EXIT_ID_IN_USE
     from edge_client.progress import ClientProgress
 
     client.progress = ClientProgress(settings.client_id, str(settings.broker), console,

@@ -10,6 +10,7 @@ import os
 import socket
 from pathlib import Path
 
+from federation.broker_cli import add_connection_flags
 from federation.settings import Settings
 
 
@@ -21,20 +22,19 @@ def default_model_dir(run: str) -> Path:
 
 
 def add_broker_args(parser: argparse.ArgumentParser, default_client_id: str) -> None:
-    conn = parser.add_argument_group("broker and run")
-    conn.add_argument("--config", type=Path, default=None,
-                      help="read [broker] and [run] defaults from this TOML file (config/default.toml)")
-    conn.add_argument("--broker", default=None, help="broker host (default: config, else localhost)")
-    conn.add_argument("--port", type=int, default=None, help="broker port (default: config, else 1883)")
-    conn.add_argument("--mqtt-version", choices=("3.1.1", "5"), default=None)
-    conn.add_argument("--run", default=None, help="run id whose deployed model to serve (default: config, else demo)")
-    conn.add_argument("--topic-prefix", default=None)
-    conn.add_argument("--client-id", default=default_client_id,
-                      help=f"this device's name in topics (default: {default_client_id})")
+    """The broker and run flags every command shares (federation/broker_cli.py); TLS and login come with
+    edge_client.connection.add_security_flags."""
+    add_connection_flags(parser, default_client_id)
 
 
 def host_name() -> str:
     return socket.gethostname().split(".")[0] or "device"
+
+
+def unique_client_id() -> str:
+    """The default client id of a training client: `<host>-<pid>`, so that two processes on one machine never
+    share one (the broker would drop each whenever the other connects)."""
+    return f"{host_name()}-{os.getpid()}"
 
 
 def setup_logging(level: str) -> None:

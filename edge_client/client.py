@@ -109,6 +109,7 @@ class EdgeClient:
         self._model_info: ModelInfo | None = None
         self.rounds_trained: list[int] = []
         self._last_update: SentUpdate | None = None
+        self._id_clashes: set[str] = set()  # instances of other processes seen online with our client id
         self.receiver = ChunkedReceiver(int(settings.max_payload_mb * 1024 * 1024))
         self.progress = ClientProgress(settings.client_id, str(settings.broker))  # __main__ sets a live one
         self.link = MqttLink(
@@ -200,9 +201,15 @@ class EdgeClient:
             return
         self._birth_fixed_at = now
         if isinstance(status, ClientStatus) and status.status == "online":
+            host, pid = str(status.device.get("host", "?"))[:64], str(status.device.get("pid", "?"))[:16]
+            instance = str(status.device.get("instance", ""))[:64]
+            if instance not in self._id_clashes:  # once per other process: it may go on for a while
+                self._id_clashes.add(instance)
+                log.error("client id %r is also used by another process (host %s, pid %s): the broker drops one "
+                          "of the two connections whenever the other connects. Stop one, or give it another "
+                          "--client-id", self.settings.client_id, host, pid)
             log.warning("another process announced itself as %r (host %s, pid %s); re-announcing this one",
-                        self.settings.client_id, str(status.device.get("host", "?"))[:64],
-                        str(status.device.get("pid", "?"))[:16])
+                        self.settings.client_id, host, pid)
         else:
             log.warning("this client's status topic says it is offline; announcing it again")
         self._announce()

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_client.cli_common import default_model_dir, setup_logging
+from edge_client.cli_common import add_broker_args, default_model_dir, host_name, setup_logging
+from edge_client.connection import add_security_flags
 from edge_client.images import InputError, load_inputs
 from edge_client.model_store import CURRENT, ModelStore
 from federation.inference import TFLiteClassifier
@@ -80,14 +81,17 @@ def _names_from_summary(model: Path) -> tuple[str, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m edge_client predict",
+        prog="python -m edge_client predict", allow_abbrev=False,
         description="Classify image files or .npy/.npz arrays with a TFLite model (a .tflite file, a model folder "
-                    "kept by serve, or none: the deployed one). Needs no TensorFlow.")
+                    "kept by serve, or none: the deployed one). Needs no TensorFlow.",
+        epilog="The broker flags are serve's: a serve command line works here as it is, and with MODEL none only "
+               "--run (or --config's [run] name) matters; predict itself never connects to the broker.")
     p.add_argument("model", help="a .tflite file, a model folder kept by `serve`, or `none` for the deployed model")
     p.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, ...) and/or .npy/.npz arrays")
+    add_broker_args(p, f"{host_name()}-serve")
+    add_security_flags(p)
     p.add_argument("--model-dir", type=Path, default=None,
                    help="with MODEL none: the serve model folder (default: ~/.fedmq/models/<run>)")
-    p.add_argument("--run", default="demo", help="with MODEL none: the run whose deployed model to use")
     p.add_argument("--labels", default=None, help="class names: a file with one per line, or a,b,c")
     p.add_argument("--top", type=int, default=1, help="show the K most likely classes")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
@@ -99,8 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
+    from federation.settings import ConfigError, load_settings
+
     try:
-        model = resolve_model(args.model, args.model_dir, args.run, args.labels)
+        run = args.run or load_settings(args.config).run.name
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        model = resolve_model(args.model, args.model_dir, run, args.labels)
         classifier = TFLiteClassifier(model.path, num_threads=args.threads)
         batch = load_inputs(args.inputs, classifier.input_shape)
     except (ModelNotFoundError, InputError, ImportError) as exc:

@@ -7,12 +7,15 @@ import logging
 import os
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from federation.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
+from federation.connect_diagnosis import GET_CREDENTIALS, diagnose
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +43,45 @@ class BrokerAddress:
     tls_key: str = ""
     username: str = ""
     password_file: str = ""   # the password is read from this file by MqttLink, never passed around
+    transport: str = "tcp"    # or "websockets" (ws:// and wss:// addresses)
+    tls: bool = False         # TLS even without tls_ca (mqtts:// and wss://): verified against the system's CAs
+    ws_path: str = DEFAULT_WS_PATH
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca)
+
+    @property
+    def url(self) -> str:
+        scheme = ("wss" if self.use_tls else "ws") if self.transport == "websockets" else \
+            ("mqtts" if self.use_tls else "mqtt")
+        return format_address(self.host, self.port, scheme, self.ws_path if self.transport == "websockets" else "")
 
     def __str__(self) -> str:
-        scheme = "mqtts" if self.tls_ca else "mqtt"
+        scheme, rest = self.url.split("://", 1)
         user = f"{self.username}@" if self.username else ""
-        return f"{scheme}://{user}{self.host}:{self.port} (MQTT {self.mqtt_version})"
+        return f"{scheme}://{user}{rest} (MQTT {self.mqtt_version})"
+
+    @classmethod
+    def parse(cls, text: str, defaults: "BrokerAddress | None" = None, port_flag: int | None = None) -> "BrokerAddress":
+        """`text` in any form of federation.broker_address.FORMS, the other fields from `defaults`. The port:
+        see ParsedAddress.choose_port (`defaults.port` is [broker] port). AddressError (a ValueError) names
+        what is wrong, also a plain mqtt:// or ws:// address given with a CA certificate for TLS."""
+        base = defaults or cls()
+        parsed = parse_address(text)
+        if parsed.scheme in ("mqtt", "ws") and base.tls_ca:
+            raise AddressError(f"{parsed.scheme}:// is plain MQTT, but a CA certificate ({base.tls_ca}) asks for "
+                               f"TLS: write {parsed.scheme}s://{text.split('://', 1)[1]}")
+        return replace(base, host=parsed.host, port=parsed.choose_port(port_flag, base.port),
+                       transport=parsed.transport, tls=parsed.tls,
+                       ws_path=parsed.path or DEFAULT_WS_PATH)
 
     @classmethod
     def from_settings(cls, broker: object) -> "BrokerAddress":
-        """From federation.settings.BrokerSettings (any object with the same attribute names)."""
-        return cls(**{name: getattr(broker, name) for name in cls.__dataclass_fields__ if hasattr(broker, name)})
+        """From federation.settings.BrokerSettings (any object with the same attribute names); its host may be
+        any address form (mqtts://broker.lan)."""
+        fields = {name: getattr(broker, name) for name in cls.__dataclass_fields__ if hasattr(broker, name)}
+        return cls.parse(fields.pop("host", "localhost"), cls(**fields))
 
 
 def read_password(path: str) -> str:
@@ -75,13 +107,13 @@ def configure_security(client: mqtt.Client, address: BrokerAddress) -> None:
         raise CredentialsError("a client certificate needs tls_ca (--tls-ca) too: mutual TLS is TLS first")
     if address.password_file and not address.username:
         raise CredentialsError("a password file needs a username (--username)")
-    if address.tls_ca:
+    if address.use_tls:
         for what, path in (("CA certificate", address.tls_ca), ("client certificate", address.tls_cert),
                            ("client key", address.tls_key)):
             if path and not Path(path).expanduser().is_file():
                 raise CredentialsError(f"{what} file {path} does not exist")
-        try:
-            client.tls_set(ca_certs=str(Path(address.tls_ca).expanduser()),
+        try:  # without tls_ca (mqtts:// alone): the system's CA certificates
+            client.tls_set(ca_certs=str(Path(address.tls_ca).expanduser()) if address.tls_ca else None,
                            certfile=str(Path(address.tls_cert).expanduser()) if address.tls_cert else None,
                            keyfile=str(Path(address.tls_key).expanduser()) if address.tls_key else None,
                            cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
@@ -108,7 +140,10 @@ class MqttLink:
         self._stopping = False
         protocol = mqtt.MQTTv5 if address.mqtt_version == "5" else mqtt.MQTTv311
         kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol, **kwargs)
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                                   transport=address.transport, **kwargs)
+        if address.transport == "websockets":
+            self._client.ws_set_options(path=address.ws_path)
         configure_security(self._client, address)
         self.refused: str | None = None   # why the broker refused our login, once it did
         self.on_refused: Callable[[], None] | None = None  # called (paho's thread) when that happens
@@ -118,7 +153,8 @@ class MqttLink:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
-        self._fail_logged = False
+        self.failure = ""             # why the last attempt failed, with the fix (federation.connect_diagnosis)
+        self._connack_seen = False    # this attempt got an answer from the broker (accepted or refused)
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
 
@@ -152,19 +188,26 @@ class MqttLink:
 
     def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
                         reason_code: mqtt.ReasonCode, properties: object) -> None:
+        self._connack_seen = True
         if reason_code.is_failure:
             if reason_code.value in _LOGIN_REFUSED:
                 self.refused = str(reason_code)
-                log.error("%s: broker refused the login of %r: %s (wrong or revoked password, or a username the "
-                          "broker does not know)", self.client_id, self.address.username or "anonymous",
-                          reason_code)
+                if self.address.username:
+                    self.failure = (f"the broker at {self.address.url} refused the login of "
+                                    f"{self.address.username!r} ({reason_code}): a wrong or revoked password, or a "
+                                    "username it does not know; check --username and --password-file, or make the "
+                                    f"login with {GET_CREDENTIALS}")
+                else:
+                    self.failure = (f"the broker at {self.address.url} requires a login ({reason_code}): give "
+                                    f"--username and --password-file, made by {GET_CREDENTIALS}")
+                log.error("%s: %s", self.client_id, self.failure)
                 if self.on_refused:
                     self.on_refused()
             else:
                 log.error("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         log.info("%s connected to %s", self.client_id, self.address)
-        self._fail_logged = False
+        self.failure = ""
         if self._subscriptions:
             client.subscribe(self._subscriptions)
         self.connected.set()
@@ -172,16 +215,26 @@ class MqttLink:
             self._on_connected()
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        if not self._fail_logged:  # once until the next successful connect: paho retries every few seconds
-            log.warning("%s: can't reach %s (broker down, or a TLS handshake failure: wrong CA or host name, or a "
-                        "client certificate the broker refuses); retrying", self.client_id, self.address)
-            self._fail_logged = True
+        self._report_failure()
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                            reason_code: mqtt.ReasonCode, properties: object) -> None:
         if self.connected.is_set() and not self._stopping:
             log.warning("%s disconnected (%s); reconnecting", self.client_id, reason_code)
+        elif not self._connack_seen and not self._stopping:  # closed before any answer: e.g. plain MQTT on TLS
+            self._report_failure()
+        self._connack_seen = False
         self.connected.clear()
+
+    def _report_failure(self) -> None:
+        """Find out why the attempt failed; log it when it is news (paho retries every few seconds)."""
+        try:
+            failure = diagnose(self.address)
+        except Exception as exc:  # noqa: BLE001 (never let a diagnosis kill paho's thread)
+            failure = f"can't reach {self.address} ({exc})"
+        if failure != self.failure:
+            log.warning("%s: %s; retrying", self.client_id, failure)
+        self.failure = failure
 
     def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:

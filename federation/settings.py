@@ -37,7 +37,8 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class BrokerSettings:
-    host: str = _opt("localhost", "MQTT broker host")
+    host: str = _opt("localhost", "MQTT broker: host, host:port, [ipv6]:port, or mqtt://, mqtts:// (TLS), ws://, wss:// "
+                                  "URL; a port given here wins over port")
     port: int = _opt(1883, "MQTT broker port", lo=1, hi=65535)
     ws_port: int = _opt(9001, "the broker's MQTT-over-WebSockets port, for the live dashboard (0: none)",
                         lo=0, hi=65535)
@@ -248,6 +249,12 @@ def _check_cross_field(s: Settings, source: str) -> None:
         RunTopics(s.broker.topic_prefix, s.run.name)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    from federation.mqtt_link import BrokerAddress
+
+    try:
+        BrokerAddress.from_settings(s.broker)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [broker] host: {exc}") from None
     if 0 < s.broker.chunk_bytes < 1024:
         raise ConfigError(f"{source}: [broker] chunk_bytes = {s.broker.chunk_bytes} is too small (0, or at least 1024)")
     for variant in s.export.tflite:

@@ -15,6 +15,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
+from federation.broker_cli import SECURITY_FLAGS, AddressError, add_broker_flags, settings_overrides
+from federation.mqtt_link import BrokerAddress
 from federation.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,14 @@ class DashboardConfig:
 def dashboard_config(settings: Settings, ws_url: str | None = None) -> DashboardConfig:
     """The page's settings from the fedmq settings: [broker] host, ws_port, topic_prefix and [run] name."""
     b = settings.broker
-    if ws_url is None:
+    address = BrokerAddress.from_settings(b)
+    if ws_url is None and address.transport == "websockets":  # --broker ws://broker.lan:9001 or wss://...
+        ws_url = address.url
+    elif ws_url is None:
         if b.ws_port == 0:
             raise ConfigError("[broker] ws_port is 0 (no WebSockets listener): the dashboard needs one, or --ws-url")
-        ws_url = "" if b.host in _LOCAL_HOSTS else f"ws://{_url_host(b.host)}:{b.ws_port}"
+        host = address.host
+        ws_url = "" if host in _LOCAL_HOSTS else f"ws{'s' if address.use_tls else ''}://{_url_host(host)}:{b.ws_port}"
     elif not ws_url.startswith(("ws://", "wss://")):
         raise ConfigError(f"--ws-url {ws_url!r} must start with ws:// or wss://")
     return DashboardConfig(ws_url=ws_url, ws_port=b.ws_port, topic_prefix=b.topic_prefix, run=settings.run.name)
@@ -114,35 +120,51 @@ def serve_in_thread(server: ThreadingHTTPServer) -> threading.Thread:
     return thread
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m coordinator dashboard",
+        prog="python -m coordinator dashboard", allow_abbrev=False,
         description="Serve the live dashboard page: it follows the run over the broker's MQTT-over-WebSockets "
-                    "listener ([broker] ws_port) from the browser. Static files: " + str(STATIC_DIR))
-    parser.add_argument("--config", type=Path, default=None, help="TOML settings file (config/default.toml)")
-    parser.add_argument("--bind", default="0.0.0.0", help="address to serve on (default: all interfaces)")
-    parser.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help="HTTP port (default %(default)s)")
-    parser.add_argument("--ws-url", default=None,
-                        help="broker WebSocket URL for the browser, e.g. ws://broker.lan:9001 (default: from "
-                             "[broker] host and ws_port; for a local broker, the page's own host)")
+                    "listener ([broker] ws_port, or --broker ws://HOST:PORT) from the browser. Static files: "
+                    + str(STATIC_DIR))
+    add_broker_flags(parser, None, "not used: the browser picks its own MQTT client id")
+    page = parser.add_argument_group("the page")
+    page.add_argument("--http", type=int, default=DEFAULT_HTTP_PORT, metavar="PORT",
+                      help="HTTP port of the page (default %(default)s; 0: any free port)")
+    page.add_argument("--http-host", "--bind", dest="http_host", default="0.0.0.0", metavar="ADDRESS",
+                      help="address to serve the page on (default: all interfaces)")
+    page.add_argument("--ws-url", default=None,
+                      help="broker WebSocket URL for the browser, e.g. ws://broker.lan:9001 (default: --broker when "
+                           "it is a ws:// or wss:// URL, else its host and [broker] ws_port; for a local broker, the "
+                           "page's own host)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_override_flags(parser)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    given = [flag for flag in SECURITY_FLAGS if getattr(args, flag[2:].replace("-", "_"))]
+    if given:
+        print(f"error: {', '.join(given)}: the dashboard page connects to the broker from the browser, which uses "
+              "its own trust store and login; give it --broker wss://HOST:PORT (or --ws-url) instead",
+              file=sys.stderr)
+        return 2
     from federation.console import configure_logging
 
     configure_logging(args.log_level)
     try:
-        settings = load_settings(args.config, overrides_from_args(args))
+        settings = load_settings(args.config, {**overrides_from_args(args), **settings_overrides(args)})
         config = dashboard_config(settings, args.ws_url)
-    except ConfigError as exc:
+    except (ConfigError, AddressError) as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     try:
-        server = make_server(config, args.bind, args.port)
+        server = make_server(config, args.http_host, args.http)
     except OSError as exc:
-        print(f"error: cannot serve on {args.bind}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"error: cannot serve the page on {args.http_host}:{args.http}: {exc.strerror or exc}; choose "
+              "another port with --http PORT", file=sys.stderr)
         return 2
-    host = "localhost" if args.bind in _LOCAL_HOSTS else args.bind
+    host = "localhost" if args.http_host in _LOCAL_HOSTS else args.http_host
     ws = config.ws_url or f"ws://<this host>:{config.ws_port}"
     log.info("dashboard on http://%s:%d/ following run %r under %r through %s; Ctrl-C stops it", host,
              server.server_port, config.run, config.topic_prefix, ws)

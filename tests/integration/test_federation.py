@@ -54,6 +54,14 @@ def test_three_clients_two_rounds_export_tflite(federation: LocalFederation) -> 
     assert summary["keras"]["accuracy"] == pytest.approx(rows[-1]["test_accuracy"])
     assert abs(summary["tflite"]["float32"]["delta_points"]) <= 0.1
     assert summary["tflite"]["int8"]["bytes"] < 0.3 * summary["tflite"]["float32"]["bytes"]
+    # The class names: labels.txt beside the .keras and .tflite files, and inside each .tflite.
+    from coordinator.export import read_labels
+
+    labels = "".join(f"{name}\n" for name in summary["class_names"])
+    assert len(summary["class_names"]) == 10 and (run_dir / "labels.txt").read_text() == labels
+    assert (run_dir / "models" / "labels.txt").read_text() == labels
+    for name in ("model.tflite", "model_int8.tflite"):
+        assert read_labels((run_dir / name).read_bytes()) == tuple(summary["class_names"]), name
 
     # LiteRT runs the float32 model and agrees with Keras on real test images.
     data = load_dataset("fashion_mnist")
@@ -84,6 +92,11 @@ def test_three_clients_two_rounds_export_tflite(federation: LocalFederation) -> 
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert f"test accuracy {summary['tflite']['float32']['accuracy']:.4f}" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "coordinator", "evaluate", str(run_dir / "model.keras"),
+                          "--max-examples", str(EVAL_EXAMPLES)], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert f"test accuracy {summary['keras']['accuracy']:.4f}" in out.stdout
 
 
 def test_clients_before_coordinator_and_a_late_joiner(federation: LocalFederation) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -76,11 +79,25 @@ def test_an_unfinished_run_is_resumed(tmp_path) -> None:
     assert checkpoint is not None and checkpoint.round == 2
 
 
+def _set_aside(coordinator) -> None:
+    """What the coordinator does when its first round starts (tests/integration/test_run_start.py: not before)."""
+    assert [p.name for p in coordinator.run_dir.parent.iterdir() if p.name == "r1"] == ["r1"], "not moved yet"
+    coordinator.metrics_path, coordinator.history = coordinator.run_dir / "metrics.jsonl", []
+    coordinator._dataset = SimpleNamespace(class_names=("a", "b"))  # for labels.txt
+    coordinator._claim_run_dir()
+
+
 def test_a_finished_run_or_on_existing_new_is_set_aside_not_deleted(tmp_path) -> None:
     save_checkpoint(_make_run_dir(tmp_path), Checkpoint(3, [], [_metrics(r) for r in (1, 2, 3)], "a" * 64))
-    assert _coordinator(tmp_path)._usable_checkpoint() is None
+    coordinator = _coordinator(tmp_path)
+    assert coordinator._usable_checkpoint() is None
+    _set_aside(coordinator)
+    shutil.rmtree(tmp_path / "r1")  # the new run's (empty) folder
     save_checkpoint(_make_run_dir(tmp_path), Checkpoint(1, [], [_metrics(1)], "b" * 64))
-    assert _coordinator(tmp_path, on_existing="new")._usable_checkpoint() is None
+    coordinator = _coordinator(tmp_path, on_existing="new")
+    assert coordinator._usable_checkpoint() is None
+    _set_aside(coordinator)
+    shutil.rmtree(tmp_path / "r1")
     kept = sorted(p.name for p in tmp_path.iterdir())
     assert len(kept) == 2 and all(name.startswith("r1.") for name in kept)
     assert all((tmp_path / name / CHECKPOINT_FILE).is_file() for name in kept)
@@ -95,5 +112,7 @@ def _make_run_dir(tmp_path):
 def test_an_ended_run_is_not_continued_even_with_more_rounds(tmp_path) -> None:
     save_checkpoint(_make_run_dir(tmp_path), Checkpoint(2, [], [_metrics(1), _metrics(2)], "a" * 64, finished=True))
     assert load_checkpoint(tmp_path / "r1").finished
-    assert _coordinator(tmp_path)._usable_checkpoint() is None, "3 rounds planned now, but the 2-round run ended"
-    assert [p.name.startswith("r1.") for p in tmp_path.iterdir()] == [True]
+    coordinator = _coordinator(tmp_path)
+    assert coordinator._usable_checkpoint() is None, "3 rounds planned now, but the 2-round run ended"
+    _set_aside(coordinator)
+    assert sorted(p.name.startswith("r1.") for p in tmp_path.iterdir()) == [False, True]
