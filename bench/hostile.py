@@ -420,6 +420,7 @@ class RunResult:
     sent: list[dict[str, Any]] = field(default_factory=list)
     attributed: dict[str, dict[str, int]] = field(default_factory=dict)   # class -> outcome -> count
     honest_offline_marks: int = 0
+    summarized: int = 0         # messages the coordinator's log only counts in "dropped N more" summaries
 
     @property
     def round_times(self) -> list[float]:
@@ -431,9 +432,11 @@ class RunResult:
 
     @property
     def rejected(self) -> Counter[str]:
+        """metrics.jsonl's `rejected` and (newer coordinators) `ignored` counts, summed over the rounds."""
         total: Counter[str] = Counter()
         for m in self.metrics:
             total.update(m.get("rejected") or {})
+            total.update({f"ignored {k}": v for k, v in (m.get("ignored") or {}).items()})
         return total
 
     def honest_lost(self) -> int:
@@ -505,11 +508,16 @@ def run_one(name: str, classes: list[str], args: argparse.Namespace) -> RunResul
     result.log_bytes, result.log_path = log_path.stat().st_size, str(log_path)
     if report.is_file():
         result.sent = json.loads(report.read_text())["sent"]
-    result.attributed, result.honest_offline_marks = attribute(log_path, classes, fed.run_name, args.quick)
+    summarized = [0]
+    result.attributed, result.honest_offline_marks = attribute(log_path, classes, fed.run_name, args.quick,
+                                                               summarized)
+    result.summarized = summarized[0]
     return result
 
 
-_REJECTED = re.compile(r"rejected update from (.*?) \((\w+)\)")
+# The coordinator's log lines, before and after summarized drop logging (coordinator/drops.py).
+_REJECTED = re.compile(r"(rejected|ignored) (?:update|a message) from (.*?) \((\w+)\)")
+_SUMMARY = re.compile(r"dropped (\d+) more messages in the last")
 _REJECTED_STATUS = re.compile(r"rejected status on \S*?/client/(.*?)/status")
 _ONLINE = re.compile(r"client (.*?) online \(")
 _OFFLINE = re.compile(r"client (.*?) offline$")
@@ -517,20 +525,30 @@ _ACCEPTED = re.compile(r"round \d+: update \d+/\d+ from (.*?) \(")
 _UNEXPECTED = re.compile(r"ignoring a message on unexpected topic (\S+)")
 
 
-def attribute(log_path: Path, classes: list[str], run: str, quick: bool) -> tuple[dict[str, dict[str, int]], int]:
+def attribute(log_path: Path, classes: list[str], run: str, quick: bool,
+              summarized: list[int]) -> tuple[dict[str, dict[str, int]], int]:
     """Per class, what the coordinator's log says happened to its messages (by sender id); and how often an honest
-    client was marked offline. Reads the log line by line, each line cut to 4 kB (a hostile line can be huge)."""
+    client was marked offline. `summarized[0]` gets the messages only counted in "dropped N more" summary lines.
+    Reads the log line by line, each line cut to 4 kB (a hostile line can be huge)."""
     owner = {sender: name for name in classes for sender in class_senders(run, name, quick)}
     out: dict[str, Counter[str]] = {name: Counter() for name in classes}
     offline = 0
     with log_path.open("rb") as fh:
         for raw in fh:
             line = raw[:4096].decode("utf-8", errors="replace").rstrip("\n")
-            for pattern, outcome in ((_REJECTED, None), (_REJECTED_STATUS, "status rejected"),
-                                     (_ACCEPTED, "UPDATE ACCEPTED"), (_ONLINE, "COUNTED ONLINE")):
+            match = _REJECTED.search(line)
+            if match and match.group(2) in owner:
+                out[owner[match.group(2)]][f"{match.group(1)} {match.group(3)}"] += 1
+                continue
+            match = _SUMMARY.search(line)
+            if match:
+                summarized[0] += int(match.group(1))
+                continue
+            for pattern, outcome in ((_REJECTED_STATUS, "status rejected"), (_ACCEPTED, "UPDATE ACCEPTED"),
+                                     (_ONLINE, "COUNTED ONLINE")):
                 match = pattern.search(line)
                 if match and match.group(1) in owner:
-                    out[owner[match.group(1)]][outcome or f"rejected {match.group(2)}"] += 1
+                    out[owner[match.group(1)]][outcome] += 1
                     break
             else:
                 match = _OFFLINE.search(line)
@@ -566,11 +584,14 @@ def report(clean: RunResult, attacked: list[RunResult], args: argparse.Namespace
             if name.startswith("forged_"):
                 outcome = forgery_outcome(name, run)
             elif s and sum(run.attributed.get(name, {}).values()) < s.get("count", 0):
-                outcome += f"{'; ' if outcome else ''}no log line x{s['count'] - sum(run.attributed[name].values())}"
+                outcome += (f"{'; ' if outcome else ''}no line of its own x"
+                            f"{s['count'] - sum(run.attributed[name].values())}")
             rows.append([name, s.get("count", "not sent"), f"{s.get('bytes', 0) / 1e6:.1f}", outcome or "-",
                          run.name])
     print_table(["class", "count", "MB sent", "outcome (coordinator log, by sender id)", "run"], rows, align="lrrll")
-    print()
+    print("\n'no line of its own': never reached the coordinator (Mosquitto drops what exceeds a subscriber's "
+          "max_queued_messages), ignored silently (orphan chunks wait for their manifest), or only counted in a "
+          "'dropped N more messages' summary line:", ", ".join(f"{r.name} {r.summarized}" for r in attacked), "\n")
     run_rows = []
     passed = True
     for run in [clean, *attacked]:

@@ -476,7 +476,7 @@ def test_federation_over_tls_never_aggregates_forged_updates(broker: SecureBroke
     assert rows[1]["rejected"] == {}
     assert not rogue.forged_model_seen, "the broker let a device publish a global model"
     log = fed.procs["coordinator"].log_path.read_text()
-    assert "rejected update from dev-2 (sender_mismatch)" in log
+    assert "rejected a message from dev-2 (sender_mismatch)" in log
     assert "connected to mqtts://coordinator@localhost" in log
     assert rows[-1]["test_accuracy"] > 0.3, "the forged 1e3-valued tensors never reached the model"
 
