@@ -31,7 +31,7 @@ DEFAULT_WS_PORT = 9001
 DEFAULT_BIND = "0.0.0.0"
 EXIT_USAGE = 2
 _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-SECURE_COMMANDS = ("init-secure", "add-device", "revoke-device", "list-devices")
+SECURE_COMMANDS = ("init-secure", "add-device", "add-coordinator", "revoke-device", "list-devices")
 
 
 class ConfigError(ValueError):
@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         allow_abbrev=False, prog="python -m broker",
         description="Run the fedmq MQTT broker (Mosquitto, or the embedded amqtt fallback).",
         epilog="Secure profile (TLS, a password per device, ACLs): python -m broker init-secure | add-device NAME "
-               "| revoke-device NAME | list-devices (each with --help), then python -m broker --secure.",
+               "| add-coordinator NAME | revoke-device NAME | list-devices (each with --help), then "
+               "python -m broker --secure.",
     )
     parser.add_argument("--secure", action="store_true",
                         help="run the secure profile made by init-secure (see python -m broker --secure --help)")

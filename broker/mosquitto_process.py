@@ -5,6 +5,7 @@ Used by `python -m broker` and by tests that need a broker on a free port.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -64,6 +65,25 @@ def listener_line(port: int, bind: str | None) -> str:
     return f"listener {port} {bind}" if bind else f"listener {port}"
 
 
+def websockets_bind(bind: str | None) -> tuple[str | None, str | None]:
+    """The address and `socket_domain` (ipv4/ipv6, or None) a websockets listener needs to really listen on `bind`.
+
+    Mosquitto 2.0.11 hands the address to libwebsockets, which ignores it and listens on every interface, IPv4 and
+    IPv6, unless `socket_domain` names the address's family; given a host name it silently opens nothing. So a host
+    name is resolved here, and an address gets its family. No address (or `::`): every interface, as asked."""
+    if not bind or bind == "::":
+        return bind or None, None
+    try:
+        address = ipaddress.ip_address(bind)
+    except ValueError:
+        try:
+            found = socket.getaddrinfo(bind, None, type=socket.SOCK_STREAM)
+        except OSError as error:
+            raise BrokerError(f"bind address {bind!r} does not resolve ({error}); give an IP address") from None
+        address = ipaddress.ip_address(found[0][4][0])
+    return str(address), "ipv4" if address.version == 4 else "ipv6"
+
+
 def render_config(
     template: Path,
     port: int,
@@ -78,17 +98,23 @@ def render_config(
     Websockets listeners (a listener followed by `protocol websockets`) are
     kept as written when `ws_port` is None, removed when it is 0, and
     otherwise set to `ws_port`/`bind` (added before the MQTT listener when
-    the template has none, so `extra_lines` still apply to the MQTT one).
+    the template has none, so `extra_lines` still apply to the MQTT one),
+    with what libwebsockets needs to honour `bind` (see websockets_bind).
     """
     lines = Path(template).read_text(encoding="utf-8").splitlines()
     websockets = websockets_listeners(lines)
+    ws_address, ws_domain = websockets_bind(bind) if ws_port else (None, None)
+    ws_options = [f"socket_domain {ws_domain}"] if ws_domain else []
     if ws_port is not None:
         for index in sorted(websockets, reverse=True):
             if ws_port == 0:
                 del lines[websockets[index]]  # its `protocol websockets` line first: it comes later
                 del lines[index]
             else:
-                lines[index] = listener_line(ws_port, bind)
+                lines[websockets[index] + 1:websockets[index] + 1] = ws_options
+                lines[index] = listener_line(ws_port, ws_address)
+        if ws_port:  # the MQTT listener's index moved by the lines added above it
+            websockets = websockets_listeners(lines)
     new_listener = listener_line(port, bind)
     for index, line in enumerate(lines):
         if _LISTENER_LINE.match(line) and (ws_port == 0 or index not in websockets):
@@ -98,7 +124,7 @@ def render_config(
         index = len(lines)
         lines.append(new_listener)
     if ws_port and not websockets:
-        lines[index:index] = [listener_line(ws_port, bind), "protocol websockets"]
+        lines[index:index] = [listener_line(ws_port, ws_address), "protocol websockets", *ws_options]
     lines.extend(extra_lines)
     return "\n".join(lines) + "\n"
 

@@ -9,18 +9,21 @@ import os
 import shlex
 import subprocess
 import sys
+import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 
 from broker.mosquitto_process import find_mosquitto
 from broker.secure import (
-    DEFAULT_MTLS_PORT, DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Credentials, SecureBrokerError, SecureLayout,
-    SecureProfile, add_device, check_state, default_state_dir, init_secure, list_devices, revoke_device,
-    write_secure_config,
+    DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MTLS_PORT, DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Credentials,
+    SecureBrokerError, SecureLayout, SecureProfile, add_coordinator, add_device, check_state, default_state_dir,
+    init_secure, list_devices, revoke_device, write_secure_config,
 )
 
 log = logging.getLogger("broker")
-COMMANDS = ("init-secure", "add-device", "revoke-device", "list-devices")
+COMMANDS = ("init-secure", "add-device", "add-coordinator", "revoke-device", "list-devices")
+DEFAULT_TOML = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+MIB = 1024 * 1024
 EXIT_USAGE = 2
 
 
@@ -50,7 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--client-cert", action="store_true", help="also issue a client certificate (mutual TLS)")
     add.add_argument("--replace", action="store_true", help="give an existing device new credentials")
     add.add_argument("--broker-host", default=None, help="host name to show in the device's command line")
-    rev = sub.add_parser("revoke-device", help="remove a device's login; a running broker drops it at once")
+    coord = sub.add_parser("add-coordinator", help="another coordinator login, for a second coordinator running at "
+                           "the same time (one login is one connection: two processes sharing one knock each other "
+                           "off)")
+    coord.add_argument("name", help="its MQTT username, e.g. coordinator-b")
+    _dir_option(coord)
+    rev = sub.add_parser("revoke-device", help="remove a device's (or an added coordinator's) login; a running "
+                                               "broker drops it at once")
     rev.add_argument("name")
     _dir_option(rev)
     lst = sub.add_parser("list-devices", help="list the devices that may log in")
@@ -68,8 +77,29 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-port", type=int, default=None, help="TLS listener port")
     parser.add_argument("--mtls-port", type=int, default=None, help="mutual-TLS listener port (0: none)")
     parser.add_argument("--bind", default="", help="address of the TLS listeners (default: all interfaces)")
-    parser.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)  # accepted, not used
+    parser.add_argument("--config", type=Path, default=DEFAULT_TOML,
+                        help="TOML file whose [broker] max_payload_mb caps message sizes (default: %(default)s)")
+    parser.add_argument("--max-payload-mb", type=float, default=None,
+                        help="refuse publishes larger than this many MiB on every listener (default: [broker] "
+                             f"max_payload_mb of --config, else {DEFAULT_MAX_PAYLOAD_BYTES // MIB})")
     return parser
+
+
+def max_payload_bytes(args: argparse.Namespace) -> int:
+    """The broker's payload cap: --max-payload-mb, else [broker] max_payload_mb of --config, else 64 MiB."""
+    source, value = "--max-payload-mb", args.max_payload_mb
+    if value is None and args.config is not None and Path(args.config).is_file():
+        try:
+            with Path(args.config).open("rb") as fh:
+                section = tomllib.load(fh).get("broker", {})
+        except tomllib.TOMLDecodeError as exc:
+            raise SecureBrokerError(f"{args.config}: invalid TOML: {exc}") from None
+        source, value = f"{args.config}: [broker] max_payload_mb", section.get("max_payload_mb")
+    if value is None:
+        return DEFAULT_MAX_PAYLOAD_BYTES
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.001 <= value <= 255:
+        raise SecureBrokerError(f"{source} must be a number of MiB between 0.001 and 255, got {value!r}")
+    return int(value * MIB)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -84,6 +114,13 @@ def main(argv: Sequence[str]) -> int:
         if args.command == "add-device":
             creds = add_device(root, args.name, client_cert=args.client_cert, replace=args.replace)
             _print_device(root, creds, args.broker_host)
+            return 0
+        if args.command == "add-coordinator":
+            creds = add_coordinator(root, args.name)
+            print(f"Coordinator login {creds.name} added (files in {creds.directory}). Run the second coordinator "
+                  "with it:")
+            print("  " + _join(["python", "-m", "coordinator", "--tls-ca", str(creds.ca_cert), "--username",
+                                creds.name, "--password-file", str(creds.password_file), "--run.name", "RUN"]))
             return 0
         if args.command == "revoke-device":
             result = revoke_device(root, args.name)
@@ -169,12 +206,14 @@ def serve(args: argparse.Namespace) -> int:
     if binary is None:
         raise SecureBrokerError("mosquitto not found (sudo apt-get install mosquitto); the embedded broker has no "
                                 "secure profile")
-    config = write_secure_config(layout, bind=args.bind, **ports)
+    payload_cap = max_payload_bytes(args)
+    config = write_secure_config(layout, bind=args.bind, max_payload_bytes=payload_cap, **ports)
     if os.geteuid() == 0:
         log.warning("running as root: Mosquitto keeps root rights (it runs as the state directory's owner); "
                     "prefer an unprivileged user with its own --dir")
-    log.info("starting %s: TLS on port %d%s, plain on 127.0.0.1:%d; config %s", binary, ports["tls_port"],
-             f", mutual TLS on port {ports['mtls_port']}" if ports["mtls_port"] else "", ports["plain_port"], config)
+    log.info("starting %s: TLS on port %d%s, plain on 127.0.0.1:%d; messages up to %.2f MiB; config %s", binary,
+             ports["tls_port"], f", mutual TLS on port {ports['mtls_port']}" if ports["mtls_port"] else "",
+             ports["plain_port"], payload_cap / MIB, config)
     process = subprocess.Popen([binary, "-c", str(config)], stdin=subprocess.DEVNULL)
     layout.pid_file.write_text(f"{process.pid}\n", encoding="utf-8")
     try:

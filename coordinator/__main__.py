@@ -86,6 +86,7 @@ def run_command(argv: list[str]) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     from coordinator.engine import Coordinator
+    from coordinator.final_publish import FinalPublishError
     from federation.datasets import DatasetError, DatasetNotFoundError
     from federation.mqtt_link import BrokerRefusedError, CredentialsError
 
@@ -99,6 +100,9 @@ def run_command(argv: list[str]) -> int:
     except (CredentialsError, BrokerRefusedError) as exc:
         print(f"broker login error: {exc}", file=sys.stderr)
         return 2
+    except FinalPublishError as exc:  # the run finished, but the broker never confirmed its end
+        print(f"broker error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         log.warning("interrupted")
         return 130

@@ -51,6 +51,8 @@ class Deployer:
         self.class_names = tuple(class_names)
         self._chunk_topics = 0
         self.records: list[DeployRecord] = []
+        # The last deployment's messages the broker did not acknowledge: the coordinator retries them at the end.
+        self.unconfirmed: list[tuple[str, bytes]] = []
 
     @property
     def variant(self) -> str:
@@ -90,9 +92,9 @@ class Deployer:
             test_accuracy=test_accuracy, test_examples=test_examples, keras_accuracy=keras_accuracy,
             tflite_runtime_compat=self.settings.export.tflite_runtime_compat, created_at=time.time())
         messages = delivery_messages(self.topics, info, content, self.chunk_bytes, self.sender)
-        confirmed = True
-        for message in messages:
-            confirmed &= self.link.publish_and_wait(message.topic, message.payload, qos=1, retain=True)
+        self.unconfirmed = [(message.topic, message.payload) for message in messages
+                            if not self.link.publish_and_wait(message.topic, message.payload, qos=1, retain=True)]
+        confirmed = not self.unconfirmed
         chunks = len(messages) - 1
         for index in range(chunks, self._chunk_topics):  # an earlier, larger model's chunks: clear them
             self.link.publish(self.topics.deploy_chunk(index), b"", qos=1, retain=True)

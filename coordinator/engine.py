@@ -18,6 +18,7 @@ from coordinator.aggregation import ClientResult, make_aggregator
 from coordinator.checkpoint import CHECKPOINT_FILE, Checkpoint, check_resumable, load_checkpoint, run_fingerprint, \
     save_checkpoint
 from coordinator.evaluation import Evaluation, evaluate_keras, evaluate_tflite, test_split
+from coordinator import final_publish
 from coordinator.deploy import Deployer
 from coordinator.export import ACCURACY_BOUND_POINTS, export_tflite, write_labels
 from coordinator.metrics import RoundMetrics, append_metrics, rewrite_metrics, round_metrics_message
@@ -606,13 +607,18 @@ class Coordinator:
         self._set_phase("done" if result.reason == "completed" else "stopped", result.detail)
         end = RunEnd(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID, reason=result.reason,
                      test_accuracy=result.keras_accuracy, detail=result.detail)
-        self._publish_own(self.topics.run_end, end.encode(), wait=True)
-        self.link.publish_and_wait(self.topics.global_model, b"", retain=True)
-        for index in range(self._chunk_topics_used):
-            self.link.publish(chunk_topic(self.topics.global_model, index), b"", qos=1, retain=True)
-        self.link.publish_and_wait(self.topics.coordinator_state,
-                                   self._state_message("offline", result.detail).encode(), retain=True)
+        self._publish_own(self.topics.run_end, end.encode())  # remembered as ours: a forged run_end gets replaced
+        final = [*self.deployer.unconfirmed, (self.topics.run_end, end.encode()), (self.topics.global_model, b""),
+                 *[(chunk_topic(self.topics.global_model, i), b"") for i in range(self._chunk_topics_used)],
+                 (self.topics.coordinator_state, self._state_message("offline", result.detail).encode())]
+        bound = final_publish.timeout_s()
+        unconfirmed = final_publish.publish_confirmed(self.link, final, bound)  # re-sent after a reconnect
         self.link.stop()
+        if unconfirmed:
+            error = final_publish.FinalPublishError(unconfirmed, bound, str(self.link.address), self.run_dir)
+            log.error("run %r %s after %d rounds, but %s", self.settings.run.name, result.reason,
+                      result.rounds_completed, error)
+            raise error
         log.info("run %r %s after %d rounds; results in %s", self.settings.run.name, result.reason,
                  result.rounds_completed, self.run_dir)
 

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 
 PREFIX = "fedmq"
 WAIT_S = 10.0
+MAX_PAYLOAD_MB = 2
 
 
 @dataclass
@@ -76,8 +77,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBroker]:
     out = run_cli("add-device", "cam-1", "--client-cert", "--dir", str(root))
     assert out.returncode == 0 and "--tls-cert" in out.stdout and str(mtls) in out.stdout, out.stdout
     log_path = base / "broker.log"
+    config = base / "fleet.toml"  # the fleet's updates are ~0.9 MB: cap messages at 2 MiB
+    config.write_text(f"[broker]\nmax_payload_mb = {MAX_PAYLOAD_MB}\n")
     with log_path.open("wb") as fh:
-        process = subprocess.Popen([sys.executable, "-m", "broker", "--secure", "--dir", str(root)], cwd=REPO_ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "broker", "--secure", "--dir", str(root), "--config",
+                                    str(config)], cwd=REPO_ROOT,
                                    stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     sb = SecureBroker(root, process, log_path, plain, tls, mtls)
     try:
@@ -127,9 +131,12 @@ class Peer:
 
 
 def login(port: int, *, name: str = "peer", username: str | None = None, password: str | None = None,
-          ca: Path | None = None, cert: Path | None = None, key: Path | None = None) -> Peer:
+          ca: Path | None = None, cert: Path | None = None, key: Path | None = None, client_id: str | None = None,
+          will: tuple[str, bytes] | None = None) -> Peer:
     """Connect and wait for the outcome: peer.connected, or peer.failure (refused, TLS error, connection lost)."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{name}-{os.getpid()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"test-{name}-{os.getpid()}")
+    if will:
+        client.will_set(will[0], will[1], qos=1, retain=True)
     peer = Peer(client)
     outcome = threading.Event()
 
@@ -173,8 +180,9 @@ def device_login(broker: SecureBroker, name: str, port: int | None = None, **kw:
                  ca=broker.creds(name) / "ca.crt", **kw)
 
 
-def coordinator_login(broker: SecureBroker) -> Peer:
-    return login(broker.plain_port, name="coordinator", username="coordinator", password=broker.password("coordinator"))
+def coordinator_login(broker: SecureBroker, **kw: object) -> Peer:
+    return login(broker.plain_port, name="coordinator", username="coordinator", password=broker.password("coordinator"),
+                 **kw)
 
 
 # ---- refused logins ----------------------------------------------------------------------------------------------
@@ -278,6 +286,120 @@ def test_devices_publish_and_read_only_their_own_topics(broker: SecureBroker) ->
             peer.close()
 
 
+# ---- client ids tied to logins ---------------------------------------------------------------------------------------
+
+
+def test_a_device_cannot_take_over_the_client_id_of_the_coordinator_or_another_device(broker: SecureBroker) -> None:
+    """Issue 10: with a valid login and the client id `fedmq-coordinator-<run>` (or `fedmq-client-<other>`) a device
+    disconnected the coordinator (or that device, whose last will "offline" the broker then published)."""
+    run = f"{PREFIX}/takeover"
+    coordinator = coordinator_login(broker, client_id="fedmq-coordinator-takeover",
+                                    will=(f"{run}/coordinator/state", b"coordinator offline"))
+    victim = device_login(broker, "dev-2", client_id="fedmq-client-dev-2", will=(f"{run}/client/dev-2/status",
+                                                                                  b"dev-2 offline"))
+    attackers: list[Peer] = []
+    try:
+        assert coordinator.connected and victim.connected, (coordinator.failure, victim.failure)
+        coordinator.subscribe(f"{run}/client/+/status")
+        for stolen in ("fedmq-coordinator-takeover", "fedmq-client-dev-2"):
+            attackers.append(device_login(broker, "dev-1", client_id=stolen))
+            assert attackers[-1].connected, f"dev-1 can still log in (as itself): {attackers[-1].failure}"
+        time.sleep(1.0)  # a takeover disconnects the victim at once
+        assert coordinator.connected, f"the coordinator was disconnected: {coordinator.failure}"
+        assert victim.connected, f"dev-2 was disconnected: {victim.failure}"
+        assert not any(m.payload == b"dev-2 offline" for m in coordinator.messages), "dev-2's last will was published"
+        victim.publish(f"{run}/client/dev-2/status", b"dev-2 still here")  # and both still work
+        assert coordinator.got.wait(WAIT_S) and coordinator.messages[-1].payload == b"dev-2 still here"
+    finally:
+        for peer in (*attackers, victim, coordinator):
+            peer.close()
+
+
+def test_one_login_is_one_connection_so_a_second_coordinator_gets_its_own_login(broker: SecureBroker) -> None:
+    """The price of tying client ids to logins: two processes on one login knock each other off. A second coordinator
+    running at the same time gets its own login (`add-coordinator`), with the coordinator's permissions."""
+    first = coordinator_login(broker, client_id="fedmq-coordinator-run-a")
+    out = run_cli("add-coordinator", "coordinator-b", "--dir", str(broker.root))
+    assert out.returncode == 0 and "--username coordinator-b" in out.stdout, out.stdout + out.stderr
+    second = login(broker.plain_port, name="coordinator-b", username="coordinator-b",
+                   password=broker.password("coordinator-b"), client_id="fedmq-coordinator-run-b")
+    try:
+        assert first.connected and second.connected, (first.failure, second.failure)
+        second.subscribe(f"{PREFIX}/+/model/global")
+        first.publish(f"{PREFIX}/run-a/model/global", b"from a")
+        second.publish(f"{PREFIX}/run-b/model/global", b"from b")  # the ACL lets coordinator-b publish models
+        deadline = time.monotonic() + WAIT_S
+        while len(second.messages) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sorted(m.payload for m in second.messages) == [b"from a", b"from b"]
+        time.sleep(0.5)
+        assert first.connected and second.connected, "two coordinator logins coexist"
+        again = coordinator_login(broker, client_id="fedmq-coordinator-run-c")  # the first login, a second time
+        try:
+            assert again.connected, again.failure
+            time.sleep(0.5)
+            assert not first.connected, "one login, one connection: the newer one wins"
+        finally:
+            again.close()
+    finally:
+        first.close()
+        second.close()
+        run_cli("revoke-device", "coordinator-b", "--dir", str(broker.root))
+
+
+# ---- message size cap ---------------------------------------------------------------------------------------------
+
+
+def _publish_outcome(peer: Peer, topic: str, payload: bytes) -> str:
+    """'acknowledged', 'disconnected' or 'no answer' for one QoS 1 publish."""
+    info = peer.client.publish(topic, payload, qos=1)
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        if info.is_published():
+            return "acknowledged"
+        if not peer.connected:
+            return "disconnected"
+        time.sleep(0.05)
+    return "no answer"
+
+
+def test_oversized_publishes_are_refused_on_every_listener_and_normal_updates_pass(broker: SecureBroker) -> None:
+    """Issue 10: the secure broker acknowledged (and delivered) a 100 MiB publish although sizes are capped."""
+    run = f"{PREFIX}/sizes"
+    watcher = coordinator_login(broker)
+    cam = broker.creds("cam-1")
+    senders = {  # one device per listener: plain (loopback), TLS, mutual TLS
+        "plain": ("dev-3", lambda: login(broker.plain_port, name="dev-3", username="dev-3",
+                                         password=broker.password("dev-3"))),
+        "tls": ("dev-1", lambda: device_login(broker, "dev-1")),
+        "mtls": ("cam-1", lambda: device_login(broker, "cam-1", broker.mtls_port, cert=cam / "client.crt",
+                                               key=cam / "client.key")),
+    }
+    cap = MAX_PAYLOAD_MB * 1024 * 1024
+    normal = os.urandom(900_800)  # a default model's update
+    just_over = os.urandom(cap + 1)  # dropped: MQTT 3.1.1 can't say so, the broker acknowledges and delivers nothing
+    far_over = os.urandom(cap + 64 * 1024)  # its sender is disconnected before the broker reads it
+    try:
+        assert watcher.connected, watcher.failure
+        watcher.subscribe(f"{run}/update/+")
+        for listener, (name, connect) in senders.items():
+            peer = connect()
+            try:
+                assert peer.connected, f"{listener}: {peer.failure}"
+                assert _publish_outcome(peer, f"{run}/update/{name}", normal) == "acknowledged", listener
+                assert _publish_outcome(peer, f"{run}/update/{name}", just_over) != "no answer", listener
+                outcome = _publish_outcome(peer, f"{run}/update/{name}", far_over)
+                assert outcome == "disconnected", f"{listener}: an oversized publish was {outcome}"
+            finally:
+                peer.close()
+        time.sleep(1.0)
+        sizes = [(m.topic, len(m.payload)) for m in watcher.messages]
+        assert sizes == [(f"{run}/update/{n}", len(normal)) for n, _ in senders.values()], sizes
+        assert broker.log().count("disconnected due to oversize packet") >= 3
+    finally:
+        watcher.close()
+
+
 # ---- a real federation over TLS with a rogue device --------------------------------------------------------------
 
 
@@ -354,7 +476,7 @@ def test_federation_over_tls_never_aggregates_forged_updates(broker: SecureBroke
     assert rows[1]["rejected"] == {}
     assert not rogue.forged_model_seen, "the broker let a device publish a global model"
     log = fed.procs["coordinator"].log_path.read_text()
-    assert "rejected update from dev-2 (sender_mismatch)" in log
+    assert "rejected a message from dev-2 (sender_mismatch)" in log
     assert "connected to mqtts://coordinator@localhost" in log
     assert rows[-1]["test_accuracy"] > 0.3, "the forged 1e3-valued tensors never reached the model"
 

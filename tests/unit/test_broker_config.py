@@ -99,8 +99,8 @@ def test_render_sets_the_websockets_port_and_bind(tmp_path: Path) -> None:
     template = write(tmp_path / "t.conf", WS_TEMPLATE)
     rendered = render_config(template, 5000, "127.0.0.1", ["max_keepalive 30"], ws_port=5001)
     assert active_lines(rendered) == [
-        "per_listener_settings false", "listener 5001 127.0.0.1", "protocol websockets", "listener 5000 127.0.0.1",
-        "allow_anonymous true", "max_keepalive 30",
+        "per_listener_settings false", "listener 5001 127.0.0.1", "protocol websockets", "socket_domain ipv4",
+        "listener 5000 127.0.0.1", "allow_anonymous true", "max_keepalive 30",
     ]
 
 
@@ -248,3 +248,23 @@ def test_busy_default_ws_port_warns_but_an_asked_for_one_stops(
     assert main(["--port", "4321", "--ws-port", "9001"]) == 2
     assert "--ws-port: port 9001 on 0.0.0.0 is already in use" in caplog.text
     assert main(["--port", "4321", "--ws-port", "9002"]) == 0 and started[-1] == (4321, 9002)
+
+
+def test_render_makes_libwebsockets_honour_an_ipv4_bind_address(tmp_path: Path) -> None:
+    """Mosquitto 2.0.11 (libwebsockets) opened `listener 9001 127.0.0.1` + `protocol websockets` on every interface,
+    IPv6 included; `socket_domain ipv4` makes it bind the address (tests/integration/test_broker_websockets.py)."""
+    template = write(tmp_path / "t.conf", "listener 9001\nprotocol websockets\nlistener 1883\n")
+    assert active_lines(render_config(template, 5000, "127.0.0.1", ws_port=5001)) == [
+        "listener 5001 127.0.0.1", "protocol websockets", "socket_domain ipv4", "listener 5000 127.0.0.1"]
+    assert active_lines(render_config(template, 5000, "::1", ws_port=5001))[:3] == [
+        "listener 5001 ::1", "protocol websockets", "socket_domain ipv6"]
+    assert active_lines(render_config(template, 5000, None, ws_port=5001))[:3] == [
+        "listener 5001", "protocol websockets", "listener 5000"], "no bind address: every interface, as asked"
+
+
+def test_render_resolves_a_host_name_for_the_websockets_listener(tmp_path: Path) -> None:
+    """libwebsockets silently opens no socket for a host name (`listener 9001 localhost`): use its address."""
+    template = write(tmp_path / "t.conf", "listener 9001\nprotocol websockets\nlistener 1883\n")
+    lines = active_lines(render_config(template, 5000, "localhost", ws_port=5001))
+    assert lines[0] in ("listener 5001 127.0.0.1", "listener 5001 ::1") and lines[2].startswith("socket_domain ")
+    assert lines[3] == "listener 5000 localhost"

@@ -281,3 +281,73 @@ def test_coordinator_short_flags_set_the_broker_login(capsys: pytest.CaptureFixt
     assert "username and password_file go together" in capsys.readouterr().err
     assert main(["run", "--tls-cert", "c.crt", "--tls-key", "c.key"]) == 2
     assert "tls_cert needs tls_ca" in capsys.readouterr().err
+
+
+# ---- client ids, message sizes, coordinator logins (issue 10) -------------------------------------------------
+
+
+def _listener_blocks(text: str) -> dict[str, list[str]]:
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    starts = [i for i, line in enumerate(lines) if line.startswith("listener ")]
+    return {lines[i]: lines[i + 1:j] for i, j in zip(starts, [*starts[1:], len(lines)])}
+
+
+def test_every_listener_replaces_the_client_id_with_the_username(state: Path) -> None:
+    layout = SecureLayout(state)
+    blocks = _listener_blocks(render_secure_config(layout, SecureProfile.load(layout), plain_port=1999,
+                                                   tls_port=2000, mtls_port=2001))
+    assert list(blocks) == ["listener 1999 127.0.0.1", "listener 2000", "listener 2001"]
+    for listener, options in blocks.items():  # a listener option in Mosquitto 2.0.11, even without per-listener settings
+        assert "use_username_as_clientid true" in options, listener
+
+
+def test_message_sizes_are_capped_from_max_payload(state: Path) -> None:
+    layout = SecureLayout(state)
+    text = render_secure_config(layout, SecureProfile.load(layout), max_payload_bytes=3 * 1024 * 1024)
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert f"message_size_limit {3 * 1024 * 1024}" in lines
+    packet = next(int(line.split()[1]) for line in lines if line.startswith("max_packet_size "))
+    assert 3 * 1024 * 1024 < packet <= 3 * 1024 * 1024 + 4096, "room for the topic and headers, no more"
+    assert lines.index(f"message_size_limit {3 * 1024 * 1024}") < lines.index(next(
+        line for line in lines if line.startswith("listener "))), "global options come before the listeners"
+    default = render_secure_config(layout, SecureProfile.load(layout))
+    assert f"message_size_limit {64 * 1024 * 1024}" in default and "message_size_limit 0" not in default
+    with pytest.raises(SecureBrokerError, match="max_payload"):
+        render_secure_config(layout, SecureProfile.load(layout), max_payload_bytes=0)
+
+
+def test_serve_takes_the_cap_from_the_flag_or_the_config_file(tmp_path: Path) -> None:
+    from broker.secure_cli import build_serve_parser, max_payload_bytes
+
+    toml = tmp_path / "fleet.toml"
+    toml.write_text("[broker]\nmax_payload_mb = 1.5\n")
+    parse = build_serve_parser().parse_args
+    assert max_payload_bytes(parse(["--secure", "--config", str(toml)])) == int(1.5 * 1024 * 1024)
+    assert max_payload_bytes(parse(["--secure", "--config", str(toml), "--max-payload-mb", "4"])) == 4 * 1024 * 1024
+    assert max_payload_bytes(parse(["--secure", "--config", str(tmp_path / "none.toml")])) == 64 * 1024 * 1024
+    toml.write_text("[broker]\nmax_payload_mb = -1\n")
+    with pytest.raises(SecureBrokerError, match="max_payload_mb"):
+        max_payload_bytes(parse(["--secure", "--config", str(toml)]))
+
+
+def test_a_second_coordinator_login_for_concurrent_runs(tmp_path: Path) -> None:
+    from broker.secure import add_coordinator, password_users
+
+    root = tmp_path / "broker"
+    init_secure(root)
+    add_device(root, "pi-1")
+    creds = add_coordinator(root, "coordinator-b")
+    layout = SecureLayout(root)
+    assert creds.password_file.is_file() and mode(creds.password_file) == 0o600
+    assert "coordinator-b" in password_users(layout)
+    acl = layout.acl_file.read_text()
+    assert "user coordinator-b\ntopic readwrite fedmq/+/model/#" in acl and "user coordinator\n" in acl
+    assert list_devices(root) == [("pi-1", False)], "a coordinator login is not a device"
+    with pytest.raises(SecureBrokerError, match="coordinator"):
+        add_device(root, "coordinator-b")
+    with pytest.raises(SecureBrokerError, match="already exists"):
+        add_coordinator(root, "pi-1")
+    revoke_device(root, "coordinator-b")
+    assert "coordinator-b" not in layout.acl_file.read_text() and "coordinator-b" not in password_users(layout)
+    with pytest.raises(SecureBrokerError, match="can't be revoked"):
+        revoke_device(root, "coordinator")
