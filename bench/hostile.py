@@ -329,7 +329,7 @@ def attack_main(argv: list[str]) -> int:
 
     from federation.messages import GlobalModel, decode_message
 
-    p = argparse.ArgumentParser(prog="python bench/hostile.py attack")
+    p = argparse.ArgumentParser(prog="python bench/hostile.py attack", allow_abbrev=False)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--run", required=True)
     p.add_argument("--classes", required=True)
@@ -629,7 +629,7 @@ def forgery_outcome(name: str, run: RunResult) -> str:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench/hostile.py", description=__doc__,
+    p = argparse.ArgumentParser(prog="python bench/hostile.py", description=__doc__, allow_abbrev=False,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--classes", default="all", help="comma-separated classes (default: all; --list shows them)")
     p.add_argument("--list", action="store_true", help="list the classes and exit")

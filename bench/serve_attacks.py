@@ -160,7 +160,7 @@ def fake_manifests(topics: RunTopics, count: int, chunks: int) -> list[tuple[str
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--python", default=sys.executable, help="the interpreter to run serve with")
     parser.add_argument("--skip", nargs="*", default=[], help="attacks to leave out")
     args = parser.parse_args(argv)

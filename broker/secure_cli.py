@@ -33,10 +33,10 @@ def _dir_option(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m broker", description="Secure fedmq broker: TLS, a password "
+    parser = argparse.ArgumentParser(prog="python -m broker", allow_abbrev=False, description="Secure fedmq broker: TLS, a password "
                                      "per device, and ACLs that confine each device to its own topics.")
     sub = parser.add_subparsers(dest="command", required=True)
-    init = sub.add_parser("init-secure", help="create the CA, the server certificate and the coordinator's login")
+    init = sub.add_parser("init-secure", allow_abbrev=False, help="create the CA, the server certificate and the coordinator's login")
     _dir_option(init)
     init.add_argument("--hostname", action="append", default=[],
                       help="a DNS name or IP address devices use to reach the broker (repeatable); localhost, "
@@ -47,28 +47,28 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--mtls-port", type=int, default=DEFAULT_MTLS_PORT,
                       help="mutual-TLS listener (client certificate required); 0: none")
     init.add_argument("--force", action="store_true", help="replace an existing directory (all logins change)")
-    add = sub.add_parser("add-device", help="create a device's login (and client certificate) and show what to copy")
+    add = sub.add_parser("add-device", allow_abbrev=False, help="create a device's login (and client certificate) and show what to copy")
     add.add_argument("name", help="the device's client id; it is also its MQTT username")
     _dir_option(add)
     add.add_argument("--client-cert", action="store_true", help="also issue a client certificate (mutual TLS)")
     add.add_argument("--replace", action="store_true", help="give an existing device new credentials")
     add.add_argument("--broker-host", default=None, help="host name to show in the device's command line")
-    coord = sub.add_parser("add-coordinator", help="another coordinator login, for a second coordinator running at "
+    coord = sub.add_parser("add-coordinator", allow_abbrev=False, help="another coordinator login, for a second coordinator running at "
                            "the same time (one login is one connection: two processes sharing one knock each other "
                            "off)")
     coord.add_argument("name", help="its MQTT username, e.g. coordinator-b")
     _dir_option(coord)
-    rev = sub.add_parser("revoke-device", help="remove a device's (or an added coordinator's) login; a running "
+    rev = sub.add_parser("revoke-device", allow_abbrev=False, help="remove a device's (or an added coordinator's) login; a running "
                                                "broker drops it at once")
     rev.add_argument("name")
     _dir_option(rev)
-    lst = sub.add_parser("list-devices", help="list the devices that may log in")
+    lst = sub.add_parser("list-devices", allow_abbrev=False, help="list the devices that may log in")
     _dir_option(lst)
     return parser
 
 
 def build_serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m broker",
+    parser = argparse.ArgumentParser(prog="python -m broker", allow_abbrev=False,
                                      description="Run Mosquitto with the secure profile of a state directory.")
     parser.add_argument("--secure", action="store_true", required=True, help="run the secure profile")
     _dir_option(parser)

@@ -27,7 +27,7 @@ from coordinator.cohort import SamplingRule
 from coordinator.drops import DropLog
 from coordinator.quorum import Decision, QuorumRule, RoundTracker
 from federation.settings import Settings
-from federation.codec import DecodeError, check_tensors
+from federation.codec import DecodeError, DecodeLimits, check_tensors, wire_repr
 from federation.datasets import Dataset, load_dataset
 from federation.messages import (
     ClientStatus, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, Update, check_finite,
@@ -140,7 +140,10 @@ class Coordinator:
                                  s.training.optimizer, s.broker.chunk_bytes)
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in self.specs)
         self.max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(self.specs))
-        self.receiver = ChunkedReceiver(self.max_update_bytes)
+        # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,
+        # with chunks held at most 2 updates' worth per device and max(64 MiB, 4 updates) in all.
+        self.receiver = ChunkedReceiver(self.max_update_bytes, limits=DecodeLimits.for_model(self.specs),
+                                        max_held_bytes=max(64 * 1024 * 1024, 4 * self.max_update_bytes))
         # An honest device sends one update per round (or its chunks, at least 1 KiB each) and may re-send it
         # after reconnects; many times that is a flood, dropped before it is queued or decoded.
         self.admission = Admission(max_message_bytes=self.max_update_bytes,
@@ -436,7 +439,7 @@ class Coordinator:
             if not isinstance(status, ClientStatus):
                 raise DecodeError(f"{status.TYPE} message on a status topic", "wrong_type")
             if status.sender != client_id:
-                raise DecodeError(f"status names sender {status.sender[:64]!r}", "sender_mismatch")
+                raise DecodeError(f"status names sender {wire_repr(status.sender)}", "sender_mismatch")
         except DecodeError as exc:
             self.drops.record(client_id, exc.reason, f"status: {exc}")
             return
@@ -470,7 +473,8 @@ class Coordinator:
 
     def _handle_update(self, client_id: str, topic: str, payload: bytes) -> None:
         try:
-            received = self.receiver.receive(topic, payload)
+            received = self.receiver.receive(topic, payload, expected_sender=client_id,
+                                             check=lambda _, message: self._check_envelope(client_id, message))
             if received is None:
                 return  # a chunk of an update still being reassembled
             update = self._validate_update(client_id, received.message)
@@ -496,25 +500,30 @@ class Coordinator:
                  len(tracker.received), tracker.target, client_id, update.num_examples,
                  update.metrics.get("accuracy", float("nan")))
 
+    def _check_envelope(self, client_id: str, message: Message) -> None:
+        """The checks every message on an update topic passes, chunks and manifests included, before anything of
+        it is kept: sender, run, the open round, the cohort, a first update."""
+        if message.sender != client_id:
+            raise DecodeError(f"payload names sender {wire_repr(message.sender)}, topic says {client_id!r}",
+                              "sender_mismatch")
+        if message.run != self.settings.run.name:
+            raise DecodeError(f"{message.TYPE} for run {wire_repr(message.run)}", "wrong_run")
+        tracker = self._tracker
+        if tracker is None or message.round != tracker.round:
+            if message.round <= self.last_closed:
+                raise DecodeError(f"{message.TYPE} for round {message.round}, which has closed", "late")
+            open_round = tracker.round if tracker else "none"
+            raise DecodeError(f"{message.TYPE} for round {message.round}, open round is {open_round}", "wrong_round")
+        if not tracker.in_cohort(client_id):
+            raise DecodeError(f"{message.TYPE} for round {message.round} from a client not asked to train in it",
+                              "not_in_cohort")
+        if client_id in tracker.received:
+            raise DecodeError(f"second update for round {message.round}", "duplicate")
+
     def _validate_update(self, client_id: str, update: Message) -> Update:
         if not isinstance(update, Update):
             raise DecodeError(f"{update.TYPE} message on an update topic", "wrong_type")
-        if update.sender != client_id:
-            raise DecodeError(f"payload names sender {update.sender[:64]!r}, topic says {client_id!r}",
-                              "sender_mismatch")
-        if update.run != self.settings.run.name:
-            raise DecodeError(f"update for run {update.run[:64]!r}", "wrong_run")
-        tracker = self._tracker
-        if tracker is None or update.round != tracker.round:
-            if update.round <= self.last_closed:
-                raise DecodeError(f"update for round {update.round}, which has closed", "late")
-            open_round = tracker.round if tracker else "none"
-            raise DecodeError(f"update for round {update.round}, open round is {open_round}", "wrong_round")
-        if not tracker.in_cohort(client_id):
-            raise DecodeError(f"update for round {update.round} from a client not asked to train in it",
-                              "not_in_cohort")
-        if client_id in tracker.received:
-            raise DecodeError(f"second update for round {update.round}", "duplicate")
+        self._check_envelope(client_id, update)
         check_tensors(update.tensors, self.specs)
         check_finite(update.tensors)
         return update
@@ -607,7 +616,7 @@ class Coordinator:
         self._set_phase("done" if result.reason == "completed" else "stopped", result.detail)
         end = RunEnd(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID, reason=result.reason,
                      test_accuracy=result.keras_accuracy, detail=result.detail)
-        self._publish_own(self.topics.run_end, end.encode())  # remembered as ours: a forged run_end gets replaced
+        self._remember_own(self.topics.run_end, end.encode())  # ours: a forged run_end would be replaced
         final = [*self.deployer.unconfirmed, (self.topics.run_end, end.encode()), (self.topics.global_model, b""),
                  *[(chunk_topic(self.topics.global_model, i), b"") for i in range(self._chunk_topics_used)],
                  (self.topics.coordinator_state, self._state_message("offline", result.detail).encode())]
