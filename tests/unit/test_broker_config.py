@@ -77,7 +77,7 @@ def test_project_config_renders_with_expected_settings() -> None:
     assert lines.count("listener 24567 127.0.0.1") == 1
     assert not any(line.startswith("listener 1883") for line in lines)
     for setting in (
-        "allow_anonymous true", "persistence false", "max_queued_messages 1000", "message_size_limit 0",
+        "allow_anonymous true", "persistence false", "max_queued_messages 100000", "message_size_limit 0",
         "log_dest stderr", "per_listener_settings false", "log_type error", "log_type information",
     ):
         assert setting in lines
