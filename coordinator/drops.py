@@ -13,6 +13,7 @@ log = logging.getLogger("coordinator.drops")
 # Honest work that arrives too late or twice: QoS 1 redelivery, re-sends after a restart, a round that closed.
 IGNORED_REASONS = frozenset({"late", "duplicate"})
 DETAIL_CHARS = 200
+_MAX_SENDERS_KEPT = 1000          # senders remembered per window for the summary line
 
 
 class DropLog:
@@ -33,6 +34,7 @@ class DropLog:
         self._logged: set[tuple[str, str]] = set()
         self._unlogged: Counter[str] = Counter()         # reason -> drops not logged one by one this window
         self._unlogged_senders: set[str] = set()
+        self._senders_capped = False
 
     def record(self, sender: str, reason: str, detail: str, count: int = 1) -> None:
         (self.ignored if reason in IGNORED_REASONS else self.rejected)[reason] += count
@@ -40,8 +42,10 @@ class DropLog:
         key = (sender, reason)
         if key in self._logged or len(self._logged) >= self.max_lines:
             self._unlogged[reason] += count
-            if len(self._unlogged_senders) < 1000:
+            if len(self._unlogged_senders) < _MAX_SENDERS_KEPT:
                 self._unlogged_senders.add(sender)
+            elif sender not in self._unlogged_senders:
+                self._senders_capped = True
             return
         self._logged.add(key)
         if count > 1:
@@ -59,8 +63,9 @@ class DropLog:
             return
         if self._unlogged:
             senders = sorted(self._unlogged_senders)
-            shown = ", ".join(_clip(s) for s in senders[:5]) + (f" and {len(senders) - 5} more" if len(senders) > 5
-                                                                else "")
+            more = f" and {'at least ' if self._senders_capped else ''}{len(senders) - 5} more" \
+                if len(senders) > 5 else ""
+            shown = ", ".join(_clip(s) for s in senders[:5]) + more
             reasons = ", ".join(f"{n} {r}" for r, n in self._unlogged.most_common())
             log.warning("dropped %d more messages in the last %.0f s (%s) from %s", sum(self._unlogged.values()),
                         now - self._window_start, reasons, shown)
@@ -68,6 +73,7 @@ class DropLog:
         self._logged.clear()
         self._unlogged.clear()
         self._unlogged_senders.clear()
+        self._senders_capped = False
 
     def take(self) -> tuple[dict[str, int], dict[str, int]]:
         """(rejected, ignored) counted since the last call: what a closing round reports."""

@@ -80,6 +80,9 @@ def test_bomb_flood_and_bad_ids_cost_little_and_lose_no_honest_update(federation
             fed.start_client(f"dev-{k}", [*DATA, "--index-range", f"{(k - 1) * 3000}:{k * 3000}"])
         _wait_for("round 1 training", lambda: "round 1/2: training" in fed.procs["dev-1"].log_path.read_text())
         # During round 1, while the honest clients train: a bomb, then a flood of far-away rounds.
+        # An update for the open round from a client that never published a birth: not in the cohort.
+        attacker.publish(topics.update("mallory"), msgpack.packb({**_envelope(1, "mallory"), "num_examples": 5,
+                                                                  "tensors": []}))
         attacker.publish(topics.update("mallory"), container_bomb(16_000_000))
         flood = msgpack.packb({**_envelope(999, "mallory"), "num_examples": 1, "tensors": []})
         for _ in range(20_000):
@@ -92,6 +95,7 @@ def test_bomb_flood_and_bad_ids_cost_little_and_lose_no_honest_update(federation
     assert [r["client_ids"] for r in rows] == [["dev-1", "dev-2"]] * 2, "no honest update lost"
     first = rows[0]["rejected"]
     assert first.get("malformed", 0) >= 1 and first.get("bad_client_id", 0) == 3, first
+    assert first.get("not_in_cohort", 0) == 1, "an update from a client that never announced itself"
     # The 16 MB bomb (over the model's size, before decoding) and the 900,000 nils (over the array length a
     # message of this model needs, while decoding) are both too_large.
     assert first.get("too_large", 0) == 2 and first.get("flood", 0) > 10_000, first

@@ -566,3 +566,27 @@ def test_every_truncation_of_an_update_is_rejected() -> None:
     for cut in range(len(VALID_UPDATE)):
         with pytest.raises(DecodeError):
             decode_message(VALID_UPDATE[:cut])
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1e308, -1e16, "0.5"])
+def test_non_finite_huge_or_text_metrics_are_bad_metrics(value: Any) -> None:
+    """Issue 10: NaN and 1e308 metrics made metrics.jsonl invalid strict JSON; a string metric was `malformed`,
+    a reason PROTOCOL.md did not list."""
+    raw = valid_raw("update")
+    raw["metrics"] = {"accuracy": value}
+    with pytest.raises(DecodeError) as info:
+        decode_raw(raw)
+    assert info.value.reason == "bad_metrics"
+
+
+def test_cohort_and_class_names_travel_with_the_global_model() -> None:
+    raw = valid_raw("global_model")
+    raw["cohort"] = ["pi-1", "pi-2"]
+    raw["model"]["class_names"] = [str(i) for i in range(raw["model"]["num_classes"])]
+    message = decode_raw(raw)
+    assert message.cohort == ["pi-1", "pi-2"] and message.asks("pi-1") and not message.asks("pi-3")
+    assert message.model.class_names == tuple(raw["model"]["class_names"])
+    del raw["cohort"]
+    assert decode_raw(raw).asks("anyone"), "no cohort: every online client is asked"
+    raw["model"]["class_names"] = ["only-one"]
+    expect_error(raw, "class_names")
