@@ -71,6 +71,7 @@ class Coordinator:
         self.max_payload = int(settings.broker.max_payload_mb * 1024 * 1024)
         self._dataset = dataset
         self.inbox = Inbox(_INBOX_BYTES)
+        self._closing = False                  # set at the end of the run: incoming messages are no longer read
         self.online: dict[str, ClientStatus] = {}
         self.unfit: dict[str, str] = {}       # online clients that said why they can't train this run's model
         self.round = 0
@@ -118,7 +119,10 @@ class Coordinator:
                 return  # counted by admission; logged and reported by the main thread
         elif len(payload) > max(_STATUS_MAX_BYTES, self.max_payload if topic == self.topics.global_model else 0):
             return
-        self.inbox.put(Inbound(topic, payload, retained))
+        item = Inbound(topic, payload, retained)
+        while not self.inbox.put(item, timeout=1.0):  # full: hold the broker back (it queues for us)...
+            if self._closing:                         # ...unless the run is over and nobody will read it
+                return
 
     # ---- set-up -------------------------------------------------------------------------------------
 
@@ -596,6 +600,7 @@ class Coordinator:
         self._publish_own(self.topics.coordinator_state, self._state_payload)
 
     def _finish(self, result: RunResult) -> None:
+        self._closing = True
         if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
             save_checkpoint(self.run_dir, Checkpoint(result.rounds_completed, self.model.get_weights(), self.history,
                                                      self.fingerprint, finished=True))
