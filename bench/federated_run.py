@@ -25,6 +25,7 @@ from broker.mosquitto_process import BrokerError, find_mosquitto  # noqa: E402
 from demo.local_federation import LocalFederation, Proc  # noqa: E402
 
 PYTHON = sys.executable
+ATTACKING_CLIENT = Path(__file__).resolve().parent / "attacks.py"   # the edge client, poisoning its updates
 DEFAULT_CONFIG = REPO_ROOT / "config" / "default.toml"
 TAIL_LINES = 40
 _POLL_S = 0.2
@@ -59,7 +60,8 @@ class RunReport:
 
 def run_federation(clients: Sequence[Sequence[str]], coordinator_overrides: Mapping[str, Any], out_dir: Path,
                    run_name: str, timeout_s: float, *, config: Path | None = DEFAULT_CONFIG,
-                   env: Mapping[str, str] | None = None, echo: bool = True, fresh: bool = True) -> RunReport:
+                   env: Mapping[str, str] | None = None, echo: bool = True, fresh: bool = True,
+                   attacks: Mapping[int, str] | None = None) -> RunReport:
     """Run a federation of len(clients) edge clients and return its report.
 
     clients[k] is the extra `python -m edge_client` arguments of client k (its id defaults to client-<k+1>;
@@ -67,7 +69,8 @@ def run_federation(clients: Sequence[Sequence[str]], coordinator_overrides: Mapp
     or a list of strings for list settings such as export.tflite); quorum.min_clients defaults to the number
     of clients so that every round waits for all of them. Logs go to out_dir/logs/<name>.log (Mosquitto's to
     out_dir/mosquitto/mosquitto.log), results to out_dir/<run_name>/, which is removed first unless fresh=False
-    (the coordinator would resume a checkpoint there). Raises FederationError (with log tails) when a process
+    (the coordinator would resume a checkpoint there). attacks maps a client's index k to a bench/attacks.py
+    --attack spec: that client poisons its updates (the edge client wrapped by bench/attacks.py). Raises FederationError (with log tails) when a process
     fails or timeout_s passes; every process is stopped before this returns or raises."""
     if not clients:
         raise ValueError("run_federation needs at least one client")
@@ -92,8 +95,12 @@ def run_federation(clients: Sequence[Sequence[str]], coordinator_overrides: Mapp
             _say(echo, f"mosquitto on 127.0.0.1:{fed.port} (log {fed.broker.log_path})")
             started = time.monotonic()
             fed.start_coordinator(overrides)
-            for client_id, extra in zip(client_ids, extras):
-                fed.start_client(client_id, extra)
+            for k, (client_id, extra) in enumerate(zip(client_ids, extras)):
+                attack = (attacks or {}).get(k)
+                if attack:
+                    fed.start_client(client_id, extra, (str(ATTACKING_CLIENT), "--attack", attack))
+                else:
+                    fed.start_client(client_id, extra)
             _say(echo, f"coordinator and {len(clients)} clients started; logs in {out_dir / 'logs'}")
             _wait(fed, started + timeout_s, timeout_s)
             wall_s = time.monotonic() - started

@@ -1,4 +1,4 @@
-"""Poisoning benchmark: 5 real edge clients on Fashion-MNIST, one of them malicious (`--attack`), under plain FedAvg
+"""Poisoning benchmark: 5 real edge clients on Fashion-MNIST, one of them malicious (bench/attacks.py `--attack`), under plain FedAvg
 and under the robust rules. Prints a Markdown table: final accuracy per (rule, attack) and its distance to clean FedAvg.
 
 Attacks: the update delta x50, sign-flipped (x -1), and sign-flipped and scaled (x -4). Pass: clip + trimmed mean and
@@ -29,7 +29,7 @@ COLLAPSE_POINTS = 10.0   # FedAvg "collapses" when it loses more than this many 
 class Scenario:
     rule: str                 # label in the table
     overrides: dict[str, str]
-    attack: str               # "" (all honest) or an edge_client --attack spec
+    attack: str               # "" (all honest) or a bench/attacks.py --attack spec
     clip: bool = False        # apply the calibrated clip_norm
 
     @property
@@ -73,13 +73,9 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
 
 def run_scenario(s: Scenario, args: argparse.Namespace, clip_norm: float, out: Path) -> RunReport:
     n = args.clients
-    clients = []
-    for k in range(1, n + 1):
-        extra = ["--dataset", "fashion_mnist", "--partition", f"{k}/{n}",
-                 "--max-examples", str(n * args.examples_per_client)]
-        if k == n and s.attack:
-            extra += ["--attack", s.attack]
-        clients.append(extra)
+    clients = [["--dataset", "fashion_mnist", "--partition", f"{k}/{n}", "--max-examples",
+                str(n * args.examples_per_client)] for k in range(1, n + 1)]
+    attacks = {n - 1: s.attack} if s.attack else {}  # the last client, through bench/attacks.py
     overrides: dict[str, Any] = {
         "model.dataset": "fashion_mnist", "training.rounds": str(args.rounds), "training.local_epochs": "1",
         "training.batch_size": "32", "training.learning_rate": "0.001", "training.optimizer": "adam",
@@ -89,7 +85,7 @@ def run_scenario(s: Scenario, args: argparse.Namespace, clip_norm: float, out: P
     if s.clip:
         overrides["aggregation.clip_norm"] = f"{clip_norm:.6g}"
     print(f"[bench] {s.rule} / {s.attack or 'no attack'}", file=sys.stderr, flush=True)
-    return run_federation(clients, overrides, out / s.key, s.key, args.timeout)
+    return run_federation(clients, overrides, out / s.key, s.key, args.timeout, attacks=attacks)
 
 
 def attacker_note(report: RunReport, attacker: str) -> str:

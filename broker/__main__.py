@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
+from federation.errors import FedmqError
 from broker.mosquitto_process import DEFAULT_CONFIG, connect_host, find_mosquitto, render_config
 
 log = logging.getLogger("broker")
@@ -34,7 +35,7 @@ _FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SECURE_COMMANDS = ("init-secure", "add-device", "add-coordinator", "revoke-device", "list-devices")
 
 
-class ConfigError(ValueError):
+class ConfigError(FedmqError, ValueError):
     """The TOML config file exists but its `[broker] port` is unusable."""
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from federation.errors import FedmqError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG: Path = Path(__file__).with_name("mosquitto.conf")
@@ -37,7 +39,7 @@ _LOG_TAIL_LINES = 20
 _WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 
 
-class BrokerError(RuntimeError):
+class BrokerError(FedmqError, RuntimeError):
     """Mosquitto could not be found, started or stopped."""
 
 

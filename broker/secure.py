@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from federation.errors import FedmqError
 from federation.topics import RunTopics, check_level
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ LEAF_DAYS = 825
 _MTLS_BLOCK = ("#>>> mutual-tls", "#<<< mutual-tls")
 
 
-class SecureBrokerError(RuntimeError):
+class SecureBrokerError(FedmqError, RuntimeError):
     """A secure-profile operation failed; the message says what and what to do."""
 
 

@@ -85,6 +85,7 @@ def run_command(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    from coordinator.checkpoint import CheckpointMismatchError
     from coordinator.engine import Coordinator
     from coordinator.final_publish import FinalPublishError
     from federation.datasets import DatasetError, DatasetNotFoundError
@@ -99,6 +100,9 @@ def run_command(argv: list[str]) -> int:
         return 2
     except (CredentialsError, BrokerRefusedError) as exc:
         print(f"broker login error: {exc}", file=sys.stderr)
+        return 2
+    except CheckpointMismatchError as exc:  # the run folder holds another run's unfinished checkpoint
+        print(f"resume error: {exc}", file=sys.stderr)
         return 2
     except FinalPublishError as exc:  # the run finished, but the broker never confirmed its end
         print(f"broker error: {exc}", file=sys.stderr)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from federation.errors import FedmqError
 from coordinator.metrics import RoundMetrics
 from federation.codec import TensorSpec
 from federation.settings import Settings
@@ -19,7 +20,7 @@ from federation.settings import Settings
 CHECKPOINT_FILE = "checkpoint.npz"
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(FedmqError, RuntimeError):
     """A checkpoint exists for this run but was made with other settings or another model."""
 
 

@@ -82,9 +82,11 @@ class Deployer:
         return self.publish(content, round_, ev.accuracy, ev.examples, keras_accuracy)
 
     def publish(self, content: bytes, round_: int, test_accuracy: float, test_examples: int,
-                keras_accuracy: float | None) -> DeployRecord:
-        """Publish `content` (the deploy variant's .tflite bytes) as the run's deployed model, retained."""
-        classifier = TFLiteClassifier(content)  # reads the tensor formats; also proves the model loads
+                keras_accuracy: float | None, classifier: TFLiteClassifier | None = None) -> DeployRecord:
+        """Publish `content` (the deploy variant's .tflite bytes) as the run's deployed model, retained; `classifier`:
+        `content` already loaded (its tensor formats are read from it), else it is loaded here."""
+        if classifier is None:
+            classifier = TFLiteClassifier(content)  # reads the tensor formats; also proves the model loads
         info = DeploymentInfo(
             run=self.settings.run.name, round=round_, variant=self.variant, sha256=hashlib.sha256(content).hexdigest(),
             size=len(content), input=classifier.input_format, output=classifier.output_format,

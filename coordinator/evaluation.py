@@ -32,7 +32,11 @@ def evaluate_keras(model: "keras.Model", x: np.ndarray, y: np.ndarray, batch_siz
 
 
 def evaluate_tflite(model: bytes | str | Path, x: np.ndarray, y: np.ndarray) -> Evaluation:
-    classifier = TFLiteClassifier(model)
+    return evaluate_classifier(TFLiteClassifier(model), x, y)
+
+
+def evaluate_classifier(classifier: TFLiteClassifier, x: np.ndarray, y: np.ndarray) -> Evaluation:
+    """Accuracy and loss of an already loaded .tflite model."""
     probs = classifier.predict(x)
     picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
     return Evaluation(float(-np.log(picked).mean()), float((probs.argmax(1) == y).mean()), len(x))

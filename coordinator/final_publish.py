@@ -12,6 +12,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from federation.errors import FedmqError
 from federation.mqtt_link import MqttLink
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ TIMEOUT_ENV = "FEDMQ_FINAL_PUBLISH_TIMEOUT_S"
 _POLL_S = 0.1
 
 
-class FinalPublishError(RuntimeError):
+class FinalPublishError(FedmqError, RuntimeError):
     """Some of the coordinator's final publishes were not acknowledged by the broker in time."""
 
     def __init__(self, topics: Sequence[str], timeout_s: float, broker: str, run_dir: Path) -> None:

@@ -34,6 +34,26 @@ class RoundMetrics:
     ignored: dict[str, int] = field(default_factory=dict)    # honest leftovers by reason: late, duplicate
 
 
+@dataclass
+class RoundStats:
+    """What the open round's accepted updates add up to, for its RoundMetrics."""
+
+    bytes_in: int = 0
+    examples: int = 0
+    train_s: list[float] = field(default_factory=list)
+    client_ids: list[str] = field(default_factory=list)
+
+    def add(self, client_id: str, size: int, examples: int, train_s: float) -> None:
+        self.bytes_in += size
+        self.examples += examples
+        self.train_s.append(max(0.0, train_s))
+        self.client_ids.append(client_id)
+
+    def slowest_train_s(self, round_time_s: float) -> float:
+        """The longest local training reported, at most the round's time (a device's clock may lie)."""
+        return min(max(self.train_s, default=0.0), round_time_s)
+
+
 def to_json_line(metrics: RoundMetrics) -> str:
     """One strict-JSON line: a non-finite float (a diverged model's loss) is written as null."""
     return json.dumps(_finite_or_none(asdict(metrics)), allow_nan=False)

@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from federation.errors import FedmqError
 from coordinator.metrics import RoundMetrics, read_metrics
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,7 @@ _FED_STYLE = {"color": "#1f77b4", "marker": "o", "linestyle": "-"}
 _CENTRAL_STYLE = {"color": "#d62728", "marker": "s", "linestyle": "--"}
 
 
-class ReportError(ValueError):
+class ReportError(FedmqError, ValueError):
     """A run folder without a readable metrics.jsonl; the message names the file and the problem."""
 
 

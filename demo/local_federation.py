@@ -13,7 +13,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,8 +102,9 @@ class LocalFederation:
         _wait_for_port(http_port, timeout)
         return proc
 
-    def start_client(self, client_id: str, args: list[str]) -> Proc:
-        return self.spawn(client_id, [sys.executable, "-m", "edge_client", "--broker", "127.0.0.1",
+    def start_client(self, client_id: str, args: list[str], program: Sequence[str] = ("-m", "edge_client")) -> Proc:
+        """An edge client; `program` replaces `-m edge_client` (e.g. bench/attacks.py, which wraps it)."""
+        return self.spawn(client_id, [sys.executable, *program, "--broker", "127.0.0.1",
                                        "--port", str(self.port), "--run", self.run_name, "--client-id", client_id,
                                        *args])
 

@@ -10,11 +10,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from edge_client.attacks import ATTACK_HELP
 from edge_client.cli_common import unique_client_id
 from federation.broker_cli import add_broker_flags, device_address
 from federation.settings import ConfigError, load_settings
+
+if TYPE_CHECKING:
+    from edge_client.client import UpdateTransform
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
@@ -45,7 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="resize image-folder images")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
-    p.add_argument("--attack", default="", metavar="SPEC", help=ATTACK_HELP)
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 SUBCOMMANDS = ("serve", "predict")  # without one: train (the original command line, unchanged)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | None = None) -> int:
+    """The edge client's command line; `transform_update` is EdgeClient's hook (tests and benchmarks only)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in SUBCOMMANDS:  # inference only: these import neither TensorFlow nor the training code
         from importlib import import_module
@@ -88,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
             client_id=args.client_id,
             broker=address,
             run=args.run or cfg.run.name, topic_prefix=args.topic_prefix or cfg.broker.topic_prefix,
-            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed, attack=args.attack,
+            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed,
             chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes)
-        client = EdgeClient(settings, data)
+        client = EdgeClient(settings, data, transform_update=transform_update)
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

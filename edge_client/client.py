@@ -1,5 +1,8 @@
 """The edge client's loop: announce presence, wait for each round's global model, train locally,
-publish the update, and stop when the run ends."""
+publish the update, and stop when the run ends.
+
+Paho's network thread only queues what arrives in a bounded inbox (federation.inbox); the one loop thread decodes
+and handles it, between rounds and, while training, after every batch."""
 
 from __future__ import annotations
 
@@ -8,26 +11,27 @@ import os
 import platform
 import secrets
 import socket
-import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from federation.errors import FedmqError
 from federation.codec import DecodeError, check_tensors
+from federation.inbox import Inbound, Inbox
 from federation.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
 from federation.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, ModelInfo, RunEnd, Update, check_finite
 from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
 from federation.topics import RunTopics, check_level
 from federation.version import SOFTWARE_VERSION
-from edge_client.attacks import Attack
 from edge_client.local_data import LocalData
 from edge_client.progress import ClientProgress
 
 log = logging.getLogger(__name__)
 
 
-class IncompatibleModelError(RuntimeError):
+class IncompatibleModelError(FedmqError, RuntimeError):
     """The coordinator's model can't be trained on this device's data."""
 
 
@@ -40,7 +44,6 @@ class ClientSettings:
     max_payload_mb: float = 64.0
     chunk_bytes: int = 0   # split larger updates into chunks (0: never)
     seed: int = 0
-    attack: str = ""   # robustness testing only: poison our own update (edge_client.attacks)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class SentUpdate:
     messages: list[tuple[str, bytes]]   # (topic, payload): one, or chunks then their manifest
 
 
+INBOX_BYTES = 64 * 1024 * 1024    # undecoded messages held at least this much; a full inbox slows the broker down
+_REFUSED = ""                      # the inbox item that wakes the loop when the broker refused the login
 INSTANCE = secrets.token_hex(8)   # this process: tells its own status from another process's with the same id
 # Coordinator phases in which a run_end is expected; a run_end while it is in another phase is not honoured.
 _ENDING_PHASES = frozenset({"exporting", "done", "stopped"})
@@ -89,14 +94,19 @@ def label_map(local: tuple[str, ...], info: ModelInfo, num_labels_used: int) -> 
     return np.array([index[name] for name in local], dtype=np.int64)
 
 
+# (the round's global weights, the trained weights) -> the weights to send: a hook for tests and benchmarks
+# (bench/attacks.py poisons updates through it); None sends the trained weights.
+UpdateTransform = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+
+
 class EdgeClient:
-    def __init__(self, settings: ClientSettings, data: LocalData) -> None:
+    def __init__(self, settings: ClientSettings, data: LocalData,
+                 transform_update: UpdateTransform | None = None) -> None:
         check_level(settings.client_id, "client id")
         self.settings = settings
         self.data = data
         self.topics = RunTopics(settings.topic_prefix, settings.run)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self.inbox = Inbox(max(INBOX_BYTES, 2 * int(settings.max_payload_mb * 1024 * 1024)))
         self._latest: GlobalModel | None = None
         self._end: RunEnd | None = None
         self._coordinator: CoordinatorState | None = None
@@ -122,11 +132,8 @@ class EdgeClient:
             will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
             on_connected=self._announce,
         )
-        self.link.on_refused = self._wake.set
-        self._attack = Attack.parse(settings.attack) if settings.attack else None
-        if self._attack:
-            log.warning("ATTACK MODE (robustness testing): every update's delta is multiplied by %g",
-                        self._attack.factor)
+        self.link.on_refused = lambda: self.inbox.put(Inbound(_REFUSED, b"", False))
+        self.transform_update = transform_update
 
     def _status(self, status: str) -> ClientStatus:
         return ClientStatus(run=self.settings.run, round=self.rounds_trained[-1] if self.rounds_trained else 0,
@@ -138,51 +145,65 @@ class EdgeClient:
         self.link.publish(self.topics.client_status(self.settings.client_id), self._status("online").encode(),
                           qos=1, retain=True)
 
-    # ---- receiving (paho's network thread) ------------------------------------------------------------
+    # ---- receiving: paho's network thread queues, the loop thread handles ---------------------------------
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if topic == self.topics.client_status(self.settings.client_id):
+        """On paho's network thread: queue, waiting while the inbox is full (backpressure, nothing dropped)."""
+        self.inbox.put(Inbound(topic, payload, retained))
+
+    def _drain(self) -> bool:
+        """Handle every message queued now, without waiting; True if the model or the run's end changed."""
+        changed = False
+        while (item := self.inbox.get(0)) is not None:
+            changed = self._handle(item) or changed
+        return changed
+
+    def _handle(self, item: Inbound) -> bool:
+        """Decode and handle one message; True if it changed the latest model or the run's end."""
+        topic, payload, retained = item.topic, item.payload, item.retained
+        if topic == _REFUSED:
+            return True  # the loop reads link.refused
             self._check_own_status(payload)
-            return
+            return False
         if not payload:
-            return  # a cleared retained message
+            return False  # a cleared retained message
         try:
             received = self.receiver.receive(topic, payload)
         except DecodeError as exc:
             log.warning("ignored a bad message on %s: %s", topic, exc)
-            return
+            return False
         finally:
             self.receiver.expire()
         if received is None:
-            return  # a chunk of a model still being reassembled
+            return False  # a chunk of a model still being reassembled
         topic, message = received.topic, received.message
         if message.run != self.settings.run:
             log.warning("ignored a message for run %r on %s", message.run, topic)
-            return
-        with self._lock:
-            if topic == self.topics.global_model and isinstance(message, GlobalModel):
-                self._seen_run_model = True
-                # The retained model topic holds one model, published by one coordinator: the last one received
-                # is the current one, even with a lower round (the coordinator replaced a forged one).
-                self._latest = message
-            elif topic == self.topics.run_end and isinstance(message, RunEnd):
-                state = self._coordinator
-                if state is not None and state.status == "online" and state.phase not in _ENDING_PHASES:
-                    # The coordinator says it is still running: a run_end it did not send (a broker without
-                    # logins lets anyone publish). It replaces the forgery; keep going.
-                    log.warning("ignored a run_end while the coordinator is %s in round %d", state.phase, state.round)
-                    return
-                if not retained or self._seen_run_model:
-                    self._end = message
-                else:
-                    log.info("run %r ended earlier (%s); waiting for it to start again", message.run, message.reason)
-            elif topic == self.topics.coordinator_state and isinstance(message, CoordinatorState):
-                self._coordinator = message
-                return
+            return False
+        if topic == self.topics.global_model and isinstance(message, GlobalModel):
+            self._seen_run_model = True
+            # The retained model topic holds one model, published by one coordinator: the last one received
+            # is the current one, even with a lower round (the coordinator replaced a forged one).
+            self._latest = message
+        elif topic == self.topics.run_end and isinstance(message, RunEnd):
+            state = self._coordinator
+            if state is not None and state.status == "online" and state.phase not in _ENDING_PHASES:
+                # The coordinator says it is still running: a run_end it did not send (a broker without
+                # logins lets anyone publish). It replaces the forgery; keep going.
+                log.warning("ignored a run_end while the coordinator is %s in round %d", state.phase, state.round)
+                return False
+            if not retained or self._seen_run_model:
+                self._end = message
             else:
-                log.warning("ignored a %s message on %s", message.TYPE, topic)
-                return
-        self._wake.set()
+                log.info("run %r ended earlier (%s); waiting for it to start again", message.run, message.reason)
+                return False
+        elif topic == self.topics.coordinator_state and isinstance(message, CoordinatorState):
+            self._coordinator = message
+            return False
+        else:
+            log.warning("ignored a %s message on %s", message.TYPE, topic)
+            return False
+        return True
 
     def _check_own_status(self, payload: bytes) -> None:
         """Our status topic: if it holds anything but our own birth while we are connected (another process's
@@ -224,21 +245,25 @@ class EdgeClient:
 
         self.link.start()
         handled: GlobalModel | None = None
+        again = False   # look again at once: a newer model may have arrived while the last one was handled
         try:
             while True:
-                self._wake.wait(timeout=30)
-                self._wake.clear()
+                if not again and not self._drain():
+                    item = self.inbox.get(timeout=30)
+                    if item is not None:
+                        self._handle(item)
+                        self._drain()
+                again = False
                 if self.link.refused:
                     raise BrokerRefusedError(
                         f"the broker at {self.settings.broker} refused the login of {self.settings.client_id!r}: "
                         f"{self.link.refused} (wrong password file, or the device was revoked)")
-                with self._lock:
-                    end, model = self._end, self._latest
+                end, model = self._end, self._latest
                 if model is not None and model is not handled and (end is None or model.round > end.round):
                     handled = model
                     if self._handle_model(model) and max_rounds and len(self.rounds_trained) >= max_rounds:
                         break
-                    self._wake.set()  # a newer model may have arrived meanwhile
+                    again = True
                 elif end is not None:
                     log.info("run %r %s (final test accuracy %s); %d rounds trained here", end.run, end.reason,
                              f"{end.test_accuracy:.4f}" if end.test_accuracy is not None else "n/a",
@@ -320,16 +345,18 @@ class EdgeClient:
                  plan.epochs, len(self.data.y))
         self.progress.training_started(message.round, message.total_rounds, plan.epochs)
         started = time.monotonic()
+        # Messages that arrive while training are handled between batches, on this thread.
+        between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_: self._drain())
         history = model.fit(self.data.x, labels, epochs=plan.epochs, batch_size=plan.batch_size,
-                            shuffle=True, verbose=0, callbacks=[self.progress.keras_callback()])
+                            shuffle=True, verbose=0, callbacks=[self.progress.keras_callback(), between_batches])
         train_time = time.monotonic() - started
         metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
                    "train_time_s": round(train_time, 4)}
         update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
                         num_examples=int(len(self.data.y)), metrics=metrics,
                         tensors=[(spec.name, w) for spec, w in zip(specs, self._trained_weights(model, message))])
-        with self._lock:
-            latest = self._latest
+        self._drain()
+        latest = self._latest
         newer = latest if latest is not None and latest.round > message.round and latest.model == message.model \
             else None
         if newer is not None:
@@ -353,11 +380,11 @@ class EdgeClient:
         return True
 
     def _trained_weights(self, model: "keras.Model", message: GlobalModel) -> list:  # noqa: F821
-        """The weights to send: the trained ones, or in attack mode (testing only) their poisoned version."""
+        """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
         trained = [w.numpy() for w in model.weights]
-        if self._attack is None:
+        if self.transform_update is None:
             return trained
-        return self._attack.apply([w for _, w in message.tensors], trained)
+        return self.transform_update([w for _, w in message.tensors], trained)
 
     def _labels_for(self, info: ModelInfo) -> np.ndarray:
         """This device's labels as indices of the coordinator's classes (IncompatibleModelError if they differ)."""

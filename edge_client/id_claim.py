@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from federation.errors import FedmqError
 from edge_client.client import INSTANCE  # this process, in the `device` map of its status messages
 from federation.codec import DecodeError
 from federation.messages import ClientStatus, decode_message
@@ -25,7 +26,7 @@ EXIT_ID_IN_USE = 5
 _SETTLE_S = 10.0   # connect and subscribe within this long, or give up checking
 
 
-class ClientIdInUseError(RuntimeError):
+class ClientIdInUseError(FedmqError, RuntimeError):
     """Another live process is online under this client id; the message names it and the fix."""
 
 

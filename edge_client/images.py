@@ -15,6 +15,8 @@ from typing import IO
 import numpy as np
 import numpy.lib.format as npy_format
 
+from federation.errors import FedmqError
+
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 IMAGE_KEYS = ("x", "images", "x_test", "x_train")
@@ -26,7 +28,7 @@ MAX_NPZ_MEMBERS = 64
 _CENTRAL_DIRECTORY_ENTRY = b"PK\x01\x02"
 
 
-class InputError(ValueError):
+class InputError(FedmqError, ValueError):
     """An input that can't be turned into images for this model; the message names it and says why."""
 
 

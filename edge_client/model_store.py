@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from federation.errors import FedmqError
 from federation.deployment import DeploymentError, DeploymentInfo
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 CURRENT = "current.json"
 
 
-class ModelStoreError(RuntimeError):
+class ModelStoreError(FedmqError, RuntimeError):
     """The model folder can't be read or written; the message names the file."""
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from federation.errors import FedmqError
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, setup_logging
 from edge_client.connection import add_security_flags
 from edge_client.images import InputError, load_inputs
@@ -25,7 +26,7 @@ log = logging.getLogger("edge_client.predict")
 DEPLOYED = ("none", "-", "deployed")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(FedmqError, FileNotFoundError):
     """The model argument names no usable model; the message says what was looked for."""
 
 

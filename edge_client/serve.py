@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
+from federation.errors import FedmqError
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, run_name, setup_logging
 from edge_client.connection import add_security_flags, broker_address
 from edge_client.images import (
@@ -50,11 +51,11 @@ INBOX_WAIT_S = 60.0
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,19}")
 
 
-class NoModelError(RuntimeError):
+class NoModelError(FedmqError, RuntimeError):
     """No model has been deployed to this device yet."""
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(FedmqError, RuntimeError):
     """A delivered model that the runtime can't load or that does not match its description."""
 
 
@@ -332,11 +333,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class _TooLarge(ValueError):
+class _TooLarge(FedmqError, ValueError):
     pass
 
 
-class _LengthRequired(ValueError):
+class _LengthRequired(FedmqError, ValueError):
     pass
 
 

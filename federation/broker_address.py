@@ -7,6 +7,8 @@ import ipaddress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from federation.errors import FedmqError
+
 DEFAULT_PORT = 1883
 # scheme -> (paho transport, TLS, port when neither the address, --port nor [broker] port gives one)
 SCHEMES: dict[str, tuple[str, bool, int]] = {
@@ -20,7 +22,7 @@ FORMS = "host, host:port, [ipv6]:port, or a URL: mqtt://host:port, mqtts://host:
         "wss://host:port"
 
 
-class AddressError(ValueError):
+class AddressError(FedmqError, ValueError):
     """A broker address that can't be parsed; the message names the forms that work."""
 
 

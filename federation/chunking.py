@@ -13,6 +13,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+from federation.errors import FedmqError
 from federation.codec import clip_text, wire_repr
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,7 @@ MAX_CHUNKS = 65536
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ChunkError(ValueError):
+class ChunkError(FedmqError, ValueError):
     """A manifest or chunk that can't be used; `reason` is a short code (bad_manifest, bad_chunk, too_large...)."""
 
     def __init__(self, message: str, reason: str = "bad_chunk") -> None:

@@ -12,6 +12,8 @@ from typing import Any, Iterable, Sequence
 import msgpack
 import numpy as np
 
+from federation.errors import FedmqError
+
 # dtype names allowed on the wire (numpy names; bytes are always little-endian).
 WIRE_DTYPES: tuple[str, ...] = (
     "float16", "float32", "float64",
@@ -32,7 +34,7 @@ WIRE_REPR_LIMIT = 80
 MAX_ERROR_TEXT = 1000  # no error text built from the wire grows beyond this, whoever built it
 
 
-class DecodeError(ValueError):
+class DecodeError(FedmqError, ValueError):
     """A payload that can't be decoded or validated; the text says why, `reason` is a short code."""
 
     def __init__(self, message: str, reason: str = "malformed") -> None:

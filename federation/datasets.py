@@ -17,6 +17,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
+from federation.errors import FedmqError
+
 LOG = logging.getLogger(__name__)
 
 BUILTIN_DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "cifar10")
@@ -66,11 +68,11 @@ _KERAS_CACHE_SUBDIRS: dict[str, tuple[str, ...]] = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(FedmqError, FileNotFoundError):
     """No copy of the data set was found; the message says where it looked and how to get one."""
 
 
-class DatasetError(ValueError):
+class DatasetError(FedmqError, ValueError):
     """The data set's files exist but are malformed; the message names the file or folder."""
 
 

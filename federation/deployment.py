@@ -8,13 +8,14 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from federation.errors import FedmqError
 from federation.chunking import is_sha256_hex
 
 DEPLOY_VARIANTS = ("float32", "dynamic", "int8")
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8", "int16", "int32")
 
 
-class DeploymentError(ValueError):
+class DeploymentError(FedmqError, ValueError):
     """A deployment description that is incomplete or inconsistent; the message names the field."""
 
 

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from federation.errors import FedmqError
 from federation.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.chunking import sha256_hex
 from federation.codec import DecodeError, wire_repr
@@ -39,7 +40,7 @@ def delivery_messages(topics: RunTopics, info: DeploymentInfo, content: bytes, c
             outgoing_messages(topics.deploy, payload, chunk_bytes, info.run, info.round, sender)]
 
 
-class DeliveryRejected(Exception):
+class DeliveryRejected(FedmqError):
     """A deployment message that can't be used; `reason` is a short code, the text says why."""
 
     def __init__(self, message: str, reason: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from federation.errors import FedmqError
 from federation.codec import TensorSpec
 
 ModelBuilder = Callable[[tuple[int, ...], int], "keras.Model"]  # noqa: F821
@@ -13,7 +14,7 @@ MODEL_REGISTRY: dict[str, ModelBuilder] = {}
 DEFAULT_MODEL = "small_cnn"
 
 
-class ModelError(ValueError):
+class ModelError(FedmqError, ValueError):
     """Unknown model name, or weights that do not fit the model."""
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from federation.errors import FedmqError
 from federation.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
 from federation.connect_diagnosis import GET_CREDENTIALS, diagnose
 
@@ -24,11 +25,11 @@ MessageHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
 _LOGIN_REFUSED = frozenset({134, 135, 138})
 
 
-class CredentialsError(ValueError):
+class CredentialsError(FedmqError, ValueError):
     """A TLS or login file that is missing, unreadable or inconsistent; the message names it."""
 
 
-class BrokerRefusedError(RuntimeError):
+class BrokerRefusedError(FedmqError, RuntimeError):
     """The broker refused our login (wrong or revoked credentials, or not authorized)."""
 
 

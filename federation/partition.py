@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from federation.errors import FedmqError
+
 LOG = logging.getLogger(__name__)
 
 PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "shards")
@@ -21,7 +23,7 @@ _PART = re.compile(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*")
 _INDEX_RANGE = re.compile(r"\s*([0-9]+)(?:\s*:\s*|\s+)([0-9]+)\s*")
 
 
-class PartitionError(ValueError):
+class PartitionError(FedmqError, ValueError):
     """A partition that cannot be made, or malformed part / index-range text; the message names the value."""
 
 

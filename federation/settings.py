@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from federation.errors import FedmqError
 
-class ConfigError(ValueError):
+
+class ConfigError(FedmqError, ValueError):
     """A setting that is unknown, of the wrong type or out of range; the message names it."""
 
 

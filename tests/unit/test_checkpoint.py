@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from coordinator.run_store import RunStore
 from coordinator.checkpoint import (
     CHECKPOINT_FILE, Checkpoint, CheckpointMismatchError, check_resumable, load_checkpoint, run_fingerprint,
     save_checkpoint,
@@ -63,28 +63,42 @@ def test_mismatch_is_refused_with_a_message_saying_what_to_do(tmp_path) -> None:
         check_resumable(checkpoint, "b" * 64, tmp_path)
 
 
-def _coordinator(tmp_path, **run: object):
-    from coordinator.engine import Coordinator
+class _Store:
+    """The coordinator's run store with the fingerprint of the run now."""
 
-    settings = with_overrides(load_settings(None), run={"output_dir": str(tmp_path), "name": "r1", **run},
-                              training={"rounds": 3})
-    coordinator = Coordinator(settings)
-    coordinator.fingerprint = "a" * 64
-    return coordinator
+    def __init__(self, tmp_path, **run: object) -> None:
+        settings = with_overrides(load_settings(None), run={"output_dir": str(tmp_path), "name": "r1", **run},
+                                  training={"rounds": 3})
+        self.store = RunStore(settings)
+        self.run_dir = self.store.run_dir
+
+    def _usable_checkpoint(self):
+        return self.store.usable_checkpoint("a" * 64)
+
+
+def _coordinator(tmp_path, **run: object) -> _Store:
+    return _Store(tmp_path, **run)
 
 
 def test_an_unfinished_run_is_resumed(tmp_path) -> None:
     save_checkpoint(_make_run_dir(tmp_path), Checkpoint(2, [], [_metrics(1), _metrics(2)], "a" * 64))
-    checkpoint = _coordinator(tmp_path)._usable_checkpoint()
+    store = _coordinator(tmp_path)
+    checkpoint = store._usable_checkpoint()
     assert checkpoint is not None and checkpoint.round == 2
+    assert [m.round for m in store.store.history] == [1, 2], "the resumed run's metrics so far"
 
 
-def _set_aside(coordinator) -> None:
+def test_a_checkpoint_of_other_settings_is_refused(tmp_path) -> None:
+    save_checkpoint(_make_run_dir(tmp_path), Checkpoint(2, [], [_metrics(1), _metrics(2)], "b" * 64))
+    with pytest.raises(CheckpointMismatchError, match="Refusing to resume"):
+        _coordinator(tmp_path)._usable_checkpoint()
+
+
+def _set_aside(coordinator: _Store) -> None:
     """What the coordinator does when its first round starts (tests/integration/test_run_start.py: not before)."""
     assert [p.name for p in coordinator.run_dir.parent.iterdir() if p.name == "r1"] == ["r1"], "not moved yet"
-    coordinator.metrics_path, coordinator.history = coordinator.run_dir / "metrics.jsonl", []
-    coordinator._dataset = SimpleNamespace(class_names=("a", "b"))  # for labels.txt
-    coordinator._claim_run_dir()
+    coordinator.store.claim(("a", "b"))
+    assert (coordinator.run_dir / "models" / "labels.txt").read_text() == "a\nb\n"
 
 
 def test_a_finished_run_or_on_existing_new_is_set_aside_not_deleted(tmp_path) -> None:

@@ -98,6 +98,33 @@ def test_bare_coordinator_prints_how_to_start_a_run_and_starts_nothing(capsys: p
     assert "python -m coordinator run [--config FILE]" in err and "moved aside" in err
 
 
+def test_a_checkpoint_of_other_settings_is_a_clear_error_exit_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import coordinator.engine
+    from coordinator.__main__ import main
+    from coordinator.checkpoint import Checkpoint, save_checkpoint
+    from coordinator.run_store import RunStore
+
+    (tmp_path / "r1").mkdir()
+    save_checkpoint(tmp_path / "r1", Checkpoint(1, [], [], "a" * 64))
+
+    class Resuming:
+        """The coordinator up to its resume check (no data, no model, no broker): this run's fingerprint is b..b."""
+
+        def __init__(self, settings: object, **_: object) -> None:
+            self.store = RunStore(settings)
+
+        def run(self) -> None:
+            self.store.usable_checkpoint("b" * 64)
+
+    monkeypatch.setattr(coordinator.engine, "Coordinator", Resuming)
+    code = main(["run", "--run.output_dir", str(tmp_path), "--run.name", "r1", "--training.rounds", "3"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "resume error:" in err and "Refusing to resume" in err and "--run.on_existing new" in err
+    assert "Traceback" not in err
+
+
 # Parsers built in files this change does not own; each line says where allow_abbrev=False is still missing.
 PENDING: dict[str, str] = {}
 

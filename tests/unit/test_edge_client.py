@@ -72,3 +72,100 @@ def test_client_trains_on_labels_mapped_to_the_coordinators_classes() -> None:
     client = EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1)), data)
     labels = client._labels_for(ModelInfo("small_cnn", (28, 28, 1), 10, FASHION))
     assert list(labels) == [8, 1, 1]
+
+
+# ---- the inbox: paho's thread only queues; the loop thread decodes and handles ---------------------------------
+
+
+def _plain_client() -> EdgeClient:
+    data = LocalData("test data", np.zeros((2, 28, 28, 1), np.uint8), np.array([0, 1]), tuple(FASHION))
+    return EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1), run="r1"), data)
+
+
+def _model_message(round_: int, run: str = "r1") -> bytes:
+    from federation.messages import GlobalModel, TrainingPlan, weights_digest
+
+    tensors = [np.zeros(3, np.float32)]
+    return GlobalModel(run=run, round=round_, sender="coordinator", model=ModelInfo("small_cnn", (28, 28, 1), 10),
+                       train=TrainingPlan(1, 32, 0.001, "adam", 0), tensors=[("w", tensors[0])], total_rounds=3,
+                       weights_sha256=weights_digest(tensors), cohort=["dev-1"]).encode()
+
+
+def _deliver(client: EdgeClient, topic: str, payload: bytes, retained: bool = False) -> bool:
+    client._on_message(topic, payload, retained)   # what paho's thread does
+    return client._drain()                          # what the loop thread does
+
+
+def test_pahos_thread_only_queues_and_the_loop_decodes() -> None:
+    client = _plain_client()
+    client._on_message(client.topics.global_model, _model_message(1), False)
+    assert len(client.inbox) == 1 and client._latest is None, "nothing decoded on paho's thread"
+    assert client._drain() is True
+    assert client._latest is not None and client._latest.round == 1 and len(client.inbox) == 0
+    assert client._drain() is False, "nothing left"
+
+
+def test_a_model_of_another_run_or_a_bad_payload_is_ignored() -> None:
+    client = _plain_client()
+    assert _deliver(client, client.topics.global_model, _model_message(1, run="other")) is False
+    assert _deliver(client, client.topics.global_model, b"\x93garbage") is False
+    assert client._latest is None
+
+
+def test_run_end_is_honoured_only_when_the_coordinator_may_have_sent_it() -> None:
+    from federation.messages import CoordinatorState, RunEnd
+
+    client = _plain_client()
+    end = RunEnd(run="r1", round=2, sender="coordinator", reason="completed").encode()
+    assert _deliver(client, client.topics.run_end, end, retained=True) is False, "an earlier run's end"
+    assert client._end is None
+    _deliver(client, client.topics.global_model, _model_message(1))
+    training = CoordinatorState(run="r1", round=1, sender="coordinator", status="online", phase="training").encode()
+    assert _deliver(client, client.topics.coordinator_state, training) is False
+    assert _deliver(client, client.topics.run_end, end) is False, "a forged end while the coordinator trains"
+    assert client._end is None
+    done = CoordinatorState(run="r1", round=2, sender="coordinator", status="online", phase="done").encode()
+    _deliver(client, client.topics.coordinator_state, done)
+    assert _deliver(client, client.topics.run_end, end) is True
+    assert client._end is not None and client._end.reason == "completed"
+
+
+def test_a_refused_login_wakes_the_loop() -> None:
+    client = _plain_client()
+    assert client.link.on_refused is not None
+    client.link.on_refused()
+    assert client._drain() is True
+
+
+def test_the_transform_update_hook_decides_what_is_sent() -> None:
+    from types import SimpleNamespace
+
+    seen: list[tuple[list, list]] = []
+
+    def double_delta(global_weights: list[np.ndarray], trained: list[np.ndarray]) -> list[np.ndarray]:
+        seen.append((global_weights, trained))
+        return [g + 2 * (t - g) for g, t in zip(global_weights, trained)]
+
+    data = LocalData("test data", np.zeros((2, 28, 28, 1), np.uint8), np.array([0, 1]), tuple(FASHION))
+    client = EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1)), data, transform_update=double_delta)
+    model = SimpleNamespace(weights=[SimpleNamespace(numpy=lambda: np.array([3.0]))])
+    message = SimpleNamespace(tensors=[("w", np.array([1.0]))])
+    assert client._trained_weights(model, message)[0].tolist() == [5.0]
+    assert len(seen) == 1
+    plain = _plain_client()
+    assert plain._trained_weights(model, message)[0].tolist() == [3.0], "no hook: the trained weights"
+
+
+def test_the_attacking_client_wraps_the_edge_client_with_its_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edge_client.__main__
+    from bench import attacks
+
+    calls: list[tuple[list[str], object]] = []
+    monkeypatch.setattr(edge_client.__main__, "main", lambda argv, transform_update=None: calls.append(
+        (argv, transform_update)) or 0)
+    assert attacks.main(["--attack", "scale:50", "--dataset", "mnist"]) == 0
+    (argv, hook), = calls
+    assert argv == ["--dataset", "mnist"] and hook is not None
+    g, t = [np.array([1.0, 2.0], np.float32)], [np.array([1.5, 1.0], np.float32)]
+    np.testing.assert_allclose(hook(g, t)[0], [26.0, -48.0])
+    assert attacks.main(["--attack", "flip", "--dataset", "mnist"]) == 2

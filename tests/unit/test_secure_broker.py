@@ -21,7 +21,7 @@ from broker.secure import (
     COORDINATOR_USER, SecureBrokerError, SecureLayout, SecureProfile, add_device, init_secure, list_devices,
     render_acl, render_secure_config, revoke_device,
 )
-from edge_client.attacks import Attack
+from bench.attacks import Attack
 from edge_client.connection import login_username
 from federation.mqtt_link import BrokerAddress, CredentialsError, configure_security, read_password
 from federation.settings import ConfigError, load_settings

@@ -1,12 +1,21 @@
-"""Model-poisoning attacks a client applies to its own update: for robustness tests and benchmarks ONLY.
+"""A poisoning edge client, for robustness tests and benchmarks ONLY: the real edge client, with its update
+transformed through EdgeClient's `transform_update` hook. The device client itself ships no attack code.
 
-`--attack scale:50` sends global + 50 x (trained - global); `--attack sign_flip[:K]` sends global - K x that."""
+`python bench/attacks.py --attack scale:50 <edge_client arguments>` sends global + 50 x (trained - global);
+`--attack sign_flip[:K]` sends global - K x that."""
 
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("bench.attacks")
 
 ATTACK_HELP = ("ROBUSTNESS TESTING ONLY: poison this client's update. scale:F multiplies the update delta "
                "(trained - global) by F; sign_flip[:K] sends -K times it (K = 1 by default)")
@@ -42,3 +51,26 @@ class Attack:
             else:
                 out.append(t)
         return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`--attack SPEC` and the edge client's own arguments: run the edge client, poisoning every update."""
+    parser = argparse.ArgumentParser(prog="python bench/attacks.py", allow_abbrev=False, add_help=False,
+                                     description="An edge client that poisons its updates (testing only).")
+    parser.add_argument("--attack", required=True, metavar="SPEC", help=ATTACK_HELP)
+    args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    try:
+        attack = Attack.parse(args.attack)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from edge_client.__main__ import main as edge_client_main
+
+    log.warning("ATTACK MODE (robustness testing): every update's delta is multiplied by %g", attack.factor)
+    return edge_client_main(rest, transform_update=attack.apply)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
