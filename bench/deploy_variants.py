@@ -21,9 +21,10 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
 
+from federation.deployment import TFLITE_VARIANTS  # noqa: E402
+
 NAME = "deploy_variants"
-VARIANTS = [("float32", "float32", False), ("dynamic", "dynamic", False), ("int8", "int8", False),
-            ("dynamic (compat)", "dynamic", True)]
+VARIANTS = [*((v, v, False) for v in TFLITE_VARIANTS), ("dynamic (compat)", "dynamic", True)]
 
 # Runs in a separate process that refuses to import TensorFlow or Keras, like an inference-only device:
 # loads the model with LiteRT, times single-image invokes, classifies images, and reports its memory.

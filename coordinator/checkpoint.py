@@ -72,7 +72,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
         meta = json.loads(bytes(data["meta"]).decode())
         count = sum(1 for k in data.files if k.startswith("w"))
         weights = [data[f"w{i}"] for i in range(count)]
-    return Checkpoint(meta["round"], weights, [RoundMetrics(**m) for m in meta["metrics"]], meta["fingerprint"],
+    return Checkpoint(meta["round"], weights, [RoundMetrics.from_row(m) for m in meta["metrics"]], meta["fingerprint"],
                       bool(meta.get("finished", False)))
 
 

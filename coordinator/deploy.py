@@ -8,7 +8,6 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -72,14 +71,15 @@ class Deployer:
     def export_and_publish(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,  # noqa: F821
                            keras_accuracy: float | None) -> DeployRecord:
         """Convert `model` to the deploy variant, measure its accuracy on (x, y) with LiteRT, and publish it."""
-        from coordinator.evaluation import evaluate_tflite
+        from coordinator.evaluation import evaluate_classifier
         from coordinator.export import convert_to_tflite
 
         s = self.settings
         content = convert_to_tflite(model, self.variant, x[: s.export.representative_examples],
                                     s.export.tflite_runtime_compat, self.class_names)
-        ev = evaluate_tflite(content, x, y)
-        return self.publish(content, round_, ev.accuracy, ev.examples, keras_accuracy)
+        classifier = TFLiteClassifier(content)  # loaded once: to measure it and to read its tensor formats
+        ev = evaluate_classifier(classifier, x, y)
+        return self.publish(content, round_, ev.accuracy, ev.examples, keras_accuracy, classifier=classifier)
 
     def publish(self, content: bytes, round_: int, test_accuracy: float, test_examples: int,
                 keras_accuracy: float | None, classifier: TFLiteClassifier | None = None) -> DeployRecord:
@@ -118,20 +118,4 @@ class Deployer:
             return self.export_and_publish(model, round_, x, y, keras_accuracy)
         except Exception:  # a deployment must never stop the training run
             log.exception("round %d: deploying the %s model failed", round_, self.variant)
-            return None
-
-    def at_end(self, run_dir: Path, round_: int, exported: dict[str, dict],
-               keras_accuracy: float | None) -> DeployRecord | None:
-        """Publish the exported deploy variant (run_dir/<file>, accuracy from `exported`) at the end of the run."""
-        if not self.settings.deploy.enabled:
-            return None
-        entry = exported.get(self.variant)
-        if entry is None:
-            log.error("the %s model to deploy was not exported", self.variant)
-            return None
-        try:
-            content = (run_dir / entry["path"]).read_bytes()
-            return self.publish(content, round_, entry["accuracy"], entry["examples"], keras_accuracy)
-        except Exception:
-            log.exception("deploying the final %s model failed", self.variant)
             return None

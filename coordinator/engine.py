@@ -24,24 +24,21 @@ from coordinator.drops import DropLog
 from coordinator.evaluation import Evaluation, evaluate_keras, test_split
 from coordinator.final_publish import FinalPublishError
 from coordinator.metrics import RoundMetrics, RoundStats, round_metrics_message
-from coordinator.node import STATUS_MAX_BYTES, CoordinatorNode
+from coordinator.intake import ClientCleared, ClientOffline, ClientOnline, Intake, UpdateReceived
+from coordinator.node import CoordinatorNode
 from coordinator.progress import ROUND_LOG, RunProgress
 from coordinator.quorum import QuorumRule
 from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
 from federation.settings import Settings
-from federation.codec import DecodeError, DecodeLimits, TensorSpec, check_tensors, wire_repr
+from federation.codec import DecodeLimits, TensorSpec
 from federation.datasets import Dataset, load_dataset
-from federation.messages import (
-    ClientStatus, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, Update, check_finite,
-    Message, decode_message, weights_digest,
-)
-from federation.chunked_transfer import ChunkedReceiver, base_topic, outgoing_messages
-from federation.inbox import Inbound
+from federation.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
+from federation.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.models import build_model, compile_model, named_weights, weight_specs
 from federation.mqtt_link import BrokerAddress
-from federation.topics import RunTopics, check_level
+from federation.topics import RunTopics
 
 if TYPE_CHECKING:
     import keras
@@ -78,7 +75,7 @@ class Prepared:
     specs: list[TensorSpec]
     plan: TrainingPlan
     fingerprint: str
-    max_update_bytes: int
+    intake: Intake
     deployer: Deployer
     release: Release
     start_round: int = 1
@@ -106,7 +103,6 @@ class Coordinator:
                          p.min_available_clients or q.min_clients, p.seed),
             settings.run.name, wait_for_clients_s=q.wait_for_clients_s, start_grace_s=q.start_grace_s,
             poll_s=_POLL_S)
-        self.receiver = ChunkedReceiver(self.max_payload)   # replaced in _prepare, within the model's limits
         self.stats = RoundStats()
         self.prepared: Prepared | None = None
         self.node = CoordinatorNode(self.topics, BrokerAddress.from_settings(settings.broker),
@@ -129,7 +125,7 @@ class Coordinator:
         s = self.settings
         dataset = self._dataset
         if dataset is None:
-            image_size = tuple(s.model.image_size) if s.model.image_size else None
+            image_size = (s.model.image_size[0], s.model.image_size[1]) if s.model.image_size else None
             dataset = self._dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
                                                    image_size=image_size)
         x_test, y_test = test_split(dataset, s.evaluation.max_examples)
@@ -146,16 +142,17 @@ class Coordinator:
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
         # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,
         # with chunks held at most 2 updates' worth per device and max(64 MiB, 4 updates) in all.
-        self.receiver = ChunkedReceiver(max_update_bytes, limits=DecodeLimits.for_model(specs),
-                                        max_held_bytes=max(64 * 1024 * 1024, 4 * max_update_bytes))
+        receiver = ChunkedReceiver(max_update_bytes, limits=DecodeLimits.for_model(specs),
+                                   max_held_bytes=max(64 * 1024 * 1024, 4 * max_update_bytes))
         # An honest device sends one update per round (or its chunks, at least 1 KiB each) and may re-send it
         # after reconnects; many times that is a flood, dropped before it is queued or decoded.
-        self.node.admission = Admission(max_message_bytes=max_update_bytes,
-                                        max_messages=4 * (max_update_bytes // 1024 + 2),
-                                        max_bytes=16 * max_update_bytes)
+        admission = Admission(max_message_bytes=max_update_bytes, max_messages=4 * (max_update_bytes // 1024 + 2),
+                              max_bytes=16 * max_update_bytes)
+        self.node.admission = admission
         deployer = Deployer(s, self.node.link, self.topics, COORDINATOR_ID, dataset.class_names)
         prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, run_fingerprint(s, specs),
-                            max_update_bytes, deployer, Release(s, self.run_dir, dataset.class_names, deployer))
+                            Intake(self.topics, self.rounds, self.drops, receiver, specs, admission),
+                            deployer, Release(s, self.run_dir, dataset.class_names, deployer))
         checkpoint = self.store.usable_checkpoint(prepared.fingerprint)
         if checkpoint is not None:
             model.set_weights(checkpoint.weights)
@@ -294,7 +291,7 @@ class Coordinator:
         self.store.save_round_model(p.model, r)
         stats = self.stats
         slowest = stats.slowest_train_s(round_time)
-        self._drain_admission_drops()
+        p.intake.drain_admission_drops()
         self.drops.flush(force=True)
         rejected, ignored = self.drops.take()
         metrics = RoundMetrics(
@@ -316,73 +313,36 @@ class Coordinator:
                        bytes_out / 1e6, round_time, metrics.overhead_s,
                        f", rejected {rejected}" if rejected else "", f", ignored {ignored}" if ignored else "")
 
-    # ---- incoming messages: node → inbox → decode → validate → aggregate ---------------------------------
-
-    def _drain_admission_drops(self) -> None:
-        admission = self.node.admission
-        if admission is None:
-            return
-        for (sender, reason), count in admission.take_dropped().items():
-            detail = (f"update message larger than the model's {admission.max_message_bytes} bytes"
-                      if reason == "too_large"
-                      else f"over the device's budget of {admission.max_messages} messages and "
-                           f"{admission.max_bytes} bytes this round")
-            self.drops.record(sender, reason, detail, count)
+    # ---- incoming messages: node → inbox → decode → validate → aggregate, on this thread ----------------
 
     def _process_next(self, timeout: float) -> None:
-        self._drain_admission_drops()
+        intake = self.p.intake
+        intake.drain_admission_drops()
         item = self.node.next(timeout)
         self.drops.flush()
         if item is None:
-            self.receiver.expire()
+            intake.expire()
             return
-        self._handle(item)
-
-    def _handle(self, item: Inbound) -> None:
-        topic = item.topic
-        if self.node.is_own_topic(topic):
-            self.node.check_own_topic(topic, item.payload)
+        if self.node.is_own_topic(item.topic):
+            self.node.check_own_topic(item.topic, item.payload)
             return
-        client_id = self.topics.client_of(base_topic(topic)[0])
-        if client_id is None:
-            log.debug("ignoring a message on unexpected topic %.200s", topic)
-            return
-        try:
-            check_level(client_id, "client id")
-        except ValueError:
-            self.drops.record(client_id, "bad_client_id", "a client id outside the protocol's characters "
-                                                          "(1-64 of A-Z a-z 0-9 _ - ., starting with a letter or digit)")
-            return
-        if topic == self.topics.client_status(client_id):
-            self._handle_status(client_id, item.payload)
-        else:
-            self._handle_update(client_id, topic, item.payload)
-
-    def _handle_status(self, client_id: str, payload: bytes) -> None:
-        if not payload:  # a cleared retained status
-            self.rounds.client_offline(client_id)
-            return
-        try:
-            status = decode_message(payload, STATUS_MAX_BYTES)
-            if not isinstance(status, ClientStatus):
-                raise DecodeError(f"{status.TYPE} message on a status topic", "wrong_type")
-            if status.sender != client_id:
-                raise DecodeError(f"status names sender {wire_repr(status.sender)}", "sender_mismatch")
-        except DecodeError as exc:
-            self.drops.record(client_id, exc.reason, f"status: {exc}")
-            return
-        if status.role != "train":  # an inference-only device (edge_client serve) takes no part in training
-            return
-        if status.status == "online" and status.run == self.settings.run.name:
+        event = intake.decode(item)
+        if isinstance(event, UpdateReceived):
+            self._aggregate(event)
+        elif isinstance(event, ClientOnline):
+            client_id, status = event.client_id, event.status
             if client_id not in self.rounds.online:
                 log.info("client %s online (%d examples, %s)", client_id, status.num_examples,
                          str(status.device.get("host", "?"))[:64])
             self._note_fitness(client_id, status.error)
             self.rounds.client_online(client_id, status.error)
-        elif self.rounds.client_offline(client_id):
-            reason = f": {status.error}" if status.error else ""
-            log.warning("client %s offline%s", client_id, reason)
-        self._publish_state()
+            self._publish_state()
+        elif isinstance(event, ClientOffline):
+            if self.rounds.client_offline(event.client_id):
+                log.warning("client %s offline%s", event.client_id, f": {event.error}" if event.error else "")
+            self._publish_state()
+        elif isinstance(event, ClientCleared):
+            self.rounds.client_offline(event.client_id)
 
     def _note_fitness(self, client_id: str, error: str) -> None:
         """Show why a device can't train this run's model, or that it can again (before the rounds record it)."""
@@ -394,43 +354,19 @@ class Coordinator:
             log.info("client %s can train again", client_id)
             self.progress.device_problem(client_id, "")
 
-    def _handle_update(self, client_id: str, topic: str, payload: bytes) -> None:
-        try:
-            received = self.receiver.receive(topic, payload, expected_sender=client_id,
-                                             check=lambda _, message: self._check_envelope(client_id, message))
-            if received is None:
-                return  # a chunk of an update still being reassembled
-            update = self._validate_update(client_id, received.message)
-        except DecodeError as exc:
-            self.drops.record(client_id, exc.reason, str(exc))
-            return
+    def _aggregate(self, event: UpdateReceived) -> None:
+        client_id, update = event.client_id, event.update
         if self.rounds.accept(client_id):  # seen offline (or never seen): an update proves it is there
             log.info("client %s sent an update while seen offline; online again", client_id)
             self._publish_state()
         self.aggregator.add(ClientResult(client_id, update.num_examples, [w for _, w in update.tensors]))
-        self.stats.add(client_id, received.size, update.num_examples, update.metrics.get("train_time_s", 0.0))
+        self.stats.add(client_id, event.size, update.num_examples, update.metrics.get("train_time_s", 0.0))
         tracker = self.rounds.tracker
         assert tracker is not None
         self.progress.update_accepted(client_id, len(tracker.received), tracker.target)
         log.info("round %d: update %d/%d from %s (%d examples, local accuracy %.3f)", tracker.round,
                  len(tracker.received), tracker.target, client_id, update.num_examples,
                  update.metrics.get("accuracy", float("nan")))
-
-    def _check_envelope(self, client_id: str, message: Message) -> None:
-        """The round state machine's checks on every message on an update topic, chunks and manifests included,
-        before anything of it is kept."""
-        drop = self.rounds.check(client_id, message.TYPE, message.sender, message.run, message.round,
-                                 sender_text=wire_repr(message.sender), run_text=wire_repr(message.run))
-        if drop is not None:
-            raise DecodeError(drop.detail, drop.reason)
-
-    def _validate_update(self, client_id: str, update: Message) -> Update:
-        if not isinstance(update, Update):
-            raise DecodeError(f"{update.TYPE} message on an update topic", "wrong_type")
-        self._check_envelope(client_id, update)
-        check_tensors(update.tensors, self.p.specs)
-        check_finite(update.tensors)
-        return update
 
     # ---- state and end of run -----------------------------------------------------------------------
 

@@ -14,11 +14,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from federation.deployment import TFLITE_VARIANTS
+
 log = logging.getLogger(__name__)
 
-VARIANT_FILES = {"float32": "model.tflite", "dynamic": "model_dynamic.tflite", "int8": "model_int8.tflite"}
+VARIANT_FILES = dict(zip(TFLITE_VARIANTS, ("model.tflite", "model_dynamic.tflite", "model_int8.tflite"), strict=True))
 # How far each variant's test accuracy may fall from the Keras model's, in percentage points (README, tests).
-ACCURACY_BOUND_POINTS = {"float32": 0.1, "dynamic": 0.5, "int8": 1.0}
+ACCURACY_BOUND_POINTS = dict(zip(TFLITE_VARIANTS, (0.1, 0.5, 1.0), strict=True))
 LABELS_FILE = "labels.txt"      # one class name per line, in class index order
 LABELS_METADATA = "fedmq_labels"  # the same text inside the .tflite: a Model.metadata entry of the flatbuffer
 

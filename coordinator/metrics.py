@@ -6,32 +6,31 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from federation.messages import RoundMetricsMessage
+from federation.messages import RoundMetricsMessage, RoundResults
 
 
 @dataclass
-class RoundMetrics:
-    round: int
-    clients: int                 # accepted updates
-    examples: int                # sum of their num_examples
-    test_loss: float
-    test_accuracy: float
-    bytes_in: int                # update payload bytes accepted this round
-    bytes_out: int               # global model payload bytes published for this round
-    round_time_s: float          # from publishing the model to closing the round
-    slowest_train_s: float       # longest local training time reported by a client
-    overhead_s: float            # round_time_s - slowest_train_s
-    aggregate_s: float
-    evaluate_s: float
-    client_ids: list[str] = field(default_factory=list)
-    rejected: dict[str, int] = field(default_factory=dict)   # reason -> count
-    aggregation: dict = field(default_factory=dict)          # the rule's report: clipped/excluded clients, DP epsilon
-    cohort: int = 0                                          # clients asked to train this round
-    ignored: dict[str, int] = field(default_factory=dict)    # honest leftovers by reason: late, duplicate
+class RoundMetrics(RoundResults):
+    """One closed round: its number and its results, whose fields (federation.messages.RoundResults) are the
+    round_metrics message's too."""
+
+    round: int = field(kw_only=True)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "RoundMetrics":
+        """A metrics.jsonl row (or a checkpoint's); TypeError when a required field is missing or one is unknown."""
+        missing = [name for name in _REQUIRED if name not in row]
+        if missing:
+            raise TypeError(f"a round's metrics without {', '.join(missing)}")
+        return cls(**row)
+
+
+# Every round's row has these (the lists and maps, and cohort, came later and may be missing in older files).
+_REQUIRED = ("round", *(f.name for f in fields(RoundResults) if f.type in ("int", "float") and f.name != "cohort"))
 
 
 @dataclass
@@ -56,7 +55,7 @@ class RoundStats:
 
 def to_json_line(metrics: RoundMetrics) -> str:
     """One strict-JSON line: a non-finite float (a diverged model's loss) is written as null."""
-    return json.dumps(_finite_or_none(asdict(metrics)), allow_nan=False)
+    return json.dumps(_finite_or_none({"round": metrics.round, **asdict(metrics)}), allow_nan=False)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -82,7 +81,7 @@ def read_metrics(path: Path) -> list[RoundMetrics]:
                 row = json.loads(line)
                 for key in ("test_loss", "test_accuracy"):
                     row[key] = float("nan") if row.get(key) is None else row[key]
-                rows.append(RoundMetrics(**row))
+                rows.append(RoundMetrics.from_row(row))
     return rows
 
 

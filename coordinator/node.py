@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from coordinator import final_publish
 from coordinator.admission import Admission
+from coordinator.intake import STATUS_MAX_BYTES
 from federation.chunked_transfer import base_topic, chunk_topic
 from federation.inbox import Inbound, Inbox
 from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
@@ -20,7 +21,6 @@ from federation.topics import RunTopics
 log = logging.getLogger(__name__)
 
 INBOX_BYTES = 64 * 1024 * 1024     # undecoded payloads held at most; a full inbox slows the broker down
-STATUS_MAX_BYTES = 64 * 1024
 _OWN_TOPIC_MEMORY = 16             # recent payloads per own topic, to tell our echo from a forgery
 
 

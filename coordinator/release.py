@@ -51,8 +51,7 @@ class Release:
         return list(dict.fromkeys([*self.settings.export.tflite, *deploy]))
 
     def save_keras(self, model: "keras.Model") -> None:
-        self.model_path = self.run_dir / "model.keras"
-        model.save(self.model_path)
+        model.save(self.run_dir / "model.keras")
         write_labels(self.run_dir, self.class_names)  # beside model.keras and the .tflite files
 
     def export(self, model: "keras.Model", x_test: np.ndarray, y_test: np.ndarray,

@@ -132,7 +132,7 @@ class EdgeClient:
             will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
             on_connected=self._announce,
         )
-        self.link.on_refused = lambda: self.inbox.put(Inbound(_REFUSED, b"", False))
+        self.link.on_refused = self._on_refused
         self.transform_update = transform_update
 
     def _status(self, status: str) -> ClientStatus:
@@ -150,6 +150,10 @@ class EdgeClient:
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         """On paho's network thread: queue, waiting while the inbox is full (backpressure, nothing dropped)."""
         self.inbox.put(Inbound(topic, payload, retained))
+
+    def _on_refused(self) -> None:
+        """On paho's network thread: the broker refused the login; wake the loop, which reads link.refused."""
+        self.inbox.put(Inbound(_REFUSED, b"", False))
 
     def _drain(self) -> bool:
         """Handle every message queued now, without waiting; True if the model or the run's end changed."""

@@ -11,7 +11,8 @@ from typing import Any
 from federation.errors import FedmqError
 from federation.chunking import is_sha256_hex
 
-DEPLOY_VARIANTS = ("float32", "dynamic", "int8")
+# The TFLite variants, the one list: exported by the coordinator (export.tflite), deployable (deploy.variant).
+TFLITE_VARIANTS = ("float32", "dynamic", "int8")
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8", "int16", "int32")
 
 
@@ -76,8 +77,8 @@ class DeploymentInfo:
     format: str = "tflite"
 
     def __post_init__(self) -> None:
-        if self.variant not in DEPLOY_VARIANTS:
-            raise DeploymentError(f"variant {self.variant!r} is not one of {', '.join(DEPLOY_VARIANTS)}")
+        if self.variant not in TFLITE_VARIANTS:
+            raise DeploymentError(f"variant {self.variant!r} is not one of {', '.join(TFLITE_VARIANTS)}")
         if not is_sha256_hex(self.sha256):
             raise DeploymentError(f"sha256 {self.sha256!r} is not 64 lowercase hex digits")
         if self.size < 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -210,35 +210,46 @@ class RunEnd(Message):
 
 
 @dataclass
-class RoundMetricsMessage(Message):
-    """A closed round's results (coordinator.metrics.RoundMetrics), retained on the metrics topic.
+class RoundResults:
+    """A closed round's results: the one schema of the round_metrics message below and of the coordinator's
+    metrics.jsonl rows and checkpoint (coordinator.metrics.RoundMetrics derives from it)."""
+
+    clients: int = 0                 # accepted updates
+    examples: int = 0                # sum of their num_examples
+    test_loss: float = 0.0
+    test_accuracy: float = 0.0
+    bytes_in: int = 0                # update payload bytes accepted this round
+    bytes_out: int = 0               # global model payload bytes published for this round
+    round_time_s: float = 0.0        # from publishing the model to closing the round
+    slowest_train_s: float = 0.0     # longest local training time reported by a client
+    overhead_s: float = 0.0          # round_time_s - slowest_train_s
+    aggregate_s: float = 0.0
+    evaluate_s: float = 0.0
+    client_ids: list[str] = field(default_factory=list)
+    rejected: dict[str, int] = field(default_factory=dict)     # reason -> count
+    aggregation: dict[str, Any] = field(default_factory=dict)  # the rule's report: clipped clients, DP epsilon...
+    cohort: int = 0                                            # clients asked to train (optional on the wire)
+    ignored: dict[str, int] = field(default_factory=dict)      # honest leftovers: late, duplicate (optional)
+
+
+# RoundResults' scalar fields by type, as the wire checks them (cohort is optional on the wire: checked apart).
+_RESULT_INTS = tuple(f.name for f in fields(RoundResults) if f.type == "int" and f.name != "cohort")
+_RESULT_FLOATS = tuple(f.name for f in fields(RoundResults) if f.type == "float")
+
+
+@dataclass
+class RoundMetricsMessage(RoundResults, Message):
+    """A closed round's results (RoundResults), retained on the metrics topic.
 
     `history` holds (round, test_accuracy, test_loss) of every round so far, so that a viewer that
     subscribes mid-run draws the whole curve from the one retained message."""
 
     TYPE: ClassVar[str] = "round_metrics"
     total_rounds: int = 0
-    clients: int = 0
-    examples: int = 0
-    test_loss: float = 0.0
-    test_accuracy: float = 0.0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    round_time_s: float = 0.0
-    slowest_train_s: float = 0.0
-    overhead_s: float = 0.0
-    aggregate_s: float = 0.0
-    evaluate_s: float = 0.0
-    client_ids: list[str] = field(default_factory=list)
-    rejected: dict[str, int] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
-    aggregation: dict[str, Any] = field(default_factory=dict)  # the rule's report: clipped clients, DP epsilon...
-    cohort: int = 0                                            # clients asked to train (optional on the wire)
-    ignored: dict[str, int] = field(default_factory=dict)      # honest leftovers: late, duplicate (optional)
 
-    INT_FIELDS: ClassVar[tuple[str, ...]] = ("total_rounds", "clients", "examples", "bytes_in", "bytes_out")
-    FLOAT_FIELDS: ClassVar[tuple[str, ...]] = ("test_loss", "test_accuracy", "round_time_s", "slowest_train_s",
-                                               "overhead_s", "aggregate_s", "evaluate_s")
+    INT_FIELDS: ClassVar[tuple[str, ...]] = ("total_rounds", *_RESULT_INTS)
+    FLOAT_FIELDS: ClassVar[tuple[str, ...]] = _RESULT_FLOATS
 
     def body(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.INT_FIELDS + self.FLOAT_FIELDS},

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import FedmqError
+from federation.deployment import TFLITE_VARIANTS
 
 
 class ConfigError(FedmqError, ValueError):
@@ -134,7 +135,6 @@ class ExportSettings:
                                               "per-channel quantization of dense layers in the dynamic variant")
 
 
-TFLITE_VARIANTS = ("float32", "dynamic", "int8")
 
 
 @dataclass(frozen=True)
@@ -299,10 +299,17 @@ def _check_security(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [aggregation] multi_krum with krum_byzantine = {a.krum_byzantine} needs at "
                           f"least {2 * a.krum_byzantine + 3} updates per round; set [quorum] min_clients to that "
                           f"(it is {s.quorum.min_clients})")
+    if problem := dp_problem(a):
+        raise ConfigError(f"{source}: [aggregation] {problem}")
+
+
+def dp_problem(a: AggregationSettings) -> str:
+    """Why these aggregation settings can't give central DP ("" when they can, or ask for none): the one rule,
+    checked when the settings load and again by coordinator.aggregation.make_aggregator."""
     if a.dp_noise_multiplier > 0 and (a.rule != "fedavg" or a.clip_norm <= 0):
-        raise ConfigError(f"{source}: [aggregation] dp_noise_multiplier needs rule = \"fedavg\" and clip_norm > 0 "
-                          f"(the noise is calibrated to the clipped sum); got rule = {a.rule!r}, "
-                          f"clip_norm = {a.clip_norm:g}")
+        return (f"dp_noise_multiplier needs rule = \"fedavg\" and clip_norm > 0 (the noise is calibrated to the "
+                f"clipped sum); got rule = {a.rule!r}, clip_norm = {a.clip_norm:g}")
+    return ""
 
 
 def _suggest(word: str, options: Any) -> str:

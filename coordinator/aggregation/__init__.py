@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+
 
 from coordinator.aggregation.base import Aggregator, ClientResult, Weights
 from coordinator.aggregation.clipping import NormClipping
@@ -14,6 +14,7 @@ from coordinator.aggregation.fedavg import FedAvg
 from coordinator.aggregation.krum import MultiKrum
 from coordinator.aggregation.median import CoordinateMedian
 from coordinator.aggregation.trimmed_mean import TrimmedMean
+from federation.settings import AggregationSettings, dp_problem
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {"fedavg": FedAvg, "median": Coordina
                                             "trimmed_mean": TrimmedMean, "multi_krum": MultiKrum}
 
 
-def make_aggregator(config: Any) -> Aggregator:
+def make_aggregator(config: str | AggregationSettings) -> Aggregator:
     """The rule for `config`: a rule name (that rule with its defaults), or federation.settings'
     AggregationSettings: the rule behind norm clipping (which also reports update norms), or central DP."""
     if isinstance(config, str):
@@ -31,9 +32,9 @@ def make_aggregator(config: Any) -> Aggregator:
     a = config
     if a.rule not in AGGREGATORS:
         raise ValueError(f"unknown aggregation rule {a.rule!r}; available: {', '.join(sorted(AGGREGATORS))}")
+    if problem := dp_problem(a):
+        raise ValueError(problem)
     if a.dp_noise_multiplier > 0:
-        if a.rule != "fedavg" or a.clip_norm <= 0:
-            raise ValueError("differential privacy needs rule 'fedavg' and clip_norm > 0")
         log.info("aggregation: central DP (clip %g, noise multiplier %g, delta %g); streaming", a.clip_norm,
                  a.dp_noise_multiplier, a.dp_delta)
         return GaussianDP(a.clip_norm, a.dp_noise_multiplier, a.dp_delta, a.dp_total_clients)

@@ -70,10 +70,17 @@ def test_publishes_retained_a_deployment_a_device_accepts_and_clears_stale_chunk
 
 
 def test_a_failing_deployment_is_logged_and_the_run_goes_on(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from types import SimpleNamespace
+
+    from coordinator.release import Exported, Release
+
     d, link = deployer(**{"deploy.every_k_rounds": 1})
-    assert d.at_end(tmp_path, 6, {"float32": {"path": "missing.tflite", "accuracy": 0.5, "examples": 10}},
-                    0.5) is None
-    assert d.at_end(tmp_path, 6, {}, 0.5) is None
+    release = Release(d.settings, tmp_path, CLASS_NAMES, d)
+    release.exported["float32"] = Exported("float32", tmp_path / "model.tflite", b"not a tflite model", None,
+                                           SimpleNamespace(accuracy=0.5, examples=10))  # type: ignore[arg-type]
+    assert release.deploy(6, 0.5) is None
+    release.exported.clear()
+    assert release.deploy(6, 0.5) is None
     assert d.after_round(object(), 2, None, None, 0.5) is None  # not a Keras model: conversion fails
     assert link.published == []
     assert "deploying the final float32 model failed" in caplog.text

@@ -590,3 +590,22 @@ def test_cohort_and_class_names_travel_with_the_global_model() -> None:
     assert decode_raw(raw).asks("anyone"), "no cohort: every online client is asked"
     raw["model"]["class_names"] = ["only-one"]
     expect_error(raw, "class_names")
+
+
+def test_the_round_metrics_schema_is_written_once() -> None:
+    """metrics.jsonl's rows and the round_metrics message share one schema (federation.messages.RoundResults)."""
+    from dataclasses import fields
+
+    from coordinator.metrics import RoundMetrics, round_metrics_message
+    from federation.messages import RoundResults
+
+    shared = {f.name for f in fields(RoundResults)}
+    assert {f.name for f in fields(RoundMetrics)} == shared | {"round"}
+    assert shared <= {f.name for f in fields(RoundMetricsMessage)}
+    row = RoundMetrics(round=4, clients=3, examples=90, test_loss=0.25, test_accuracy=0.875, bytes_in=10, bytes_out=20,
+                       round_time_s=2.0, slowest_train_s=1.5, overhead_s=0.5, aggregate_s=0.1, evaluate_s=0.2,
+                       client_ids=["a", "b", "c"], rejected={"flood": 2}, aggregation={"clipped": ["b"]}, cohort=4,
+                       ignored={"late": 1})
+    decoded = decode_message(round_metrics_message(row, "r1", 5, [row]).encode(), 1 << 20)
+    assert isinstance(decoded, RoundMetricsMessage) and decoded.round == 4 and decoded.total_rounds == 5
+    assert {name: getattr(decoded, name) for name in shared} == {name: getattr(row, name) for name in shared}
