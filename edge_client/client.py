@@ -167,6 +167,7 @@ class EdgeClient:
         topic, payload, retained = item.topic, item.payload, item.retained
         if topic == _REFUSED:
             return True  # the loop reads link.refused
+        if topic == self.topics.client_status(self.settings.client_id):
             self._check_own_status(payload)
             return False
         if not payload:
@@ -350,7 +351,7 @@ class EdgeClient:
         self.progress.training_started(message.round, message.total_rounds, plan.epochs)
         started = time.monotonic()
         # Messages that arrive while training are handled between batches, on this thread.
-        between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_: self._drain())
+        between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: self._drain())
         history = model.fit(self.data.x, labels, epochs=plan.epochs, batch_size=plan.batch_size,
                             shuffle=True, verbose=0, callbacks=[self.progress.keras_callback(), between_batches])
         train_time = time.monotonic() - started

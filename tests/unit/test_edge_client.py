@@ -169,3 +169,49 @@ def test_the_attacking_client_wraps_the_edge_client_with_its_hook(monkeypatch: p
     g, t = [np.array([1.0, 2.0], np.float32)], [np.array([1.5, 1.0], np.float32)]
     np.testing.assert_allclose(hook(g, t)[0], [26.0, -48.0])
     assert attacks.main(["--attack", "flip", "--dataset", "mnist"]) == 2
+
+
+def test_the_loop_answers_another_status_on_its_own_topic_by_announcing_itself_again() -> None:
+    from edge_client.client import INSTANCE
+    from federation.messages import ClientStatus
+
+    client = _plain_client()
+    announced: list[int] = []
+    client._announce = lambda: announced.append(1)  # type: ignore[method-assign]
+    client.link.connected.set()
+    own = client.topics.client_status("dev-1")
+    ours = ClientStatus(run="r1", round=0, sender="dev-1", device={"instance": INSTANCE}).encode()
+    assert _deliver(client, own, ours, retained=True) is False
+    assert announced == [], "our own birth coming back"
+    assert _deliver(client, own, client._status("offline").encode(), retained=True) is False
+    assert announced == [1], "an offline status while we are connected: announce again"
+    client._birth_fixed_at = 0.0
+    other = ClientStatus(run="r1", round=0, sender="dev-1", device={"instance": "another", "host": "h"}).encode()
+    _deliver(client, own, other, retained=True)
+    assert announced == [1, 1] and client._id_clashes == {"another"}
+
+
+def test_training_handles_the_inbox_between_batches_and_drops_an_update_a_newer_model_made_late() -> None:
+    from federation.messages import GlobalModel, TrainingPlan, decode_message, weights_digest
+    from federation.models import named_weights
+
+    client = _plain_client()
+    info = ModelInfo("small_cnn", (28, 28, 1), 10, FASHION)
+    named = named_weights(client._model_for(info))
+
+    def model(round_: int) -> GlobalModel:
+        weights = [w for _, w in named]
+        return GlobalModel(run="r1", round=round_, sender="coordinator", model=info,
+                           train=TrainingPlan(1, 1, 0.001, "adam", 0), tensors=list(named), total_rounds=3,
+                           weights_sha256=weights_digest(weights), cohort=["dev-1"])
+
+    sent: list[tuple[str, bytes]] = []
+    client.link.publish_and_wait = lambda topic, payload, **_: sent.append((topic, payload)) or True  # type: ignore
+    client.link.publish = lambda topic, payload, **_: sent.append((topic, payload))  # type: ignore
+    client._on_message(client.topics.global_model, model(2).encode(), False)  # arrives while round 1 trains
+    assert client._train_and_publish(model(1)) is False, "round 2's model came: round 1's update would be late"
+    assert sent == [] and client._latest is not None and client._latest.round == 2 and len(client.inbox) == 0
+    assert client._train_and_publish(model(2)) is True
+    (topic, payload), = sent
+    update = decode_message(payload)
+    assert topic == client.topics.update("dev-1") and update.round == 2 and client.rounds_trained == [2]
