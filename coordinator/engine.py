@@ -11,7 +11,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -109,10 +109,6 @@ class Coordinator:
                                     client_id or f"fedmq-coordinator-{settings.run.name}", self.max_payload,
                                     self._state_message().encode(),
                                     will_payload=self._state_message("offline", "crashed").encode())
-
-    @property
-    def link(self) -> Any:
-        return self.node.link
 
     @property
     def p(self) -> Prepared:
