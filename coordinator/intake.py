@@ -96,8 +96,9 @@ class Intake:
         try:
             check_level(client_id, "client id")
         except ValueError:
-            self.drops.record(client_id, "bad_client_id", "a client id outside the protocol's characters "
-                                                          "(1-64 of A-Z a-z 0-9 _ - ., starting with a letter or digit)")
+            self.drops.record(client_id, "bad_client_id",
+                              "a client id outside the protocol's characters "
+                              "(1-64 of A-Z a-z 0-9 _ - ., starting with a letter or digit)")
             return None
         if topic == self.topics.client_status(client_id):
             return self._status(client_id, item.payload)

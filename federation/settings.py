@@ -295,12 +295,17 @@ def _check_security(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [broker] tls_cert needs tls_ca: mutual TLS is TLS first")
     if bool(b.username) != bool(b.password_file):
         raise ConfigError(f"{source}: [broker] username and password_file go together")
-    if a.rule == "multi_krum" and s.quorum.min_clients < 2 * a.krum_byzantine + 3:
+    if a.rule == "multi_krum" and s.quorum.min_clients < krum_min_updates(a.krum_byzantine):
         raise ConfigError(f"{source}: [aggregation] multi_krum with krum_byzantine = {a.krum_byzantine} needs at "
-                          f"least {2 * a.krum_byzantine + 3} updates per round; set [quorum] min_clients to that "
-                          f"(it is {s.quorum.min_clients})")
+                          f"least {krum_min_updates(a.krum_byzantine)} updates per round; set [quorum] min_clients "
+                          f"to that (it is {s.quorum.min_clients})")
     if problem := dp_problem(a):
         raise ConfigError(f"{source}: [aggregation] {problem}")
+
+
+def krum_min_updates(byzantine: int) -> int:
+    """The fewest updates Multi-Krum can score with `byzantine` attackers tolerated: 2f + 3 (Blanchard et al.)."""
+    return 2 * byzantine + 3
 
 
 def dp_problem(a: AggregationSettings) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 
 from coordinator.aggregation.base import Weights
 from coordinator.aggregation.buffered import BufferedAggregator
+from federation.settings import krum_min_updates
 
 
 class MultiKrum(BufferedAggregator):
@@ -38,8 +39,8 @@ class MultiKrum(BufferedAggregator):
     def result(self) -> Weights:
         self._require_updates()
         n, f = len(self._updates), self.byzantine
-        if n < 2 * f + 3:
-            raise ValueError(f"Multi-Krum with f = {f} needs at least {2 * f + 3} updates, got {n}")
+        if n < krum_min_updates(f):
+            raise ValueError(f"Multi-Krum with f = {f} needs at least {krum_min_updates(f)} updates, got {n}")
         m = min(self.select or n - f, n)
         chosen = np.argsort(self.scores(), kind="stable")[:m]
         ids = [self._updates[i].client_id for i in chosen]
