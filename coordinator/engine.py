@@ -226,13 +226,14 @@ class Coordinator:
         self.round = r
         weights = [w for _, w in named_weights(self.p.model)]
         digest = weights_digest(weights)
-        opened = self.rounds.open(r, time.monotonic())
-        messages = self._global_model_messages(r, weights, digest, opened.cohort)
+        cohort = self.rounds.sample(r)
+        messages = self._global_model_messages(r, weights, digest, cohort)
         payload_size = sum(len(part) for _, part in messages)
         self.aggregator.begin(weights)
         assert self.node.admission is not None
         self.node.admission.new_round()
         self.stats = RoundStats()
+        opened = self.rounds.open(r, time.monotonic(), cohort)  # the round's time and deadline count from now
         self.node.publish_global(messages)
         self._set_phase("training", f"asked {len(opened.cohort)} of {opened.online} online clients; expecting "
                                     f"{opened.target}")

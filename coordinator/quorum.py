@@ -1,5 +1,5 @@
 """When a round may close: the quorum and deadline rules over the round's cohort, as pure logic over
-client sets and time. The engine asks `RoundTracker.decide` after every event and on a timer."""
+client sets and time. The round state machine (coordinator.rounds) asks `RoundTracker.decide` on every poll."""
 
 from __future__ import annotations
 

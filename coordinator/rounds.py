@@ -153,10 +153,14 @@ class Rounds:
 
     # ---- the open round --------------------------------------------------------------------------------------
 
-    def open(self, round_: int, now: float) -> Opened:
-        """Open round `round_`: the cohort is sampled from the trainable clients online now."""
+    def sample(self, round_: int) -> frozenset[str]:
+        """Round `round_`'s cohort, sampled from the trainable clients online now."""
+        return self.sampling.sample(self.trainable(), round_)
+
+    def open(self, round_: int, now: float, cohort: frozenset[str] | None = None) -> Opened:
+        """Open round `round_` with `cohort` (by default `sample(round_)`): its deadline counts from `now`."""
         trainable = self.trainable()
-        cohort = self.sampling.sample(trainable, round_)
+        cohort = self.sample(round_) if cohort is None else cohort
         self.tracker = RoundTracker(self.quorum, round_, now, cohort)
         self._wait = None
         self._impossible_said = self._overdue_said = False

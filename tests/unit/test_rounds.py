@@ -219,6 +219,10 @@ def test_sampling_is_reproducible_and_the_fraction_sets_the_target() -> None:
         cohorts.append(opened.cohort)
         assert len(opened.cohort) == 4 and opened.target == 2 and opened.online == 10
     assert cohorts[0] == cohorts[1] == SamplingRule(0.4, 2, 0, 2, 3).sample(ids, 4)
+    r = rounds(min_clients=2, fraction=0.5, fraction_train=0.4, seed=3)
+    online(r, *ids)
+    assert r.sample(4) == cohorts[0], "sample() is the cohort open() takes by default"
+    assert r.open(4, T0, frozenset(ids[:2])).cohort == set(ids[:2]), "or the one it is given"
     r = rounds(min_clients=2, fraction_train=0.4, seed=3)
     online(r, *ids)
     assert r.open(5, T0).cohort != cohorts[0] or r.open(6, T0).cohort != cohorts[0], "cohorts change by round"
