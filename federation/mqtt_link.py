@@ -17,6 +17,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from federation.errors import FedmqError
 from federation.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
 from federation.connect_diagnosis import GET_CREDENTIALS, diagnose
+from federation.settings import tls_problem
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +103,8 @@ def read_password(path: str) -> str:
 
 def configure_security(client: mqtt.Client, address: BrokerAddress) -> None:
     """Set TLS and the login on a paho client; CredentialsError names a missing or unusable file."""
-    if (address.tls_cert or address.tls_key) and not (address.tls_cert and address.tls_key):
-        raise CredentialsError("a client certificate needs both tls_cert and tls_key (--tls-cert and --tls-key)")
-    if address.tls_cert and not address.tls_ca:
-        raise CredentialsError("a client certificate needs tls_ca (--tls-ca) too: mutual TLS is TLS first")
+    if problem := tls_problem(address.tls_cert, address.tls_key, address.tls_ca):
+        raise CredentialsError(problem)
     if address.password_file and not address.username:
         raise CredentialsError("a password file needs a username (--username)")
     if address.use_tls:

@@ -289,10 +289,8 @@ def _check_sampling(s: Settings, source: str) -> None:
 
 def _check_security(s: Settings, source: str) -> None:
     b, a = s.broker, s.aggregation
-    if bool(b.tls_cert) != bool(b.tls_key):
-        raise ConfigError(f"{source}: [broker] tls_cert and tls_key go together (a client certificate and its key)")
-    if b.tls_cert and not b.tls_ca:
-        raise ConfigError(f"{source}: [broker] tls_cert needs tls_ca: mutual TLS is TLS first")
+    if problem := tls_problem(b.tls_cert, b.tls_key, b.tls_ca):
+        raise ConfigError(f"{source}: [broker] {problem}")
     if bool(b.username) != bool(b.password_file):
         raise ConfigError(f"{source}: [broker] username and password_file go together")
     if a.rule == "multi_krum" and s.quorum.min_clients < krum_min_updates(a.krum_byzantine):
@@ -301,6 +299,16 @@ def _check_security(s: Settings, source: str) -> None:
                           f"to that (it is {s.quorum.min_clients})")
     if problem := dp_problem(a):
         raise ConfigError(f"{source}: [aggregation] {problem}")
+
+
+def tls_problem(tls_cert: str, tls_key: str, tls_ca: str) -> str:
+    """Why these TLS files can't make a connection ("" when they can): the one rule, checked when settings load
+    and again by federation.mqtt_link.configure_security (devices give these as flags)."""
+    if bool(tls_cert) != bool(tls_key):
+        return "a client certificate needs both tls_cert and tls_key (--tls-cert and --tls-key)"
+    if tls_cert and not tls_ca:
+        return "tls_cert needs tls_ca (--tls-ca) too: mutual TLS is TLS first"
+    return ""
 
 
 def krum_min_updates(byzantine: int) -> int:

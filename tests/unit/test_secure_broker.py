@@ -351,3 +351,18 @@ def test_a_second_coordinator_login_for_concurrent_runs(tmp_path: Path) -> None:
     assert "coordinator-b" not in layout.acl_file.read_text() and "coordinator-b" not in password_users(layout)
     with pytest.raises(SecureBrokerError, match="can't be revoked"):
         revoke_device(root, "coordinator")
+
+
+@pytest.mark.parametrize("cert,key,ca", [("c.crt", "", "ca.crt"), ("", "c.key", "ca.crt"), ("c.crt", "c.key", "")])
+def test_the_tls_rule_is_one_rule_for_settings_and_connections(cert: str, key: str, ca: str) -> None:
+    from federation.settings import tls_problem
+
+    problem = tls_problem(cert, key, ca)
+    assert problem
+    with pytest.raises(ConfigError) as config_error:
+        load_settings(None, {"broker.tls_cert": cert, "broker.tls_key": key, "broker.tls_ca": ca})
+    assert problem in str(config_error.value)
+    with pytest.raises(CredentialsError) as connect_error:
+        configure_security(paho_client(), BrokerAddress(tls_ca=ca, tls_cert=cert, tls_key=key))
+    assert str(connect_error.value) == problem
+    assert tls_problem("c.crt", "c.key", "ca.crt") == tls_problem("", "", "") == ""
