@@ -122,6 +122,11 @@ def export_tflite(model: "keras.Model", out_dir: Path, variant: str,  # noqa: F8
     content = convert_to_tflite(model, variant, representative_images, tflite_runtime_compat, class_names)
     if class_names:
         write_labels(out_dir, class_names)
+    return write_tflite(out_dir, variant, content)
+
+
+def write_tflite(out_dir: Path, variant: str, content: bytes) -> Path:
+    """Write `content`, a .tflite of `variant`, into out_dir under its standard file name, atomically."""
     path = Path(out_dir) / VARIANT_FILES[variant]
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(content)

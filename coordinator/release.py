@@ -14,7 +14,7 @@ import numpy as np
 
 from coordinator.deploy import Deployer
 from coordinator.evaluation import Evaluation, evaluate_classifier
-from coordinator.export import ACCURACY_BOUND_POINTS, VARIANT_FILES, convert_to_tflite, write_labels
+from coordinator.export import ACCURACY_BOUND_POINTS, convert_to_tflite, write_labels, write_tflite
 from federation.inference import TFLiteClassifier
 from federation.settings import Settings
 
@@ -62,11 +62,7 @@ class Release:
         for variant in self.variants():
             content = convert_to_tflite(model, variant, representative, self.settings.export.tflite_runtime_compat,
                                         self.class_names)
-            path = self.run_dir / VARIANT_FILES[variant]
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(content)
-            tmp.replace(path)
-            log.info("exported %s TFLite model to %s (%d bytes)", variant, path, len(content))
+            path = write_tflite(self.run_dir, variant, content)
             classifier = TFLiteClassifier(content)
             ev = evaluate_classifier(classifier, x_test, y_test)
             self.exported[variant] = Exported(variant, path, content, classifier, ev)
