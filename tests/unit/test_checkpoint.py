@@ -130,3 +130,28 @@ def test_an_ended_run_is_not_continued_even_with_more_rounds(tmp_path) -> None:
     assert coordinator._usable_checkpoint() is None, "3 rounds planned now, but the 2-round run ended"
     _set_aside(coordinator)
     assert sorted(p.name.startswith("r1.") for p in tmp_path.iterdir()) == [False, True]
+
+
+def test_the_run_store_writes_metrics_checkpoints_and_the_summary_after_claiming_the_folder(tmp_path) -> None:
+    import json
+
+    from coordinator.metrics import read_metrics
+
+    settings = with_overrides(load_settings(None), run={"output_dir": str(tmp_path), "name": "r1"},
+                              training={"rounds": 2})
+    store = RunStore(settings)
+    assert store.usable_checkpoint("a" * 64) is None and not store.run_dir.exists(), "nothing written yet"
+    store.claim(("a", "b"))
+    assert json.loads((store.run_dir / "config.json").read_text())["run"]["name"] == "r1"
+    weights = [np.arange(3, dtype=np.float32)]
+    store.round_closed(_metrics(1), weights, "a" * 64)
+    checkpoint = load_checkpoint(store.run_dir)
+    assert checkpoint is not None and checkpoint.round == 1 and not checkpoint.finished
+    assert [m.round for m in read_metrics(store.metrics_path)] == [1]
+    store.round_closed(_metrics(2), weights, "a" * 64)
+    store.finished(2, weights, "a" * 64)
+    checkpoint = load_checkpoint(store.run_dir)
+    assert checkpoint is not None and checkpoint.finished and [m.round for m in checkpoint.metrics] == [1, 2]
+    store.write_summary({"run": "r1", "rounds": 2})
+    assert json.loads((store.run_dir / "summary.json").read_text()) == {"run": "r1", "rounds": 2}
+    assert RunStore(settings).usable_checkpoint("a" * 64) is None, "a finished run is set aside, not resumed"

@@ -86,3 +86,39 @@ def test_a_failing_deployment_is_logged_and_the_run_goes_on(tmp_path: Path, capl
     assert "deploying the final float32 model failed" in caplog.text
     assert "the float32 model to deploy was not exported" in caplog.text
     assert "round 2: deploying the float32 model failed" in caplog.text
+
+
+def test_the_release_writes_and_loads_each_exported_model_once_and_deploys_those_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import keras
+    import numpy as np
+
+    import coordinator.deploy
+    import coordinator.release
+    from coordinator.release import Release
+    from federation.inference import TFLiteClassifier
+
+    loads: list[int] = []
+
+    def counting(content: bytes, *args: object, **kwargs: object) -> TFLiteClassifier:
+        loads.append(len(content))
+        return TFLiteClassifier(content, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(coordinator.release, "TFLiteClassifier", counting)
+    monkeypatch.setattr(coordinator.deploy, "TFLiteClassifier", counting)
+    d, link = deployer(**{"deploy.enabled": True, "deploy.variant": "float32", "export.tflite": ["float32"]})
+    release = Release(d.settings, tmp_path, CLASS_NAMES, d)
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                              keras.layers.Dense(10, activation="softmax")])
+    x, y = np.zeros((8, 28, 28, 1), np.uint8), np.arange(8) % 10
+    release.save_keras(model)
+    out = release.export(model, x, y, 0.1)
+    written = (tmp_path / "model.tflite").read_bytes()
+    assert list(out) == ["float32"] and out["float32"]["bytes"] == len(written) and out["float32"]["examples"] == 8
+    assert (tmp_path / "labels.txt").read_text().splitlines() == list(CLASS_NAMES)
+    assert loads == [len(written)], "written once, loaded once"
+    record = release.deploy(2, 0.1)
+    assert record is not None and record["sha256"] == sha256_hex(written) and record["confirmed"]
+    assert loads == [len(written)], "the deployment reuses the loaded model"
+    assert any(t == TOPICS.deploy or t.startswith(TOPICS.deploy) for t, _, _ in link.published)
