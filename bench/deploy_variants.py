@@ -37,7 +37,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
-from federation.inference import TFLiteClassifier
+from federation.inference.runtime import TFLiteClassifier
 model, images, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 x = np.load(images)["x"]
 interpreter = Interpreter(model_path=model, num_threads=1)
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def trained_model(args: argparse.Namespace, data: "Dataset") -> tuple["keras.Model", str]:  # noqa: F821
     import keras
 
-    from federation.models import build_model, compile_model
+    from federation.learning.models import build_model, compile_model
 
     if args.run_dir:
         model = keras.models.load_model(args.run_dir / "model.keras", compile=False)
@@ -115,8 +115,8 @@ def measure_serve(model: Path, x: np.ndarray, folder: Path, requests: int = 200)
 
     from broker import free_port
     from edge_client.model_store import ModelStore
-    from federation.deployment import DeploymentInfo
-    from federation.inference import TFLiteClassifier
+    from federation.protocol.deployed_model import DeploymentInfo
+    from federation.inference.runtime import TFLiteClassifier
 
     content = model.read_bytes()
     classifier = TFLiteClassifier(content)
@@ -172,7 +172,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from coordinator.export import ACCURACY_BOUND_POINTS, convert_to_tflite
-    from federation.datasets import load_dataset
+    from federation.learning.datasets import load_dataset
 
     data = load_dataset("fashion_mnist")
     model, source = trained_model(args, data)

@@ -25,10 +25,10 @@ sys.path.insert(0, str(REPO_ROOT))
 import numpy as np  # noqa: E402
 
 from broker import MosquittoProcess, free_port  # noqa: E402
-from federation.chunking import ChunkManifest  # noqa: E402
-from federation.messages import ChunkedMessage, ModelChunk  # noqa: E402
-from federation.model_delivery import delivery_messages  # noqa: E402
-from federation.topics import RunTopics  # noqa: E402
+from federation.protocol.byte_chunks import ChunkManifest  # noqa: E402
+from federation.protocol.messages import ChunkedMessage, ModelChunk  # noqa: E402
+from federation.protocol.model_delivery import delivery_messages  # noqa: E402
+from federation.protocol.topics import RunTopics  # noqa: E402
 from tests.deploy_support import (  # noqa: E402
     RetainedPublisher, deployment, http, serve_status, start_serve, stop, tiny_tflite, wait_until,
 )

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from federation.topics import RunTopics, check_level
+from federation.protocol.topics import RunTopics, check_level
 
 log = logging.getLogger(__name__)
 

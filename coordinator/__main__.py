@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from federation.broker_cli import add_broker_flags, settings_overrides
-from federation.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
+from federation.cli.broker_flags import add_broker_flags, settings_overrides
+from federation.config.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
 
 log = logging.getLogger("coordinator")
 COMMANDS = ("run", "evaluate", "baseline", "report", "dashboard")
@@ -87,8 +87,8 @@ def run_command(argv: list[str]) -> int:
         return 2
     from coordinator.engine import Coordinator
     from coordinator.final_publish import FinalPublishError
-    from federation.datasets import DatasetError, DatasetNotFoundError
-    from federation.mqtt_link import BrokerRefusedError, CredentialsError
+    from federation.learning.datasets import DatasetError, DatasetNotFoundError
+    from federation.transport.mqtt_link import BrokerRefusedError, CredentialsError
 
     try:
         with RunProgress(settings.run.name, settings.training.rounds, console) as progress:
@@ -128,7 +128,7 @@ def evaluate_command(argv: list[str]) -> int:
         print(f"error: {args.model} does not exist", file=sys.stderr)
         return 2
     from coordinator.evaluation import evaluate_file
-    from federation.datasets import DatasetError, DatasetNotFoundError, load_dataset
+    from federation.learning.datasets import DatasetError, DatasetNotFoundError, load_dataset
 
     try:
         dataset = load_dataset(args.dataset or settings.model.dataset,

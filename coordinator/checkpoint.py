@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.metrics import RoundMetrics
-from federation.codec import TensorSpec
-from federation.settings import Settings
+from federation.protocol.codec import TensorSpec
+from federation.config.settings import Settings
 
 CHECKPOINT_FILE = "checkpoint.npz"
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.deployment import DeploymentInfo
-from federation.inference import TFLiteClassifier
-from federation.model_delivery import delivery_messages
-from federation.mqtt_link import MqttLink
-from federation.settings import Settings
-from federation.topics import RunTopics
+from federation.protocol.deployed_model import DeploymentInfo
+from federation.inference.runtime import TFLiteClassifier
+from federation.protocol.model_delivery import delivery_messages
+from federation.transport.mqtt_link import MqttLink
+from federation.config.settings import Settings
+from federation.protocol.topics import RunTopics
 
 log = logging.getLogger(__name__)
 

@@ -26,18 +26,18 @@ from coordinator.progress import ROUND_LOG, RunProgress
 from coordinator.cohort import SamplingRule
 from coordinator.drops import DropLog
 from coordinator.quorum import Decision, QuorumRule, RoundTracker
-from federation.settings import Settings
-from federation.codec import DecodeError, DecodeLimits, check_tensors, wire_repr
-from federation.datasets import Dataset, load_dataset
-from federation.messages import (
+from federation.config.settings import Settings
+from federation.protocol.codec import DecodeError, DecodeLimits, check_tensors, wire_repr
+from federation.learning.datasets import Dataset, load_dataset
+from federation.protocol.messages import (
     ClientStatus, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, Update, check_finite,
     Message, decode_message, weights_digest,
 )
-from federation.chunked_transfer import ChunkedReceiver, base_topic, chunk_topic, outgoing_messages
-from federation.inbox import Inbound, Inbox
-from federation.models import build_model, compile_model, named_weights, weight_specs
-from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
-from federation.topics import RunTopics, check_level
+from federation.protocol.chunked_transfer import ChunkedReceiver, base_topic, chunk_topic, outgoing_messages
+from federation.transport.inbox import Inbound, Inbox
+from federation.learning.models import build_model, compile_model, named_weights, weight_specs
+from federation.transport.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
+from federation.protocol.topics import RunTopics, check_level
 
 log = logging.getLogger(__name__)
 

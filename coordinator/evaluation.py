@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.datasets import Dataset
-from federation.inference import TFLiteClassifier
-from federation.models import compile_model
+from federation.learning.datasets import Dataset
+from federation.inference.runtime import TFLiteClassifier
+from federation.learning.models import compile_model
 
 log = logging.getLogger(__name__)
 

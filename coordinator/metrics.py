@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from federation.messages import RoundMetricsMessage
+from federation.protocol.messages import RoundMetricsMessage
 
 
 @dataclass

@@ -241,7 +241,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/report)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
-    from federation.console import configure_logging
+    from federation.cli.console import configure_logging
 
     configure_logging(args.log_level)
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from edge_client.attacks import ATTACK_HELP
 from edge_client.cli_common import unique_client_id
-from federation.broker_cli import add_broker_flags, device_address
-from federation.settings import ConfigError, load_settings
+from federation.cli.broker_flags import add_broker_flags, device_address
+from federation.config.settings import ConfigError, load_settings
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return import_module(f"edge_client.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
-    from federation.console import configure_logging, terminal_console
+    from federation.cli.console import configure_logging, terminal_console
 
     console = terminal_console()  # a live progress panel on a terminal; plain log lines otherwise
     configure_logging(args.log_level, console)
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError
     from edge_client.local_data import DataChoice, load_local_data
-    from federation.datasets import DatasetError, DatasetNotFoundError
-    from federation.mqtt_link import BrokerRefusedError
-    from federation.partition import PartitionError
+    from federation.learning.datasets import DatasetError, DatasetNotFoundError
+    from federation.transport.mqtt_link import BrokerRefusedError
+    from federation.learning.partition import PartitionError
 
     try:
         address = device_address(args, cfg.broker, args.client_id)

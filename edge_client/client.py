@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.codec import DecodeError, check_tensors
-from federation.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
-from federation.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, ModelInfo, RunEnd, Update, check_finite
-from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
-from federation.topics import RunTopics, check_level
-from federation.version import SOFTWARE_VERSION
+from federation.protocol.codec import DecodeError, check_tensors
+from federation.protocol.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
+from federation.protocol.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, ModelInfo, RunEnd, Update, check_finite
+from federation.transport.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
+from federation.protocol.topics import RunTopics, check_level
+from federation.protocol.version import SOFTWARE_VERSION
 from edge_client.attacks import Attack
 from edge_client.local_data import LocalData
 from edge_client.progress import ClientProgress
@@ -298,7 +298,7 @@ class EdgeClient:
         update would be late, so it is dropped and the newer model is trained next)."""
         import keras
 
-        from federation.models import compile_model, weight_specs
+        from federation.learning.models import compile_model, weight_specs
 
         model = self._model_for(message.model)
         labels = self._labels_for(message.model)
@@ -377,7 +377,7 @@ class EdgeClient:
                 f"the coordinator's model {info.name} takes inputs of shape {tuple(info.input_shape)}, but this "
                 f"device's data ({self.data.name}) has shape {self.data.input_shape}")
         self._labels_for(info)
-        from federation.models import build_model
+        from federation.learning.models import build_model
 
         self._model = build_model(info.name, info.input_shape, info.num_classes)
         self._model_info = info

@@ -15,9 +15,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_client.client import INSTANCE  # this process, in the `device` map of its status messages
-from federation.codec import DecodeError
-from federation.messages import ClientStatus, decode_message
-from federation.mqtt_link import BrokerAddress, configure_security
+from federation.protocol.codec import DecodeError
+from federation.protocol.messages import ClientStatus, decode_message
+from federation.transport.mqtt_link import BrokerAddress, configure_security
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from federation.deployment import DeploymentError, DeploymentInfo
+from federation.protocol.deployed_model import DeploymentError, DeploymentInfo
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, setup_logging
-from edge_client.connection import add_security_flags
+from edge_client.security_flags import add_security_flags
 from edge_client.images import InputError, load_inputs
 from edge_client.model_store import CURRENT, ModelStore
-from federation.inference import TFLiteClassifier
+from federation.inference.runtime import TFLiteClassifier
 
 log = logging.getLogger("edge_client.predict")
 
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from federation.settings import ConfigError, load_settings
+    from federation.config.settings import ConfigError, load_settings
 
     try:
         run = args.run or load_settings(args.config).run.name

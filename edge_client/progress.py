@@ -15,7 +15,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from federation.console import LivePanel
+from federation.cli.console import LivePanel
 
 log = logging.getLogger(__name__)
 

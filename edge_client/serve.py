@@ -23,19 +23,19 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, run_name, setup_logging
-from edge_client.connection import add_security_flags, broker_address
+from edge_client.security_flags import add_security_flags, broker_address
 from edge_client.images import (
     MAX_ARRAY_BYTES, NPY_MAGIC, ZIP_MAGIC, InputError, InputTooLarge, as_batch, decode_array, decode_image,
 )
 from edge_client.model_store import ModelStore, ModelStoreError
-from federation.deployment import DeploymentInfo
-from federation.inbox import Inbound, Inbox
-from federation.inference import TFLiteClassifier, load_interpreter_class
-from federation.messages import ClientStatus
-from federation.model_delivery import DeliveryReceiver, DeliveryRejected
-from federation.mqtt_link import BrokerAddress, MqttLink
-from federation.topics import RunTopics, check_level
-from federation.version import SOFTWARE_VERSION
+from federation.protocol.deployed_model import DeploymentInfo
+from federation.transport.inbox import Inbound, Inbox
+from federation.inference.runtime import TFLiteClassifier, load_interpreter_class
+from federation.protocol.messages import ClientStatus
+from federation.protocol.model_delivery import DeliveryReceiver, DeliveryRejected
+from federation.transport.mqtt_link import BrokerAddress, MqttLink
+from federation.protocol.topics import RunTopics, check_level
+from federation.protocol.version import SOFTWARE_VERSION
 
 log = logging.getLogger("edge_client.serve")
 
@@ -570,7 +570,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     _return_big_buffers_to_the_system()
-    from federation.settings import ConfigError, load_settings
+    from federation.config.settings import ConfigError, load_settings
 
     try:
         cfg = load_settings(args.config)

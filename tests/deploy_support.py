@@ -18,9 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from federation.chunking import sha256_hex
-from federation.deployment import DeploymentInfo
-from federation.inference import TFLiteClassifier
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.deployed_model import DeploymentInfo
+from federation.inference.runtime import TFLiteClassifier
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASS_NAMES = tuple(f"class-{i}" for i in range(10))

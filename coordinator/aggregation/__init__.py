@@ -22,7 +22,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {"fedavg": FedAvg, "median": Coordina
 
 
 def make_aggregator(config: Any) -> Aggregator:
-    """The rule for `config`: a rule name (that rule with its defaults), or federation.settings'
+    """The rule for `config`: a rule name (that rule with its defaults), or federation.config.settings'
     AggregationSettings: the rule behind norm clipping (which also reports update norms), or central DP."""
     if isinstance(config, str):
         if config not in AGGREGATORS:

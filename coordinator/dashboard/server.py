@@ -15,9 +15,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
-from federation.broker_cli import SECURITY_FLAGS, AddressError, add_broker_flags, settings_overrides
-from federation.mqtt_link import BrokerAddress
-from federation.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
+from federation.cli.broker_flags import SECURITY_FLAGS, AddressError, add_broker_flags, settings_overrides
+from federation.transport.mqtt_link import BrokerAddress
+from federation.config.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def main(argv: list[str]) -> int:
               "its own trust store and login; give it --broker wss://HOST:PORT (or --ws-url) instead",
               file=sys.stderr)
         return 2
-    from federation.console import configure_logging
+    from federation.cli.console import configure_logging
 
     configure_logging(args.log_level)
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from demo.local_federation import REPO_ROOT
-from federation.messages import ClientStatus, decode_message
+from federation.protocol.messages import ClientStatus, decode_message
 from tests.conftest import retained_messages
 
 pytestmark = pytest.mark.timeout(300)

@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from broker import free_port
 from demo.local_federation import REPO_ROOT, LocalFederation
-from federation.messages import ClientStatus, RoundMetricsMessage, decode_message
+from federation.protocol.messages import ClientStatus, RoundMetricsMessage, decode_message
 from tests.conftest import retained_messages
 
 pytestmark = pytest.mark.timeout(300)

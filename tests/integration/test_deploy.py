@@ -15,12 +15,12 @@ from PIL import Image
 
 from broker import MosquittoProcess, free_port
 from demo.local_federation import LocalFederation
-from federation.chunking import sha256_hex
-from federation.codec import pack, unpack
-from federation.datasets import load_dataset
-from federation.inference import TFLiteClassifier
-from federation.model_delivery import delivery_messages
-from federation.topics import RunTopics
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.codec import pack, unpack
+from federation.learning.datasets import load_dataset
+from federation.inference.runtime import TFLiteClassifier
+from federation.protocol.model_delivery import delivery_messages
+from federation.protocol.topics import RunTopics
 from tests.conftest import retained_messages
 from tests.deploy_support import (
     REPO_ROOT, RequestStream, RetainedPublisher, deployment, http, serve_status, start_serve, stop, tiny_tflite,

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from demo.local_federation import REPO_ROOT, LocalFederation
-from federation.codec import unpack
-from federation.datasets import load_dataset
-from federation.inference import TFLiteClassifier
+from federation.protocol.codec import unpack
+from federation.learning.datasets import load_dataset
+from federation.inference.runtime import TFLiteClassifier
 from tests.conftest import retained_messages
 
 pytestmark = pytest.mark.timeout(300)

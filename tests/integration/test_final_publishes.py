@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from demo.local_federation import LocalFederation
-from federation.messages import RunEnd, decode_message
+from federation.protocol.messages import RunEnd, decode_message
 from tests.conftest import retained_messages
 
 pytestmark = pytest.mark.timeout(300)

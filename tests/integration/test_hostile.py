@@ -13,8 +13,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.local_federation import LocalFederation
-from federation.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, TrainingPlan
-from federation.topics import RunTopics
+from federation.protocol.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, TrainingPlan
+from federation.protocol.topics import RunTopics
 
 pytestmark = pytest.mark.timeout(420)
 DATA = ["--dataset", "fashion_mnist"]

@@ -17,7 +17,7 @@ from broker import MosquittoProcess, free_port
 from coordinator.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from coordinator.metrics import RoundMetrics
 from demo.local_federation import REPO_ROOT
-from federation.messages import CoordinatorState, decode_message
+from federation.protocol.messages import CoordinatorState, decode_message
 from tests.conftest import retained_messages
 
 pytestmark = pytest.mark.timeout(300)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation.broker_address import AddressError, format_address, parse_address
-from federation.broker_cli import add_broker_flags, device_address, settings_overrides
-from federation.mqtt_link import BrokerAddress
-from federation.settings import ConfigError, load_settings
+from federation.transport.broker_address import AddressError, format_address, parse_address
+from federation.cli.broker_flags import add_broker_flags, device_address, settings_overrides
+from federation.transport.mqtt_link import BrokerAddress
+from federation.config.settings import ConfigError, load_settings
 
 
 @pytest.mark.parametrize("text, host, port, transport, tls, path", [

@@ -1,4 +1,4 @@
-"""Tests for federation.chunking: split and reassemble in any order, with duplicates, corruption and timeouts."""
+"""Tests for federation.protocol.byte_chunks: split and reassemble in any order, with duplicates, corruption and timeouts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.chunking import ChunkError, ChunkManifest, Reassembler, sha256_hex, split
+from federation.protocol.byte_chunks import ChunkError, ChunkManifest, Reassembler, sha256_hex, split
 
 DATA = bytes(random.Random(0).getrandbits(8) for _ in range(10_000))
 

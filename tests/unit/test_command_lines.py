@@ -1,4 +1,4 @@
-"""Every command takes the same broker and run flags (declared once in federation/broker_cli.py), and no parser
+"""Every command takes the same broker and run flags (declared once in federation/cli/broker_flags.py), and no parser
 in the project accepts an abbreviated flag: `--training.round` must not quietly mean `--training.rounds`."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.broker_cli import CONNECTION_FLAGS, SECURITY_FLAGS
+from federation.cli.broker_flags import CONNECTION_FLAGS, SECURITY_FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED_ARGV = ["--broker", "mqtts://broker.lan:8883", "--port", "8883", "--mqtt-version", "5", "--run", "r1",

@@ -1,4 +1,4 @@
-"""Tests for federation.datasets: idx, npz and CIFAR files, image folders, and the not-found message.
+"""Tests for federation.learning.datasets: idx, npz and CIFAR files, image folders, and the not-found message.
 
 Local data is written into tmp_path; the Keras cache, Debian folder and download are redirected."""
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from federation import datasets
-from federation.datasets import (
+from federation.learning import datasets
+from federation.learning.datasets import (
     DatasetError,
     DatasetNotFoundError,
     candidate_locations,
@@ -239,7 +239,7 @@ def test_class_names_for_builtins() -> None:
 
 
 def test_importing_the_module_does_not_import_keras() -> None:
-    code = "import sys, federation.datasets; print('keras' in sys.modules or 'tensorflow' in sys.modules)"
+    code = "import sys, federation.learning.datasets; print('keras' in sys.modules or 'tensorflow' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
     command = [sys.executable, "-c", code]
     result = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)

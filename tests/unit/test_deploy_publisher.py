@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from coordinator.deploy import Deployer
-from federation.chunking import sha256_hex
-from federation.model_delivery import DeliveryReceiver
-from federation.settings import load_settings
-from federation.topics import RunTopics
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.model_delivery import DeliveryReceiver
+from federation.config.settings import load_settings
+from federation.protocol.topics import RunTopics
 from tests.deploy_support import CLASS_NAMES, tiny_tflite
 
 TOPICS = RunTopics("fedmq", "demo")

@@ -7,8 +7,8 @@ import pytest
 
 from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError, label_map
 from edge_client.local_data import LocalData
-from federation.messages import ModelInfo
-from federation.mqtt_link import BrokerAddress
+from federation.protocol.messages import ModelInfo
+from federation.transport.mqtt_link import BrokerAddress
 
 
 def _client(x: np.ndarray, y: np.ndarray) -> EdgeClient:

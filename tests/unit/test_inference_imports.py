@@ -28,16 +28,16 @@ def run(code: str) -> dict:
 
 def test_serve_and_predict_import_neither_tensorflow_nor_keras() -> None:
     result = run("import json, sys\n"
-                 "import edge_client.__main__, edge_client.serve, edge_client.predict, federation.model_delivery\n"
+                 "import edge_client.__main__, edge_client.serve, edge_client.predict, federation.protocol.model_delivery\n"
                  "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & "
-                 "{'tensorflow', 'keras', 'tf_keras', 'rich', 'federation.datasets'})))")
+                 "{'tensorflow', 'keras', 'tf_keras', 'rich', 'federation.learning.datasets'})))")
     assert result == []
 
 
 def test_runtime_order_litert_then_tflite_runtime_then_tensorflow(tmp_path: Path) -> None:
     model = tmp_path / "m.tflite"
     model.write_bytes(tiny_tflite(1))
-    probe = ("import json, sys\nfrom federation.inference import TFLiteClassifier\n"
+    probe = ("import json, sys\nfrom federation.inference.runtime import TFLiteClassifier\n"
              f"c = TFLiteClassifier({str(model)!r})\n"
              "print(json.dumps([c.runtime, 'tensorflow' in sys.modules]))")
     assert run(probe) == ["ai-edge-litert", False]

@@ -1,4 +1,4 @@
-"""Tests for federation.messages: every message type round-trips; invalid payloads raise DecodeError only."""
+"""Tests for federation.protocol.messages: every message type round-trips; invalid payloads raise DecodeError only."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from federation.chunking import sha256_hex, split
-from federation.codec import WIRE_DTYPES, DecodeError, encode_tensor, pack, unpack
-from federation.deployment import DeploymentInfo, TensorFormat
-from federation.messages import (
+from federation.protocol.byte_chunks import sha256_hex, split
+from federation.protocol.codec import WIRE_DTYPES, DecodeError, encode_tensor, pack, unpack
+from federation.protocol.deployed_model import DeploymentInfo, TensorFormat
+from federation.protocol.messages import (
     MAX_NUM_EXAMPLES,
     MESSAGE_TYPES,
     ChunkedMessage,
@@ -34,7 +34,7 @@ from federation.messages import (
     check_finite,
     decode_message,
 )
-from federation.version import PROTOCOL_VERSION
+from federation.protocol.version import PROTOCOL_VERSION
 
 TENSORS = [
     ("conv/kernel", np.linspace(-1, 1, 3 * 3 * 1 * 4, dtype=np.float32).reshape(3, 3, 1, 4)),

@@ -166,7 +166,7 @@ def test_log_level_is_honoured_and_the_round_line_always_shows() -> None:
 
 
 def test_terminal_console_only_when_stderr_is_a_tty() -> None:
-    code = "from federation.console import terminal_console; print(terminal_console() is not None)"
+    code = "from federation.cli.console import terminal_console; print(terminal_console() is not None)"
     piped = run_python(code)
     assert piped.stdout.strip() == "False", piped.stderr
     controller, terminal = pty.openpty()

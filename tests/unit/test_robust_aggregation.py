@@ -16,7 +16,7 @@ from coordinator.aggregation import (
     TrimmedMean, make_aggregator,
 )
 from coordinator.aggregation.clipping import clip_to_norm, delta_norm
-from federation.settings import AggregationSettings
+from federation.config.settings import AggregationSettings
 
 Case = tuple[list[np.ndarray], list[list[np.ndarray]]]
 

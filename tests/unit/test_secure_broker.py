@@ -22,9 +22,9 @@ from broker.secure import (
     render_acl, render_secure_config, revoke_device,
 )
 from edge_client.attacks import Attack
-from edge_client.connection import login_username
-from federation.mqtt_link import BrokerAddress, CredentialsError, configure_security, read_password
-from federation.settings import ConfigError, load_settings
+from edge_client.security_flags import login_username
+from federation.transport.mqtt_link import BrokerAddress, CredentialsError, configure_security, read_password
+from federation.config.settings import ConfigError, load_settings
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from broker import free_port
 from edge_client import predict
 from edge_client.model_store import CURRENT, ModelStore
 from edge_client.serve import ModelServer, NoModelError, _HTTPServer
-from federation.chunking import sha256_hex
-from federation.deployment import TensorFormat
-from federation.inference import TFLiteClassifier
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.deployed_model import TensorFormat
+from federation.inference.runtime import TFLiteClassifier
 from tests.deploy_support import CLASS_NAMES, deployment, http, npy_bytes, tiny_tflite
 
 RNG = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Tests for federation.settings: the default TOML, validation errors that name the key, CLI overrides."""
+"""Tests for federation.config.settings: the default TOML, validation errors that name the key, CLI overrides."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.settings import (
+from federation.config.settings import (
     SECTIONS,
     TFLITE_VARIANTS,
     ConfigError,

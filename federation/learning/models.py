@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from federation.codec import TensorSpec
+from federation.protocol.codec import TensorSpec
 
 ModelBuilder = Callable[[tuple[int, ...], int], "keras.Model"]  # noqa: F821
 MODEL_REGISTRY: dict[str, ModelBuilder] = {}

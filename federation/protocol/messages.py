@@ -12,12 +12,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from federation.chunking import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
-from federation.codec import (
+from federation.protocol.byte_chunks import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
+from federation.protocol.codec import (
     DecodeError, DecodeLimits, clip_text, decode_tensors, encode_tensors, pack, unpack, wire_repr,
 )
-from federation.deployment import DeploymentError, DeploymentInfo
-from federation.version import PROTOCOL_VERSION
+from federation.protocol.deployed_model import DeploymentError, DeploymentInfo
+from federation.protocol.version import PROTOCOL_VERSION
 
 Tensors = list[tuple[str, np.ndarray]]
 
@@ -250,7 +250,7 @@ class RoundMetricsMessage(Message):
 @dataclass
 class DeployedModel(Message):
     """A TFLite model for inference-only devices, retained on the deploy topic (chunked when large, like any
-    message: see federation/chunked_transfer.py); `info.sha256` is the model bytes' own hash."""
+    message: see federation/protocol/chunked_transfer.py); `info.sha256` is the model bytes' own hash."""
 
     TYPE: ClassVar[str] = "deployed_model"
     info: DeploymentInfo = None  # type: ignore[assignment]
@@ -279,7 +279,7 @@ class ModelChunk(Message):
 @dataclass
 class ChunkedMessage(Message):
     """Stands for a message too large for the broker: its bytes follow as `model_chunk` messages on
-    `<this topic>/chunk/<i>`, described by `manifest`; see federation/chunked_transfer.py."""
+    `<this topic>/chunk/<i>`, described by `manifest`; see federation/protocol/chunked_transfer.py."""
 
     TYPE: ClassVar[str] = "chunked"
     manifest: ChunkManifest = None  # type: ignore[assignment]

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from federation.mqtt_link import BrokerAddress
+    from federation.transport.mqtt_link import BrokerAddress
 
 log = logging.getLogger(__name__)
 

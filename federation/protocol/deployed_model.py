@@ -8,7 +8,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from federation.chunking import is_sha256_hex
+from federation.protocol.byte_chunks import is_sha256_hex
 
 DEPLOY_VARIANTS = ("float32", "dynamic", "int8")
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8", "int16", "int32")

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from federation.broker_address import FORMS, AddressError, parse_address
-from federation.mqtt_link import BrokerAddress
+from federation.transport.broker_address import FORMS, AddressError, parse_address
+from federation.transport.mqtt_link import BrokerAddress
 
 CONNECTION_FLAGS = ("--config", "--broker", "--port", "--mqtt-version", "--run", "--topic-prefix", "--client-id")
 SECURITY_FLAGS = ("--tls-ca", "--tls-cert", "--tls-key", "--username", "--password-file")

@@ -1,15 +1,15 @@
 """The edge client's secure-broker flags (TLS, client certificate, login) and the BrokerAddress they make.
 
 A device's MQTT username must equal its client id: the broker's ACL lets it publish only on topics named after it.
-The flags themselves are declared once for every command in federation/broker_cli.py."""
+The flags themselves are declared once for every command in federation/cli/broker_flags.py."""
 
 from __future__ import annotations
 
 import argparse
 from types import SimpleNamespace
 
-from federation.broker_cli import add_security_flags, device_address, login_username
-from federation.mqtt_link import BrokerAddress
+from federation.cli.broker_flags import add_security_flags, device_address, login_username
+from federation.transport.mqtt_link import BrokerAddress
 
 __all__ = ["add_security_flags", "broker_address", "login_username"]
 

@@ -10,9 +10,9 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from federation.chunking import ChunkError, Dropped, Reassembler, sha256_hex, split
-from federation.codec import DecodeError, DecodeLimits, wire_repr
-from federation.messages import ChunkedMessage, Message, ModelChunk, decode_message
+from federation.protocol.byte_chunks import ChunkError, Dropped, Reassembler, sha256_hex, split
+from federation.protocol.codec import DecodeError, DecodeLimits, wire_repr
+from federation.protocol.messages import ChunkedMessage, Message, ModelChunk, decode_message
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class ChunkedReceiver:
       manifest yet) make room, so size it for the senders that may be mid-transfer at once;
     - `timeout_s`: a transfer not complete by then is dropped, checked on every call (amortised O(1)).
 
-    Byte counts include a per-chunk and per-transfer overhead (federation.chunking.CHUNK_OVERHEAD...). Chunk
+    Byte counts include a per-chunk and per-transfer overhead (federation.protocol.byte_chunks.CHUNK_OVERHEAD...). Chunk
     messages are decoded with DecodeLimits.for_size(max_payload); manifests and whole messages with `limits`."""
 
     def __init__(self, max_payload: int, timeout_s: float = 120.0, *, limits: DecodeLimits | None = None,

@@ -14,8 +14,8 @@ from typing import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from federation.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
-from federation.connect_diagnosis import GET_CREDENTIALS, diagnose
+from federation.transport.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
+from federation.transport.connect_diagnosis import GET_CREDENTIALS, diagnose
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class BrokerAddress:
 
     @classmethod
     def parse(cls, text: str, defaults: "BrokerAddress | None" = None, port_flag: int | None = None) -> "BrokerAddress":
-        """`text` in any form of federation.broker_address.FORMS, the other fields from `defaults`. The port:
+        """`text` in any form of federation.transport.broker_address.FORMS, the other fields from `defaults`. The port:
         see ParsedAddress.choose_port (`defaults.port` is [broker] port). AddressError (a ValueError) names
         what is wrong, also a plain mqtt:// or ws:// address given with a CA certificate for TLS."""
         base = defaults or cls()
@@ -78,7 +78,7 @@ class BrokerAddress:
 
     @classmethod
     def from_settings(cls, broker: object) -> "BrokerAddress":
-        """From federation.settings.BrokerSettings (any object with the same attribute names); its host may be
+        """From federation.config.settings.BrokerSettings (any object with the same attribute names); its host may be
         any address form (mqtts://broker.lan)."""
         fields = {name: getattr(broker, name) for name in cls.__dataclass_fields__ if hasattr(broker, name)}
         return cls.parse(fields.pop("host", "localhost"), cls(**fields))
@@ -153,7 +153,7 @@ class MqttLink:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
-        self.failure = ""             # why the last attempt failed, with the fix (federation.connect_diagnosis)
+        self.failure = ""             # why the last attempt failed, with the fix (federation.transport.connect_diagnosis)
         self._connack_seen = False    # this attempt got an answer from the broker (accepted or refused)
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message

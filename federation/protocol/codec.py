@@ -21,7 +21,7 @@ WIRE_DTYPES: tuple[str, ...] = (
 )
 MAX_TENSOR_DIMS = 8
 MAX_NESTING = 32  # maps/arrays inside each other; real messages use about 4
-# A chunk manifest lists up to federation.chunking.MAX_CHUNKS (65536) hashes: the longest array a message needs.
+# A chunk manifest lists up to federation.protocol.byte_chunks.MAX_CHUNKS (65536) hashes: the longest array a message needs.
 MAX_ARRAY_LEN = 65536 + 1024
 # A decoded object costs at most about 64 bytes (an empty dict and its slot), so one object per BYTES_PER_OBJECT
 # payload bytes keeps a decode within about the payload's size; OBJECT_FLOOR (3 MB at most) lets small messages

@@ -57,7 +57,7 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class ModelSettings:
-    name: str = _opt("small_cnn", "model builder from the registry (federation.models)")
+    name: str = _opt("small_cnn", "model builder from the registry (federation.learning.models)")
     dataset: str = _opt("fashion_mnist", "evaluation dataset: fashion_mnist, mnist, cifar10 or an image folder path")
     data_dir: str = _opt("", "where offline dataset files live (empty: Keras cache, then Debian's location)")
     image_size: list[int] = _opt([], "resize image-folder images to [height, width] (empty: keep)")
@@ -243,13 +243,13 @@ def _is_type(value: Any, hint: type) -> bool:
 
 
 def _check_cross_field(s: Settings, source: str) -> None:
-    from federation.topics import RunTopics
+    from federation.protocol.topics import RunTopics
 
     try:
         RunTopics(s.broker.topic_prefix, s.run.name)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    from federation.mqtt_link import BrokerAddress
+    from federation.transport.mqtt_link import BrokerAddress
 
     try:
         BrokerAddress.from_settings(s.broker)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from federation.deployment import TensorFormat
+from federation.protocol.deployed_model import TensorFormat
 
 log = logging.getLogger(__name__)
 

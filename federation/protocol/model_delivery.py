@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from federation.chunked_transfer import ChunkedReceiver, outgoing_messages
-from federation.chunking import sha256_hex
-from federation.codec import DecodeError, wire_repr
-from federation.deployment import DeploymentInfo
-from federation.messages import ChunkedMessage, DeployedModel, Message, ModelChunk
-from federation.topics import RunTopics
+from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.codec import DecodeError, wire_repr
+from federation.protocol.deployed_model import DeploymentInfo
+from federation.protocol.messages import ChunkedMessage, DeployedModel, Message, ModelChunk
+from federation.protocol.topics import RunTopics
 
 log = logging.getLogger(__name__)
 

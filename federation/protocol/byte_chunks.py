@@ -13,7 +13,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
-from federation.codec import clip_text, wire_repr
+from federation.protocol.codec import clip_text, wire_repr
 
 log = logging.getLogger(__name__)
 
