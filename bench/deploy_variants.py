@@ -5,6 +5,7 @@ The model is trained centrally on Fashion-MNIST (--epochs), or taken from a fede
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import argparse
 import json
 import os
@@ -19,7 +20,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+    from federation.learning.datasets import Dataset
 
 NAME = "deploy_variants"
 VARIANTS = [("float32", "float32", False), ("dynamic", "dynamic", False), ("int8", "int8", False),
@@ -77,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def trained_model(args: argparse.Namespace, data: "Dataset") -> tuple["keras.Model", str]:  # noqa: F821
+def trained_model(args: argparse.Namespace, data: "Dataset") -> tuple["keras.Model", str]:
     import keras
 
     from federation.learning.models import build_model, compile_model

@@ -37,7 +37,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from federated_run import print_table, write_results  # noqa: E402
+from federated_run import print_table, write_results
 
 log = logging.getLogger("hostile")
 NAME = "hostile"
@@ -348,7 +348,7 @@ def attack_main(argv: list[str]) -> int:
             return
         try:
             message = decode_message(msg.payload)
-        except Exception:  # noqa: BLE001  (someone else's junk on the model topic)
+        except Exception:  # someone else's junk on the model topic
             return
         if isinstance(message, GlobalModel) and message.round >= args.attack_round:
             model.append(message)

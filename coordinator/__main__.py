@@ -6,6 +6,7 @@ by accident."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import argparse
 import logging
 import os
@@ -14,6 +15,10 @@ from pathlib import Path
 
 from federation.cli.broker_flags import add_broker_flags, settings_overrides
 from federation.config.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
+from federation.cli.version import add_version_flag
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("coordinator")
 COMMANDS = ("run", "evaluate", "baseline", "report", "dashboard")
@@ -52,7 +57,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
-def _setup_logging(level: str, console: "Console | None" = None) -> None:  # noqa: F821
+def _setup_logging(level: str, console: "Console | None" = None) -> None:
     from coordinator.progress import configure_logging
 
     configure_logging(level, console)
@@ -63,6 +68,7 @@ def build_run_parser() -> argparse.ArgumentParser:
                                      description="Run a federated training over MQTT and export the model.",
                                      epilog="Other commands: evaluate, baseline, report, dashboard "
                                             "(python -m coordinator COMMAND --help).", allow_abbrev=False)
+    add_version_flag(parser)
     add_broker_flags(parser, None, "the coordinator's MQTT client id (default: fedmq-coordinator-<run>)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_override_flags(parser)
@@ -112,6 +118,7 @@ def run_command(argv: list[str]) -> int:
 def evaluate_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m coordinator evaluate", allow_abbrev=False,
                                      description="Evaluate a saved .keras or .tflite model on the full test set.")
+    add_version_flag(parser)
     parser.add_argument("model", type=Path, help="a .keras or .tflite file")
     _common(parser)
     parser.add_argument("--dataset", default=None, help="dataset name or image folder (default: from the config)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from coordinator.metrics import RoundMetrics, append_metrics
 from federation.learning.datasets import Dataset
 from federation.config.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
+from federation.cli.version import add_version_flag
 
 log = logging.getLogger(__name__)
 CENTRAL_ID = "centralized"
@@ -109,6 +110,7 @@ def main(argv: list[str]) -> int:
         allow_abbrev=False, prog="python -m coordinator baseline",
         description="Train the run's model centrally on the union of the data (the first N training examples), "
                     "for rounds x local_epochs epochs, and write metrics.jsonl like a federated run.")
+    add_version_flag(parser)
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (config/default.toml)")
     parser.add_argument("--max-examples", type=int, default=0,
                         help="train on the first N training examples, like clients started with --max-examples N "

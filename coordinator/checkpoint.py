@@ -52,7 +52,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     arrays = {f"w{i}": w for i, w in enumerate(checkpoint.weights)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)  # numbers only: a checkpoint never holds objects
     path = run_dir / CHECKPOINT_FILE
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:

@@ -4,6 +4,7 @@ The message carries the version, sha256, tensor formats, class names and the acc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import hashlib
 import logging
 import time
@@ -18,6 +19,9 @@ from federation.protocol.model_delivery import delivery_messages
 from federation.transport.mqtt_link import MqttLink
 from federation.config.settings import Settings
 from federation.protocol.topics import RunTopics
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class Deployer:
         return bool(self.settings.deploy.enabled and k and round_ % k == 0
                     and round_ < self.settings.training.rounds)
 
-    def export_and_publish(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,  # noqa: F821
+    def export_and_publish(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,
                            keras_accuracy: float | None) -> DeployRecord:
         """Convert `model` to the deploy variant, measure its accuracy on (x, y) with LiteRT, and publish it."""
         from coordinator.evaluation import evaluate_tflite
@@ -107,7 +111,7 @@ class Deployer:
                  "" if confirmed else " (not confirmed by the broker yet)")
         return record
 
-    def after_round(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,  # noqa: F821
+    def after_round(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,
                     keras_accuracy: float) -> DeployRecord | None:
         """Publish round `round_`'s model if deploy.every_k_rounds asks for it; a failure is logged, not raised."""
         if not self.due(round_):

@@ -17,7 +17,8 @@ from rich.text import Text
 
 from coordinator.metrics import RoundMetrics
 from federation.cli.console import configure_logging as _configure_logging
-from federation.cli.console import LivePanel, terminal_console  # noqa: F401  (terminal_console: re-exported)
+from federation.cli.console import LivePanel
+from federation.cli.console import terminal_console as terminal_console  # re-exported
 
 ROUND_LOG = logging.getLogger("coordinator.rounds")
 """The one line per closed round; logged at every --log-level (see `configure_logging`)."""

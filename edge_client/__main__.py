@@ -9,7 +9,6 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 
 from edge_client.attacks import ATTACK_HELP
 from edge_client.cli_common import unique_client_id

@@ -3,6 +3,7 @@ publish the update, and stop when the run ends."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 import logging
 import os
 import platform
@@ -23,6 +24,9 @@ from federation.protocol.version import SOFTWARE_VERSION
 from edge_client.attacks import Attack
 from edge_client.local_data import LocalData
 from edge_client.progress import ClientProgress
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 

@@ -125,6 +125,7 @@ def main(argv: list[str]) -> int:
     top = max(1, min(args.top, probs.shape[1]))
     rows = [_row(name, p, names, top) for name, p in zip(batch.names, probs)]
     accuracy = None
+    labelled = len(batch.labels) if batch.labels is not None else 0
     if batch.labels is not None:
         accuracy = float((probs.argmax(1) == batch.labels.astype(np.int64)).mean())
     if args.json:
@@ -132,7 +133,7 @@ def main(argv: list[str]) -> int:
                                          "variant": model.variant, "runtime": classifier.runtime},
                                "predictions": rows}
         if accuracy is not None:
-            doc.update(accuracy=accuracy, examples=len(batch.labels))
+            doc.update(accuracy=accuracy, examples=labelled)
         print(json.dumps(doc))
         return 0
     width = max(len(r["input"]) for r in rows)
@@ -140,7 +141,7 @@ def main(argv: list[str]) -> int:
         alternatives = "".join(f"  {t['label']} {t['confidence']:.3f}" for t in r.get("top", [])[1:])
         print(f"{r['input']:<{width}}  {r['label']}  {r['confidence']:.3f}{alternatives}")
     if accuracy is not None:
-        print(f"accuracy {accuracy:.4f} on {len(batch.labels)} labelled examples")
+        print(f"accuracy {accuracy:.4f} on {labelled} labelled examples")
     print(f"model {model.version or model.path} ({classifier.runtime})", file=sys.stderr)
     return 0
 

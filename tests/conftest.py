@@ -10,8 +10,8 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from broker import MosquittoProcess  # noqa: E402
-from demo.local_federation import LocalFederation  # noqa: E402
+from broker import MosquittoProcess
+from demo.local_federation import LocalFederation
 
 
 @pytest.fixture

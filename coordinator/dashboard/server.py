@@ -67,7 +67,7 @@ class DashboardHandler(SimpleHTTPRequestHandler):
         self.dashboard_config = config
         super().__init__(*args, directory=str(STATIC_DIR), **kwargs)  # type: ignore[arg-type]
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         if self._nul_in_path():
             return
         if self.path.split("?", 1)[0] == "/config.json":
@@ -81,7 +81,7 @@ class DashboardHandler(SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_HEAD(self) -> None:  # http.server's naming
         if not self._nul_in_path():
             super().do_HEAD()
 
@@ -100,7 +100,7 @@ class DashboardHandler(SimpleHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         super().end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+    def log_message(self, format: str, *args: object) -> None:  # http.server's signature
         log.debug("%s %s", self.address_string(), format % args)
 
 

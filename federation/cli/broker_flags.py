@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from federation.cli.version import add_version_flag
 from federation.transport.broker_address import FORMS, AddressError, parse_address
 from federation.transport.mqtt_link import BrokerAddress
 
@@ -25,6 +26,7 @@ def add_connection_flags(parser: argparse.ArgumentParser, default_client_id: str
 
     Also turns off argparse's prefix matching on `parser`: `--broker.h` must not quietly mean `--broker.host`."""
     parser.allow_abbrev = False
+    add_version_flag(parser)
     conn = parser.add_argument_group("broker and run")
     conn.add_argument("--config", type=Path, default=None,
                       help="read [broker] and [run] defaults from this TOML file (config/default.toml)")

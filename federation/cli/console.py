@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterable
 
 from types import TracebackType
+from typing import TypeVar
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -45,6 +46,9 @@ def configure_logging(level: str, console: Console | None = None, always_info: I
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+_Panel = TypeVar("_Panel", bound="LivePanel")
+
+
 class LivePanel:
     """A rich Live panel drawn while started, when there is a console; subclasses give `render`.
 
@@ -74,7 +78,7 @@ class LivePanel:
             self._live.stop()
             self._live = None
 
-    def __enter__(self) -> "LivePanel":
+    def __enter__(self: _Panel) -> _Panel:
         self.start()
         return self
 

@@ -7,11 +7,16 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
-import tomllib
+import sys
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 
 class ConfigError(ValueError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,7 @@ _RUNTIMES = (  # (module to import, attribute path of its Interpreter class, run
 )
 
 
-def load_interpreter_class() -> tuple[type, str]:
+def load_interpreter_class() -> tuple[Any, str]:
     """The Interpreter class of the first runtime that imports, and that runtime's name."""
     errors = []
     for module_name, attribute, label in _RUNTIMES:

@@ -12,7 +12,8 @@ import zipfile
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Sequence
+from io import BufferedIOBase
 
 import numpy as np
 from PIL import Image
@@ -156,7 +157,7 @@ def candidate_locations(name: str, data_dir: str | Path | None = None) -> list[S
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, image_size: tuple[int, int] | None = None
+    name: str, data_dir: str | Path | None = None, image_size: Sequence[int] | None = None
 ) -> Dataset:
     """Load a built-in data set by name, or an image folder by path.
 
@@ -196,7 +197,7 @@ def _require_builtin(name: str) -> str:
     return key
 
 
-def _check_image_size(image_size: tuple[int, int] | None) -> tuple[int, int] | None:
+def _check_image_size(image_size: Sequence[int] | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
     size = tuple(image_size)
@@ -215,7 +216,7 @@ def _load_builtin(key: str, data_dir: str | Path | None, image_size: tuple[int, 
     LOG.info("%s not found locally; trying keras.datasets.%s.load_data()", key, key)
     try:
         return download_with_keras(key)
-    except Exception as exc:  # noqa: BLE001 - any download failure means "not found"
+    except Exception as exc:  # any download failure means "not found"
         raise DatasetNotFoundError(_not_found_message(key, locations, exc)) from exc
 
 
@@ -294,7 +295,7 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
         with _open_maybe_gzipped(path) as stream:
             shape = _read_idx_header(stream, path, ndim)
             array = np.empty(shape, dtype=np.uint8)
-            _read_exactly(stream, memoryview(array).cast("B"), path)
+            _read_exactly(stream, array.data.cast("B"), path)
             if stream.read(1):
                 raise DatasetError(f"{path}: more data than the header's shape {shape} announces")
     except (OSError, EOFError, zlib.error) as exc:
@@ -302,11 +303,11 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
     return array
 
 
-def _open_maybe_gzipped(path: Path) -> BinaryIO:
+def _open_maybe_gzipped(path: Path) -> BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
 
 
-def _read_idx_header(stream: BinaryIO, path: Path, ndim: int) -> tuple[int, ...]:
+def _read_idx_header(stream: BufferedIOBase, path: Path, ndim: int) -> tuple[int, ...]:
     header = stream.read(4 + 4 * ndim)
     if len(header) < 4 + 4 * ndim:
         raise DatasetError(f"{path}: too short for an idx header")
@@ -319,7 +320,7 @@ def _read_idx_header(stream: BinaryIO, path: Path, ndim: int) -> tuple[int, ...]
     return tuple(int.from_bytes(header[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
 
 
-def _read_exactly(stream: BinaryIO, buffer: memoryview, path: Path) -> None:
+def _read_exactly(stream: BufferedIOBase, buffer: memoryview, path: Path) -> None:
     filled = 0
     while filled < len(buffer):
         count = stream.readinto(buffer[filled:])

@@ -4,11 +4,15 @@ Coordinator and clients build the same model from (name, input_shape, num_classe
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from federation.protocol.codec import TensorSpec
 
-ModelBuilder = Callable[[tuple[int, ...], int], "keras.Model"]  # noqa: F821
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
+
+ModelBuilder = Callable[[tuple[int, ...], int], "keras.Model"]
 MODEL_REGISTRY: dict[str, ModelBuilder] = {}
 DEFAULT_MODEL = "small_cnn"
 
@@ -28,7 +32,7 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
 
 
 @register_model("small_cnn")
-def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":  # noqa: F821
+def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":
     """The reference projects' CNN: Conv(32)-Pool-Conv(64)-Pool-Dense(128)-Dense(classes).
 
     Takes raw pixel values (0-255); the first layer rescales them."""
@@ -51,22 +55,22 @@ def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> "keras.Model": 
     )
 
 
-def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":  # noqa: F821
+def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":
     if name not in MODEL_REGISTRY:
         raise ModelError(f"unknown model {name!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}")
     return MODEL_REGISTRY[name](tuple(input_shape), num_classes)
 
 
-def weight_specs(model: "keras.Model") -> list[TensorSpec]:  # noqa: F821
+def weight_specs(model: "keras.Model") -> list[TensorSpec]:
     """Names, dtypes and shapes of the model's weights, in wire order."""
     return [TensorSpec(w.path, str(w.dtype), tuple(int(d) for d in w.shape)) for w in model.weights]
 
 
-def named_weights(model: "keras.Model") -> list[tuple[str, "np.ndarray"]]:  # noqa: F821
+def named_weights(model: "keras.Model") -> list[tuple[str, "np.ndarray"]]:
     return [(w.path, w.numpy()) for w in model.weights]
 
 
-def compile_model(model: "keras.Model", optimizer: str = "adam", learning_rate: float = 1e-3) -> None:  # noqa: F821
+def compile_model(model: "keras.Model", optimizer: str = "adam", learning_rate: float = 1e-3) -> None:
     """Compile for classification with integer labels; clients and coordinator use the same setup."""
     import keras
 

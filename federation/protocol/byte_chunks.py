@@ -256,7 +256,8 @@ class Reassembler:
             level = logging.WARNING if now - self._last_warning >= 1.0 else logging.DEBUG  # one warning a second
             self._last_warning = now if level == logging.WARNING else self._last_warning
             log.log(level, "transfer %s: incomplete after %.0f s (%d of %d chunks); dropped%s",
-                    first.transfer_id[:12], self.timeout_s, first.chunks, first.manifest.count,
+                    first.transfer_id[:12], self.timeout_s, first.chunks,
+                    first.manifest.count if first.manifest is not None else 0,
                     f", with {len(announced) - 1} other(s)" if len(announced) > 1 else "")
         return dropped
 
@@ -279,7 +280,7 @@ class Reassembler:
 
     def _make_room(self, key: TransferKey, owner: str, cost: int) -> None:
         """Drop others' stray chunks and this owner's older transfers until `cost` more bytes fit both caps."""
-        mine = self._by_owner.get(owner, {})
+        mine: dict[TransferKey, None] = self._by_owner.get(owner, {})
         while self._held_by_owner.get(owner, 0) + cost > self.max_owner_bytes:
             victim = next((k for k in mine if k != key), None)
             if victim is None:

@@ -322,11 +322,19 @@ def decode_message(payload: bytes | bytearray | memoryview, max_size: int = 0,
     return _DECODERS[mtype](raw, env)
 
 
+def _str_or(value: Any, default: str) -> str:
+    return value if isinstance(value, str) else default
+
+
+def _dict_or_empty(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def _decode_global_model(raw: dict[str, Any], env: dict[str, Any]) -> GlobalModel:
     return GlobalModel(
         **env, model=ModelInfo.from_wire(raw.get("model")), train=TrainingPlan.from_wire(raw.get("train")),
         total_rounds=_get(raw, "total_rounds", int, "global_model"),
-        weights_sha256=raw.get("weights_sha256") if isinstance(raw.get("weights_sha256"), str) else "",
+        weights_sha256=_str_or(raw.get("weights_sha256"), ""),
         tensors=decode_tensors(raw.get("tensors")), cohort=_decode_cohort(raw.get("cohort")),
     )
 
@@ -370,7 +378,7 @@ def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientSta
     return ClientStatus(
         **env, status=status, software=str(raw.get("software", "")),
         num_examples=_optional_int(raw, "num_examples", "client_status"),
-        device=raw.get("device") if isinstance(raw.get("device"), dict) else {},
+        device=_dict_or_empty(raw.get("device")),
         role=raw["role"] if isinstance(raw.get("role"), str) else "train",
         deployed=raw["deployed"] if isinstance(raw.get("deployed"), dict) else None,
         deploy_error=_short_str(raw.get("deploy_error")),

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import urlsplit
 
 DEFAULT_PORT = 1883
+Transport = Literal["tcp", "websockets"]  # paho's names
 # scheme -> (paho transport, TLS, port when neither the address, --port nor [broker] port gives one)
-SCHEMES: dict[str, tuple[str, bool, int]] = {
+SCHEMES: dict[str, tuple[Transport, bool, int]] = {
     "mqtt": ("tcp", False, 1883),
     "mqtts": ("tcp", True, 8883),
     "ws": ("websockets", False, 9001),   # the project's broker: [broker] ws_port
@@ -34,7 +36,7 @@ class ParsedAddress:
     path: str = ""              # WebSockets path of ws:// and wss:// URLs
 
     @property
-    def transport(self) -> str:
+    def transport(self) -> Transport:
         return SCHEMES[self.scheme][0] if self.scheme else "tcp"
 
     @property

@@ -123,7 +123,7 @@ def _speaks_plain_mqtt(host: str, port: int, timeout: float) -> bool:
     finally:
         try:
             client.disconnect()
-        except Exception:  # noqa: BLE001 (a probe's socket, already closed by the other side)
+        except Exception:  # a probe's socket, already closed by the other side
             pass
     return bool(answered)
 

@@ -14,7 +14,7 @@ from typing import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from federation.transport.broker_address import DEFAULT_WS_PATH, AddressError, format_address, parse_address
+from federation.transport.broker_address import DEFAULT_WS_PATH, Transport, AddressError, format_address, parse_address
 from federation.transport.connect_diagnosis import GET_CREDENTIALS, diagnose
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class BrokerAddress:
     tls_key: str = ""
     username: str = ""
     password_file: str = ""   # the password is read from this file by MqttLink, never passed around
-    transport: str = "tcp"    # or "websockets" (ws:// and wss:// addresses)
+    transport: Transport = "tcp"    # or "websockets" (ws:// and wss:// addresses)
     tls: bool = False         # TLS even without tls_ca (mqtts:// and wss://): verified against the system's CAs
     ws_path: str = DEFAULT_WS_PATH
 
@@ -230,7 +230,7 @@ class MqttLink:
         """Find out why the attempt failed; log it when it is news (paho retries every few seconds)."""
         try:
             failure = diagnose(self.address)
-        except Exception as exc:  # noqa: BLE001 (never let a diagnosis kill paho's thread)
+        except Exception as exc:  # never let a diagnosis kill paho's thread
             failure = f"can't reach {self.address} ({exc})"
         if failure != self.failure:
             log.warning("%s: %s; retrying", self.client_id, failure)
@@ -238,6 +238,7 @@ class MqttLink:
 
     def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            self._on_message(msg.topic, msg.payload, bool(msg.retain))
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+            self._on_message(msg.topic, payload, bool(msg.retain))
         except Exception:  # a handler bug must not kill paho's network thread
             log.exception("%s: error handling a message on %s", self.client_id, msg.topic)

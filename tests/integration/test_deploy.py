@@ -66,7 +66,7 @@ def test_a_short_run_deploys_to_a_serve_process_without_tensorflow(federation: L
             "deploy.variant": "int8", "deploy.every_k_rounds": 1, "deploy.chunk_bytes": 65536,
         })
         fed.start_client("trainer", ["--dataset", "fashion_mnist", "--max-examples", "4000"])
-        version = lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")  # noqa: E731
+        version = lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")
         wait_until(lambda: version() == "it@1", 300, "round 1's model on the serve process", serve_log)
 
         data = load_dataset("fashion_mnist")
@@ -139,8 +139,8 @@ def test_corrupted_or_truncated_models_are_rejected_and_the_last_good_one_keeps_
     serve = start_serve(edge_python, mosquitto.port, "dep", "pi-1", models, http_port, serve_log,
                         "--chunk-timeout", "3")
     publisher = RetainedPublisher(mosquitto.port)
-    status = lambda: serve_status(http_port)  # noqa: E731
-    rejections = lambda n: lambda: status()["rejected_deployments"] >= n  # noqa: E731
+    status = lambda: serve_status(http_port)
+    rejections = lambda n: lambda: status()["rejected_deployments"] >= n
     try:
         for m in delivery_messages(topics, v1, good, chunk_bytes=1 << 20, sender="coordinator"):
             publisher.publish(m.topic, m.payload)

@@ -48,7 +48,7 @@ def _metrics(r: int) -> RoundMetrics:
                         client_ids=["a"], rejected={})
 
 
-def _wait_for(what: str, check, timeout: float = 60.0) -> None:  # noqa: ANN001
+def _wait_for(what: str, check, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

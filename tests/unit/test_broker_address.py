@@ -131,7 +131,7 @@ def test_the_coordinators_flags_become_settings() -> None:
         settings_overrides(_args("--broker", "b:1884", "--port", "1906"))
 
 
-def test_a_bad_host_in_the_config_is_a_config_error(tmp_path) -> None:  # noqa: ANN001
+def test_a_bad_host_in_the_config_is_a_config_error(tmp_path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[broker]\nhost = "mqtt://mqtt://b:1883"\n')
     with pytest.raises(ConfigError, match=r"\[broker\] host: .*two schemes"):

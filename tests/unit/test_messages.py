@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from federation.protocol.byte_chunks import sha256_hex, split
-from federation.protocol.codec import WIRE_DTYPES, DecodeError, encode_tensor, pack, unpack
+from federation.protocol.codec import WIRE_DTYPES, DecodeError, pack, unpack
 from federation.protocol.deployed_model import DeploymentInfo, TensorFormat
 from federation.protocol.messages import (
     MAX_NUM_EXAMPLES,

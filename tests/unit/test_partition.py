@@ -4,7 +4,6 @@ Also the skew of the dirichlet scheme and the parsing of "i/n" parts and "start:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import hypothesis.extra.numpy as hnp
