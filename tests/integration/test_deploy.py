@@ -1,5 +1,5 @@
 """Model delivery end to end: real Mosquitto, a real coordinator and trainer, and a `python -m edge_client serve`
-process in a virtual environment built from requirements-edge.txt, where TensorFlow can't be imported."""
+process in a virtual environment built from requirements/serve.txt, where TensorFlow can't be imported."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ EVAL_EXAMPLES = 300
 
 @pytest.fixture(scope="module")
 def edge_python() -> Path:
-    """The python of a venv holding requirements-edge.txt only (no TensorFlow), built once and cached."""
+    """The python of a venv holding requirements/serve.txt only (no TensorFlow), built once and cached."""
     python = cached_venv("edge", edge_requirements())
     probe = subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, text=True,
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")
