@@ -30,8 +30,8 @@ from federation.protocol.messages import ChunkedMessage, ModelChunk
 from federation.protocol.model_delivery import delivery_messages
 from federation.protocol.topics import RunTopics
 from tests.deploy_support import (
-    RetainedPublisher, deployment, http, serve_status, start_serve, stop, tiny_tflite, wait_until,
-)
+    RetainedPublisher, deployment, http, serve_status, start_serve, stop, tiny_tflite, )
+from tests.support import wait_for
 
 RUN = "attack"
 TARGET_MB = 150.0
@@ -177,8 +177,7 @@ def main(argv: list[str]) -> int:
         try:
             for m in delivery_messages(topics, deployment(model_a, RUN, 1), model_a, 1 << 20, "coordinator"):
                 publisher.publish(m.topic, m.payload)
-            wait_until(lambda: (serve_status(http_port)["deployed"] or {}).get("model_version") == f"{RUN}@1", 60,
-                       "the first model", log_path)
+            wait_for("the first model", lambda: (serve_status(http_port)["deployed"] or {}).get("model_version") == f"{RUN}@1", 60, log=log_path)
             assert post(http_port, good_image) == "200"
 
             def measure(name: str, sent: str, attack: Callable[[], str]) -> None:
@@ -240,8 +239,8 @@ def main(argv: list[str]) -> int:
                 for m in delivery_messages(topics, deployment(model_b, RUN, 2), model_b, 16384, "coordinator"):
                     publisher.publish(m.topic, m.payload)
                 try:
-                    wait_until(lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")
-                               == f"{RUN}@2", 60, "the genuine deployment after the flood")
+                    wait_for("the genuine deployment after the flood", lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")
+                               == f"{RUN}@2", 60)
                     return "genuine deployment then accepted"
                 except AssertionError:
                     return f"genuine deployment REFUSED: {serve_status(http_port)['deploy_error']}"

@@ -11,8 +11,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from tests.support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 EDGE_REQUIREMENTS = REPO_ROOT / "requirements" / "serve.txt"
 # A device stuck on tflite-runtime 2.14: its wheels exist for Python 3.9 to 3.11 only, and need numpy<2.
 TFLITE_RUNTIME_REQUIREMENTS = ["tflite-runtime==2.14.0", "numpy<2", "paho-mqtt>=2.1,<3", "msgpack>=1.0,<2",

@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedmq: unknown command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
     module, prefix = COMMANDS[argv[0]]
-    sys.argv[0] = f"fedmq {argv[0]}"
     code: int | None = import_module(module).main(prefix + argv[1:])
     return int(code or 0)
 

@@ -15,7 +15,7 @@ import pytest
 
 from demo.local_federation import REPO_ROOT
 from federation.protocol.messages import ClientStatus, decode_message
-from tests.conftest import retained_messages
+from tests.support import retained_messages
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,7 +11,7 @@ import pytest
 
 from demo.local_federation import LocalFederation
 from federation.protocol.messages import RunEnd, decode_message
-from tests.conftest import retained_messages
+from tests.support import retained_messages
 
 pytestmark = pytest.mark.timeout(300)
 

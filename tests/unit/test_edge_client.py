@@ -16,26 +16,6 @@ def _client(x: np.ndarray, y: np.ndarray) -> EdgeClient:
     return EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1)), data)
 
 
-def test_input_shape_mismatch_names_both_shapes() -> None:
-    client = _client(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64))
-    with pytest.raises(IncompatibleModelError, match=r"\(28, 28, 1\).*\(32, 32, 3\)"):
-        client._model_for(ModelInfo("small_cnn", (28, 28, 1), 10))
-
-
-def test_labels_beyond_the_models_classes_are_refused() -> None:
-    client = _client(np.zeros((4, 28, 28, 1), np.uint8), np.array([0, 1, 2, 11]))
-    with pytest.raises(IncompatibleModelError, match="10 classes.*11"):
-        client._model_for(ModelInfo("small_cnn", (28, 28, 1), 10))
-
-
-def test_matching_model_is_built_once_and_reused() -> None:
-    client = _client(np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int64))
-    info = ModelInfo("small_cnn", (28, 28, 1), 10)
-    model = client._model_for(info)
-    assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
-    assert client._model_for(info) is model
-
-
 def test_client_id_must_be_a_topic_level() -> None:
     data = LocalData("d", np.zeros((1, 28, 28, 1), np.uint8), np.zeros(1, np.int64), ("0",))
     with pytest.raises(ValueError, match="client id 'a/b'"):
@@ -64,11 +44,3 @@ def test_without_names_from_the_coordinator_only_the_count_is_checked() -> None:
     assert label_map(("a", "b"), info, 2) is None
     with pytest.raises(IncompatibleModelError, match="3 classes"):
         label_map(tuple("abcd"), info, 4)
-
-
-def test_client_trains_on_labels_mapped_to_the_coordinators_classes() -> None:
-    data = LocalData("bags and trousers", np.zeros((3, 28, 28, 1), np.uint8), np.array([0, 1, 1]),
-                     ("Bag", "Trouser"))
-    client = EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1)), data)
-    labels = client._labels_for(ModelInfo("small_cnn", (28, 28, 1), 10, FASHION))
-    assert list(labels) == [8, 1, 1]
