@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from federation.protocol.topics import RunTopics
+from federation.transport.mqtt_link import BrokerAddress
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, from PyPI
@@ -248,14 +251,10 @@ def _is_type(value: Any, hint: type) -> bool:
 
 
 def _check_cross_field(s: Settings, source: str) -> None:
-    from federation.protocol.topics import RunTopics
-
     try:
         RunTopics(s.broker.topic_prefix, s.run.name)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    from federation.transport.mqtt_link import BrokerAddress
-
     try:
         BrokerAddress.from_settings(s.broker)
     except ValueError as exc:

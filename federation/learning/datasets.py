@@ -179,7 +179,7 @@ def load_dataset(
 
 def download_with_keras(name: str) -> Dataset:
     """Load a built-in with keras.datasets: its own cache, else a download (slow: imports TensorFlow)."""
-    import keras
+    import keras  # here, not at the top: loading the files on disk needs no TensorFlow (start-up speed)
 
     (x_train, y_train), (x_test, y_test) = getattr(keras.datasets, name).load_data()
     return _builtin_dataset(name, x_train, y_train, x_test, y_test)

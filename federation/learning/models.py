@@ -36,8 +36,8 @@ def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":
     """The reference projects' CNN: Conv(32)-Pool-Conv(64)-Pool-Dense(128)-Dense(classes).
 
     Takes raw pixel values (0-255); the first layer rescales them."""
-    import keras
-    from keras import layers
+    import keras  # here, not at the top: TensorFlow takes seconds to load, and --help, argument errors,
+    from keras import layers  # the id check and the unit tests need none of it (start-up of the training client)
 
     return keras.Sequential(
         [
@@ -72,7 +72,7 @@ def named_weights(model: "keras.Model") -> list[tuple[str, "np.ndarray"]]:
 
 def compile_model(model: "keras.Model", optimizer: str = "adam", learning_rate: float = 1e-3) -> None:
     """Compile for classification with integer labels; clients and coordinator use the same setup."""
-    import keras
+    import keras  # here, not at the top: start-up speed (see small_cnn)
 
     optimizers = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD}
     if optimizer not in optimizers:

@@ -8,9 +8,13 @@ import secrets
 import socket
 import ssl
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+if TYPE_CHECKING:  # mqtt_link imports this module
     from federation.transport.mqtt_link import BrokerAddress
 
 log = logging.getLogger(__name__)
@@ -78,8 +82,6 @@ def _diagnose_tls(address: "BrokerAddress", where: str, timeout: float) -> str:
 
 
 def _client_context(address: "BrokerAddress") -> ssl.SSLContext:
-    from pathlib import Path
-
     context = ssl.create_default_context(cafile=str(Path(address.tls_ca).expanduser()) if address.tls_ca else None)
     if address.tls_cert:
         context.load_cert_chain(str(Path(address.tls_cert).expanduser()), str(Path(address.tls_key).expanduser()))
@@ -106,9 +108,6 @@ def _tls_handshake(host: str, port: int, context: ssl.SSLContext, timeout: float
 
 def _speaks_plain_mqtt(host: str, port: int, timeout: float) -> bool:
     """Whether host:port answers a plain MQTT CONNECT with a CONNACK (accepting or refusing: both are MQTT)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
     answered: list[object] = []
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fedmq-diagnosis-{secrets.token_hex(4)}")
     client.on_connect = lambda *args: answered.append(args[3])
