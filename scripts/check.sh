@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The fast checks, before any test: lint (ruff), types (mypy) and the import rules (lint-imports), all configured
-# in pyproject.toml. Fails on the first error. About 15 s.
+# in pyproject.toml. Fails on the first error. Under 10 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
