@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.browser)
 
 
-class _NoSubprocess(subprocess.Popen):  # type: ignore[type-arg]
+class _NoSubprocess(subprocess.Popen):
     def __init__(self, args: object, *rest: object, **kwargs: object) -> None:
         raise AssertionError(f"a unit test started a process ({args!r}): move it to tests/integration")
 
