@@ -5,7 +5,6 @@ The model is trained centrally on Fashion-MNIST (--epochs), or taken from a fede
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import argparse
 import json
 import os
@@ -15,6 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parent.parent

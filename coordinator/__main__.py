@@ -6,12 +6,12 @@ by accident."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import argparse
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from federation.cli.broker_flags import add_broker_flags, settings_overrides
 from federation.config.settings import ConfigError, add_override_flags, load_settings, overrides_from_args

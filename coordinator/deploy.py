@@ -4,12 +4,12 @@ The message carries the version, sha256, tensor formats, class names and the acc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 

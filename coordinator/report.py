@@ -3,13 +3,13 @@ metrics.jsonl, federated against the centralized baseline when one is given."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import argparse
 import json
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coordinator.metrics import RoundMetrics, read_metrics
 from federation.cli.version import add_version_flag

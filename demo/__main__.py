@@ -3,13 +3,13 @@ default scenario (config/default.toml: Fashion-MNIST, FedAvg) and exporting a TF
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import argparse
 import logging
 import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import BrokerError
 from broker.__main__ import DEFAULT_WS_PORT

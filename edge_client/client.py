@@ -3,7 +3,6 @@ publish the update, and stop when the run ends."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 import logging
 import os
 import platform
@@ -12,6 +11,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
