@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from federated_run import REPO_ROOT, print_table, round_table, run_for_bench, write_results  # noqa: E402
+from federated_run import REPO_ROOT, print_table, round_table, run_for_bench, write_results
 
 NAME = "cifar10_fedavg"
 TARGET_ACCURACY = 0.64

@@ -14,14 +14,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from federation.deployment import TFLITE_VARIANTS  # noqa: E402
+if TYPE_CHECKING:
+    import keras
+    from federation.learning.datasets import Dataset
+
+from federation.protocol.deployed_model import TFLITE_VARIANTS
 
 NAME = "deploy_variants"
 VARIANTS = [*((v, v, False) for v in TFLITE_VARIANTS), ("dynamic (compat)", "dynamic", True)]
@@ -38,7 +43,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
-from federation.inference import TFLiteClassifier
+from federation.inference.runtime import TFLiteClassifier
 model, images, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
 x = np.load(images)["x"]
 interpreter = Interpreter(model_path=model, num_threads=1)
@@ -78,10 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def trained_model(args: argparse.Namespace, data: "Dataset") -> tuple["keras.Model", str]:  # noqa: F821
+def trained_model(args: argparse.Namespace, data: "Dataset") -> tuple["keras.Model", str]:
     import keras
 
-    from federation.models import build_model, compile_model
+    from federation.learning.models import build_model, compile_model
 
     if args.run_dir:
         model = keras.models.load_model(args.run_dir / "model.keras", compile=False)
@@ -116,8 +121,8 @@ def measure_serve(model: Path, x: np.ndarray, folder: Path, requests: int = 200)
 
     from broker import free_port
     from edge_client.model_store import ModelStore
-    from federation.deployment import DeploymentInfo
-    from federation.inference import TFLiteClassifier
+    from federation.protocol.deployed_model import DeploymentInfo
+    from federation.inference.runtime import TFLiteClassifier
 
     content = model.read_bytes()
     classifier = TFLiteClassifier(content)
@@ -173,7 +178,7 @@ def cpu_name() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from coordinator.export import ACCURACY_BOUND_POINTS, convert_to_tflite
-    from federation.datasets import load_dataset
+    from federation.learning.datasets import load_dataset
 
     data = load_dataset("fashion_mnist")
     model, source = trained_model(args, data)

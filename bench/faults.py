@@ -15,8 +15,8 @@ from typing import Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from demo.local_federation import REPO_ROOT, LocalFederation  # noqa: E402
-from federated_run import print_table, write_results  # noqa: E402
+from demo.local_federation import REPO_ROOT, LocalFederation
+from federated_run import print_table, write_results
 
 NAME = "faults"
 ROUNDS = 4

@@ -21,8 +21,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from broker.mosquitto_process import BrokerError, find_mosquitto  # noqa: E402
-from demo.local_federation import LocalFederation, Proc  # noqa: E402
+from broker.mosquitto_process import BrokerError, find_mosquitto
+from demo.local_federation import LocalFederation, Proc
 
 PYTHON = sys.executable
 ATTACKING_CLIENT = Path(__file__).resolve().parent / "attacks.py"   # the edge client, poisoning its updates

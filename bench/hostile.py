@@ -37,7 +37,7 @@ for _path in (REPO_ROOT, REPO_ROOT / "bench"):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from federated_run import print_table, write_results  # noqa: E402
+from federated_run import print_table, write_results
 
 log = logging.getLogger("hostile")
 NAME = "hostile"
@@ -57,7 +57,7 @@ class Context:
     """What the attacker knows when it strikes: the run, the round's real model, the honest ids, the scale."""
 
     run: str
-    model: Any                  # federation.messages.GlobalModel
+    model: Any                  # federation.protocol.messages.GlobalModel
     honest: tuple[str, ...]
     quick: bool
 
@@ -67,7 +67,7 @@ class Context:
     def update(self, sender: str, **changes: Any) -> Any:
         import numpy as np
 
-        from federation.messages import Update
+        from federation.protocol.messages import Update
 
         fields: dict[str, Any] = dict(run=self.run, round=self.model.round, sender=sender, num_examples=100,
                                       metrics={"train_time_s": 0.1},
@@ -191,7 +191,7 @@ def c_nil_version(ctx: Context) -> Iterator[Item]:
 
 
 def c_flood(ctx: Context) -> Iterator[Item]:
-    from federation.messages import Update
+    from federation.protocol.messages import Update
 
     sender = "hx-flood"
     topic = ctx.topic("update", sender)
@@ -202,7 +202,7 @@ def c_flood(ctx: Context) -> Iterator[Item]:
 
 
 def c_orphan_chunks(ctx: Context) -> Iterator[Item]:
-    from federation.messages import ModelChunk
+    from federation.protocol.messages import ModelChunk
 
     sender = "hx-orphans"
     n = 1_600 if ctx.quick else 16_000
@@ -215,7 +215,7 @@ def c_orphan_chunks(ctx: Context) -> Iterator[Item]:
 
 
 def c_orphan_topics(ctx: Context) -> Iterator[Item]:
-    from federation.messages import ModelChunk
+    from federation.protocol.messages import ModelChunk
 
     n = 50 if ctx.quick else 500
     data = os.urandom(1024 * 1024)
@@ -233,7 +233,7 @@ BAD_IDS = ("a b", "x" * 65, ".hidden", "-dash", "ünïcode", "..", "", "semi;col
 
 
 def c_bad_ids(ctx: Context) -> Iterator[Item]:
-    from federation.messages import ClientStatus
+    from federation.protocol.messages import ClientStatus
 
     for bad in BAD_IDS:
         yield ctx.topic("client", bad, "status"), ClientStatus(run=ctx.run, round=0, sender=bad or "empty",
@@ -250,7 +250,7 @@ def c_bad_metrics(ctx: Context) -> Iterator[Item]:
 
 
 def c_forged_offline(ctx: Context) -> Iterator[Item]:
-    from federation.messages import ClientStatus
+    from federation.protocol.messages import ClientStatus
 
     for honest in ctx.honest:
         yield ctx.topic("client", honest, "status"), ClientStatus(run=ctx.run, round=0, sender=honest,
@@ -258,7 +258,7 @@ def c_forged_offline(ctx: Context) -> Iterator[Item]:
 
 
 def c_forged_model(ctx: Context) -> Iterator[Item]:
-    from federation.messages import GlobalModel, ModelInfo
+    from federation.protocol.messages import GlobalModel, ModelInfo
 
     m = ctx.model
     wrong = ModelInfo(m.model.name, (32, 32, 3), m.model.num_classes)
@@ -268,7 +268,7 @@ def c_forged_model(ctx: Context) -> Iterator[Item]:
 
 
 def c_forged_run_end(ctx: Context) -> Iterator[Item]:
-    from federation.messages import RunEnd
+    from federation.protocol.messages import RunEnd
 
     yield ctx.topic("end"), RunEnd(run=ctx.run, round=ctx.model.round, sender="coordinator", reason="completed",
                                    test_accuracy=0.99, detail="forged").encode(), True
@@ -327,7 +327,7 @@ def attack_main(argv: list[str]) -> int:
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    from federation.messages import GlobalModel, decode_message
+    from federation.protocol.messages import GlobalModel, decode_message
 
     p = argparse.ArgumentParser(prog="python bench/hostile.py attack", allow_abbrev=False)
     p.add_argument("--port", type=int, required=True)
@@ -348,7 +348,7 @@ def attack_main(argv: list[str]) -> int:
             return
         try:
             message = decode_message(msg.payload)
-        except Exception:  # noqa: BLE001  (someone else's junk on the model topic)
+        except Exception:  # someone else's junk on the model topic
             return
         if isinstance(message, GlobalModel) and message.round >= args.attack_round:
             model.append(message)

@@ -16,7 +16,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from federated_run import (  # noqa: E402
+from federated_run import (
     REPO_ROOT, FederationError, RunReport, print_table, run_federation, write_results,
 )
 

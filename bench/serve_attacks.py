@@ -22,16 +22,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from broker import MosquittoProcess, free_port  # noqa: E402
-from federation.chunking import ChunkManifest  # noqa: E402
-from federation.messages import ChunkedMessage, ModelChunk  # noqa: E402
-from federation.model_delivery import delivery_messages  # noqa: E402
-from federation.topics import RunTopics  # noqa: E402
-from tests.deploy_support import (  # noqa: E402
-    RetainedPublisher, deployment, http, serve_status, start_serve, stop, tiny_tflite, wait_until,
-)
+from broker import MosquittoProcess, free_port
+from federation.protocol.byte_chunks import ChunkManifest
+from federation.protocol.messages import ChunkedMessage, ModelChunk
+from federation.protocol.model_delivery import delivery_messages
+from federation.protocol.topics import RunTopics
+from tests.deploy_support import (
+    RetainedPublisher, deployment, http, serve_status, start_serve, stop, tiny_tflite, )
+from tests.support import wait_for
 
 RUN = "attack"
 TARGET_MB = 150.0
@@ -177,8 +177,7 @@ def main(argv: list[str]) -> int:
         try:
             for m in delivery_messages(topics, deployment(model_a, RUN, 1), model_a, 1 << 20, "coordinator"):
                 publisher.publish(m.topic, m.payload)
-            wait_until(lambda: (serve_status(http_port)["deployed"] or {}).get("model_version") == f"{RUN}@1", 60,
-                       "the first model", log_path)
+            wait_for("the first model", lambda: (serve_status(http_port)["deployed"] or {}).get("model_version") == f"{RUN}@1", 60, log=log_path)
             assert post(http_port, good_image) == "200"
 
             def measure(name: str, sent: str, attack: Callable[[], str]) -> None:
@@ -197,7 +196,7 @@ def main(argv: list[str]) -> int:
             measure("baseline: one 28x28 PNG", f"{len(good_image)} B", lambda: post(http_port, good_image))
             png = png_bytes("L", 13000)
             measure("PNG 13000x13000 grey", f"{len(png) / 1e3:.0f} kB", lambda: post(http_port, png))
-            del png
+            png = b""  # free it before the next case
             rgba = png_bytes("RGBA", 9000)
 
             def three() -> str:
@@ -209,10 +208,10 @@ def main(argv: list[str]) -> int:
                     t.join()
                 return ",".join(sorted(answers))
             measure("3 concurrent PNG 9000x9000 RGBA", f"3 x {len(rgba) / 1e3:.0f} kB", three)
-            del rgba
+            rgba = b""  # free it before the next case
             npz = npz_bomb(1 << 30)
             measure(".npz inflating to 1 GiB", f"{len(npz) / 1e3:.0f} kB", lambda: post(http_port, npz))
-            del npz
+            npz = b""  # free it before the next case
             biggest = npy_body(16 * 1024 * 1024 - 128)
 
             def four_big() -> str:
@@ -225,7 +224,7 @@ def main(argv: list[str]) -> int:
                     t.join()
                 return ",".join(sorted(answers))
             measure("4 concurrent .npy at the 16 MiB body cap", f"4 x {len(biggest) / 1e6:.0f} MB", four_big)
-            del biggest
+            biggest = b""  # free it before the next case
             head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
             measure("Content-Length: -1, 200 MB body", "200 MB",
                     lambda: raw_request(http_port, head + b"Content-Length: -1\r\n\r\n", 200_000_000))
@@ -240,8 +239,8 @@ def main(argv: list[str]) -> int:
                 for m in delivery_messages(topics, deployment(model_b, RUN, 2), model_b, 16384, "coordinator"):
                     publisher.publish(m.topic, m.payload)
                 try:
-                    wait_until(lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")
-                               == f"{RUN}@2", 60, "the genuine deployment after the flood")
+                    wait_for("the genuine deployment after the flood", lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")
+                               == f"{RUN}@2", 60)
                     return "genuine deployment then accepted"
                 except AssertionError:
                     return f"genuine deployment REFUSED: {serve_status(http_port)['deploy_error']}"
@@ -252,7 +251,7 @@ def main(argv: list[str]) -> int:
             publisher.close()
             stop(serve)
     print(f"\nserve under attack (target: peak RSS under {TARGET_MB:.0f} MB); load {os.getloadavg()}")
-    print(f"| attack | sent | answer | peak RSS MB | RSS after MB | |\n|---|---|---|---:|---:|---|")
+    print("| attack | sent | answer | peak RSS MB | RSS after MB | |\n|---|---|---|---:|---:|---|")
     for r in rows:
         verdict = "PASS" if r.peak_mb < TARGET_MB else "FAIL"
         print(f"| {r.attack} | {r.sent} | {r.answer} | {r.peak_mb:.0f} | {r.rss_after_mb:.0f} | {verdict} |")

@@ -13,15 +13,20 @@ import socket
 import subprocess
 import sys
 import tempfile
-import tomllib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
 from federation.errors import FedmqError
 from broker.mosquitto_process import DEFAULT_CONFIG, connect_host, find_mosquitto, render_config
+from federation.cli.version import add_version_flag
 
 log = logging.getLogger("broker")
 
@@ -64,6 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                "| add-coordinator NAME | revoke-device NAME | list-devices (each with --help), then "
                "python -m broker --secure.",
     )
+    add_version_flag(parser)
     parser.add_argument("--secure", action="store_true",
                         help="run the secure profile made by init-secure (see python -m broker --secure --help)")
     parser.add_argument("--config", type=Path, default=DEFAULT_TOML,

@@ -20,9 +20,13 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from federation.errors import FedmqError
-from federation.topics import RunTopics, check_level
+from federation.protocol.topics import RunTopics, check_level
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
@@ -191,26 +195,37 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def _new_key():  # noqa: ANN202  (cryptography's EC private key)
+def _new_key():  # cryptography's EC private key
     from cryptography.hazmat.primitives.asymmetric import ec
 
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _key_pem(key) -> bytes:  # noqa: ANN001
+def _load_ca_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    """The CA's private key: an EC key, as init-secure makes it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise SecureBrokerError(f"the CA key is a {type(key).__name__}, not the EC key init-secure makes")
+    return key
+
+
+def _key_pem(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
-def _cert_pem(cert) -> bytes:  # noqa: ANN001
+def _cert_pem(cert) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _name(common_name: str):  # noqa: ANN202
+def _name(common_name: str):
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
@@ -243,11 +258,11 @@ def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, *
     """A certificate signed by the CA: a TLS server one for `server_names` (DNS names or IP addresses), or a
     TLS client one. Returns (certificate PEM, key PEM, serial number)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import ExtendedKeyUsageOID
 
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    ca_key = _load_ca_key(ca_key_pem)
     key = _new_key()
     now = _now()
     serial = x509.random_serial_number()
@@ -271,7 +286,7 @@ def issue_certificate(ca_cert_pem: bytes, ca_key_pem: bytes, common_name: str, *
     return _cert_pem(cert), _key_pem(key), serial
 
 
-def _san(name: str):  # noqa: ANN202
+def _san(name: str):
     from cryptography import x509
 
     try:
@@ -287,7 +302,7 @@ def make_crl(ca_cert_pem: bytes, ca_key_pem: bytes, revoked: Iterable[tuple[int,
     from cryptography.hazmat.primitives import hashes, serialization
 
     ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    ca_key = _load_ca_key(ca_key_pem)
     now = _now()
     builder = (x509.CertificateRevocationListBuilder().issuer_name(ca_cert.subject)
                .last_update(now - dt.timedelta(minutes=5)).next_update(ca_cert.not_valid_after_utc)
@@ -420,7 +435,7 @@ def render_secure_config(layout: SecureLayout, profile: SecureProfile, *, plain_
     return "\n".join(line.rstrip() for line in rendered.splitlines()) + "\n"
 
 
-def write_secure_config(layout: SecureLayout, **options: int | str | None) -> Path:
+def write_secure_config(layout: SecureLayout, **options: Any) -> Path:
     """Render the config (options: those of render_secure_config) into the state directory and return its path."""
     check_state(layout)
     _write(layout.config, render_secure_config(layout, SecureProfile.load(layout), **options), 0o600)

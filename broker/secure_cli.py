@@ -9,9 +9,13 @@ import os
 import shlex
 import subprocess
 import sys
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from broker.mosquitto_process import find_mosquitto
 from broker.secure import (
@@ -19,6 +23,7 @@ from broker.secure import (
     SecureBrokerError, SecureLayout, SecureProfile, add_coordinator, add_device, check_state, default_state_dir,
     init_secure, list_devices, revoke_device, write_secure_config,
 )
+from federation.cli.version import add_version_flag
 
 log = logging.getLogger("broker")
 COMMANDS = ("init-secure", "add-device", "add-coordinator", "revoke-device", "list-devices")
@@ -35,6 +40,7 @@ def _dir_option(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m broker", allow_abbrev=False, description="Secure fedmq broker: TLS, a password "
                                      "per device, and ACLs that confine each device to its own topics.")
+    add_version_flag(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init-secure", allow_abbrev=False, help="create the CA, the server certificate and the coordinator's login")
     _dir_option(init)
@@ -70,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 def build_serve_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m broker", allow_abbrev=False,
                                      description="Run Mosquitto with the secure profile of a state directory.")
+    add_version_flag(parser)
     parser.add_argument("--secure", action="store_true", required=True, help="run the secure profile")
     _dir_option(parser)
     parser.add_argument("--port", type=int, default=None, help="plain listener port, 127.0.0.1 only (default: "

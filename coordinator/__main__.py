@@ -11,9 +11,14 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from federation.broker_cli import add_broker_flags, settings_overrides
-from federation.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
+from federation.cli.broker_flags import add_broker_flags, settings_overrides
+from federation.config.settings import ConfigError, add_override_flags, load_settings, overrides_from_args
+from federation.cli.version import add_version_flag
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("coordinator")
 COMMANDS = ("run", "evaluate", "baseline", "report", "dashboard")
@@ -52,7 +57,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
-def _setup_logging(level: str, console: "Console | None" = None) -> None:  # noqa: F821
+def _setup_logging(level: str, console: "Console | None" = None) -> None:
     from coordinator.progress import configure_logging
 
     configure_logging(level, console)
@@ -63,6 +68,7 @@ def build_run_parser() -> argparse.ArgumentParser:
                                      description="Run a federated training over MQTT and export the model.",
                                      epilog="Other commands: evaluate, baseline, report, dashboard "
                                             "(python -m coordinator COMMAND --help).", allow_abbrev=False)
+    add_version_flag(parser)
     add_broker_flags(parser, None, "the coordinator's MQTT client id (default: fedmq-coordinator-<run>)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_override_flags(parser)
@@ -88,8 +94,8 @@ def run_command(argv: list[str]) -> int:
     from coordinator.checkpoint import CheckpointMismatchError
     from coordinator.engine import Coordinator
     from coordinator.final_publish import FinalPublishError
-    from federation.datasets import DatasetError, DatasetNotFoundError
-    from federation.mqtt_link import BrokerRefusedError, CredentialsError
+    from federation.learning.datasets import DatasetError, DatasetNotFoundError
+    from federation.transport.mqtt_link import BrokerRefusedError, CredentialsError
 
     try:
         with RunProgress(settings.run.name, settings.training.rounds, console) as progress:
@@ -116,6 +122,7 @@ def run_command(argv: list[str]) -> int:
 def evaluate_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m coordinator evaluate", allow_abbrev=False,
                                      description="Evaluate a saved .keras or .tflite model on the full test set.")
+    add_version_flag(parser)
     parser.add_argument("model", type=Path, help="a .keras or .tflite file")
     _common(parser)
     parser.add_argument("--dataset", default=None, help="dataset name or image folder (default: from the config)")
@@ -132,7 +139,7 @@ def evaluate_command(argv: list[str]) -> int:
         print(f"error: {args.model} does not exist", file=sys.stderr)
         return 2
     from coordinator.evaluation import evaluate_file
-    from federation.datasets import DatasetError, DatasetNotFoundError, load_dataset
+    from federation.learning.datasets import DatasetError, DatasetNotFoundError, load_dataset
 
     try:
         dataset = load_dataset(args.dataset or settings.model.dataset,

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from coordinator.metrics import RoundMetrics, append_metrics
-from federation.datasets import Dataset
-from federation.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
+from federation.learning.datasets import Dataset
+from federation.config.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
+from federation.cli.version import add_version_flag
 
 log = logging.getLogger(__name__)
 CENTRAL_ID = "centralized"
@@ -44,8 +45,8 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     import keras
 
     from coordinator.evaluation import evaluate_keras, test_split
-    from federation.datasets import load_dataset
-    from federation.models import build_model, compile_model
+    from federation.learning.datasets import load_dataset
+    from federation.learning.models import build_model, compile_model
 
     s = settings
     if dataset is None:
@@ -109,6 +110,7 @@ def main(argv: list[str]) -> int:
         allow_abbrev=False, prog="python -m coordinator baseline",
         description="Train the run's model centrally on the union of the data (the first N training examples), "
                     "for rounds x local_epochs epochs, and write metrics.jsonl like a federated run.")
+    add_version_flag(parser)
     parser.add_argument("--config", type=Path, default=None, help="TOML settings file (config/default.toml)")
     parser.add_argument("--max-examples", type=int, default=0,
                         help="train on the first N training examples, like clients started with --max-examples N "
@@ -118,7 +120,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     add_override_flags(parser)
     args = parser.parse_args(argv)
-    from federation.console import configure_logging
+    from federation.cli.console import configure_logging
 
     configure_logging(args.log_level, always_info=(__name__,))
     try:
@@ -129,7 +131,7 @@ def main(argv: list[str]) -> int:
     if args.max_examples < 0:
         print(f"error: --max-examples must be >= 0, got {args.max_examples}", file=sys.stderr)
         return 2
-    from federation.datasets import DatasetError, DatasetNotFoundError
+    from federation.learning.datasets import DatasetError, DatasetNotFoundError
 
     try:
         result = run_baseline(settings, args.max_examples, args.out)

@@ -14,8 +14,8 @@ import numpy as np
 
 from federation.errors import FedmqError
 from coordinator.metrics import RoundMetrics
-from federation.codec import TensorSpec
-from federation.settings import Settings
+from federation.protocol.codec import TensorSpec
+from federation.config.settings import Settings
 
 CHECKPOINT_FILE = "checkpoint.npz"
 
@@ -53,7 +53,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     arrays = {f"w{i}": w for i, w in enumerate(checkpoint.weights)}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, allow_pickle=False, **arrays)  # numbers only: a checkpoint never holds objects
     path = run_dir / CHECKPOINT_FILE
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:

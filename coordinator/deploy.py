@@ -8,15 +8,19 @@ import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from federation.deployment import DeploymentInfo
-from federation.inference import TFLiteClassifier
-from federation.model_delivery import delivery_messages
-from federation.mqtt_link import MqttLink
-from federation.settings import Settings
-from federation.topics import RunTopics
+from federation.protocol.deployed_model import DeploymentInfo
+from federation.inference.runtime import TFLiteClassifier
+from federation.protocol.model_delivery import delivery_messages
+from federation.transport.mqtt_link import MqttLink
+from federation.config.settings import Settings
+from federation.protocol.topics import RunTopics
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +72,7 @@ class Deployer:
         return bool(self.settings.deploy.enabled and k and round_ % k == 0
                     and round_ < self.settings.training.rounds)
 
-    def export_and_publish(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,  # noqa: F821
+    def export_and_publish(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,
                            keras_accuracy: float | None) -> DeployRecord:
         """Convert `model` to the deploy variant, measure its accuracy on (x, y) with LiteRT, and publish it."""
         from coordinator.evaluation import evaluate_classifier
@@ -109,7 +113,7 @@ class Deployer:
                  "" if confirmed else " (not confirmed by the broker yet)")
         return record
 
-    def after_round(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,  # noqa: F821
+    def after_round(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,
                     keras_accuracy: float) -> DeployRecord | None:
         """Publish round `round_`'s model if deploy.every_k_rounds asks for it; a failure is logged, not raised."""
         if not self.due(round_):

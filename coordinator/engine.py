@@ -31,14 +31,14 @@ from coordinator.quorum import QuorumRule
 from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
-from federation.settings import Settings
-from federation.codec import DecodeLimits, TensorSpec
-from federation.datasets import Dataset, load_dataset
-from federation.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
-from federation.chunked_transfer import ChunkedReceiver, outgoing_messages
-from federation.models import build_model, compile_model, named_weights, weight_specs
-from federation.mqtt_link import BrokerAddress
-from federation.topics import RunTopics
+from federation.config.settings import Settings
+from federation.protocol.codec import DecodeLimits, TensorSpec
+from federation.learning.datasets import Dataset, load_dataset
+from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
+from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
+from federation.learning.models import build_model, compile_model, named_weights, weight_specs
+from federation.transport.mqtt_link import BrokerAddress
+from federation.protocol.topics import RunTopics
 
 if TYPE_CHECKING:
     import keras

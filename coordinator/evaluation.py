@@ -7,12 +7,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from federation.datasets import Dataset
-from federation.inference import TFLiteClassifier
-from federation.models import compile_model
+from federation.learning.datasets import Dataset
+from federation.inference.runtime import TFLiteClassifier
+from federation.learning.models import compile_model
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ class Evaluation:
     examples: int
 
 
-def evaluate_keras(model: "keras.Model", x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Evaluation:  # noqa: F821
+def evaluate_keras(model: "keras.Model", x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Evaluation:
     if not getattr(model, "compiled", False):  # Keras 3.15 has no `optimizer` attribute before compile()
         compile_model(model)
     loss, acc = model.evaluate(x, y, batch_size=batch_size, verbose=0)

@@ -10,11 +10,14 @@ import io
 import logging
 import warnings
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from federation.deployment import TFLITE_VARIANTS
+if TYPE_CHECKING:
+    import keras
+
+from federation.protocol.deployed_model import TFLITE_VARIANTS
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +28,7 @@ LABELS_FILE = "labels.txt"      # one class name per line, in class index order
 LABELS_METADATA = "fedmq_labels"  # the same text inside the .tflite: a Model.metadata entry of the flatbuffer
 
 
-def convert_to_tflite(model: "keras.Model", variant: str = "float32",  # noqa: F821
+def convert_to_tflite(model: "keras.Model", variant: str = "float32",
                       representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False,
                       class_names: Sequence[str] = ()) -> bytes:
     """The .tflite bytes of `model`, with `class_names` in its metadata when given. `tflite_runtime_compat` makes
@@ -114,7 +117,7 @@ def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:
         yield [image[None].astype(np.float32)]
 
 
-def export_tflite(model: "keras.Model", out_dir: Path, variant: str,  # noqa: F821
+def export_tflite(model: "keras.Model", out_dir: Path, variant: str,
                   representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False,
                   class_names: Sequence[str] = ()) -> Path:
     """Write `variant` of `model` into out_dir under its standard file name, atomically; with `class_names`,

@@ -13,7 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 
 from federation.errors import FedmqError
-from federation.mqtt_link import MqttLink
+from federation.transport.mqtt_link import MqttLink
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from coordinator.admission import Admission
 from coordinator.drops import DropLog
 from coordinator.rounds import Rounds
-from federation.chunked_transfer import ChunkedReceiver, base_topic
-from federation.codec import DecodeError, TensorSpec, check_tensors, wire_repr
-from federation.inbox import Inbound
-from federation.messages import ClientStatus, Message, Update, check_finite, decode_message
-from federation.topics import RunTopics, check_level
+from federation.protocol.chunked_transfer import ChunkedReceiver, base_topic
+from federation.protocol.codec import DecodeError, TensorSpec, check_tensors, wire_repr
+from federation.transport.inbox import Inbound
+from federation.protocol.messages import ClientStatus, Message, Update, check_finite, decode_message
+from federation.protocol.topics import RunTopics, check_level
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from federation.messages import RoundMetricsMessage, RoundResults
+from federation.protocol.messages import RoundMetricsMessage, RoundResults
 
 
 @dataclass
 class RoundMetrics(RoundResults):
-    """One closed round: its number and its results, whose fields (federation.messages.RoundResults) are the
+    """One closed round: its number and its results, whose fields (federation.protocol.messages.RoundResults) are the
     round_metrics message's too."""
 
     round: int = field(kw_only=True)

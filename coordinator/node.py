@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from coordinator import final_publish
 from coordinator.admission import Admission
 from coordinator.intake import STATUS_MAX_BYTES
-from federation.chunked_transfer import base_topic, chunk_topic
-from federation.inbox import Inbound, Inbox
-from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
-from federation.topics import RunTopics
+from federation.protocol.chunked_transfer import base_topic, chunk_topic
+from federation.transport.inbox import Inbound, Inbox
+from federation.transport.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
+from federation.protocol.topics import RunTopics
 
 log = logging.getLogger(__name__)
 

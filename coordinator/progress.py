@@ -16,8 +16,9 @@ from rich.table import Table
 from rich.text import Text
 
 from coordinator.metrics import RoundMetrics
-from federation.console import configure_logging as _configure_logging
-from federation.console import LivePanel, terminal_console  # noqa: F401  (terminal_console: re-exported)
+from federation.cli.console import configure_logging as _configure_logging
+from federation.cli.console import LivePanel
+from federation.cli.console import terminal_console as terminal_console  # re-exported
 
 ROUND_LOG = logging.getLogger("coordinator.rounds")
 """The one line per closed round; logged at every --log-level (see `configure_logging`)."""

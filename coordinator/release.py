@@ -15,8 +15,8 @@ import numpy as np
 from coordinator.deploy import Deployer
 from coordinator.evaluation import Evaluation, evaluate_classifier
 from coordinator.export import ACCURACY_BOUND_POINTS, convert_to_tflite, write_labels, write_tflite
-from federation.inference import TFLiteClassifier
-from federation.settings import Settings
+from federation.inference.runtime import TFLiteClassifier
+from federation.config.settings import Settings
 
 if TYPE_CHECKING:
     import keras

@@ -9,9 +9,16 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from federation.errors import FedmqError
 from coordinator.metrics import RoundMetrics, read_metrics
+from federation.cli.version import add_version_flag
+
+if TYPE_CHECKING:
+    import matplotlib.axes
+    import matplotlib.axis
+    import matplotlib.figure
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +111,7 @@ def plot_all(fed: RunMetrics, central: RunMetrics | None, out: Path) -> dict[str
     ax_loss.set(title="test loss", xlabel="round", ylabel="loss (cross-entropy)")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        _integer_ticks(ax.xaxis)
     ax_acc.legend(loc="lower right", fontsize=8)
     fig.suptitle(_title(fed, central))
     _save(fig, paths["accuracy_loss"])
@@ -132,7 +139,7 @@ def plot_all(fed: RunMetrics, central: RunMetrics | None, out: Path) -> dict[str
         ax.bar(rounds, rejected, bottom=[m.clients for m in fed.rows], label="updates rejected")
     ax.set(title=f"{fed.label}: clients per round", xlabel="round", ylabel="clients")
     _finish_bars(ax)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    _integer_ticks(ax.yaxis)
     _save(fig, paths["clients"])
     return paths
 
@@ -144,14 +151,23 @@ def _title(fed: RunMetrics, central: RunMetrics | None) -> str:
     return title
 
 
-def _finish_bars(ax: "matplotlib.axes.Axes") -> None:  # noqa: F821
-    ax.xaxis.get_major_locator().set_params(integer=True)
+def _integer_ticks(axis: "matplotlib.axis.Axis") -> None:
+    """Ticks at whole numbers only (rounds, clients), keeping the axis's automatic locator otherwise."""
+    from matplotlib.ticker import MaxNLocator
+
+    locator = axis.get_major_locator()
+    if isinstance(locator, MaxNLocator):  # matplotlib's AutoLocator is one
+        locator.set_params(integer=True)
+
+
+def _finish_bars(ax: "matplotlib.axes.Axes") -> None:
+    _integer_ticks(ax.xaxis)
     ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # head room for the legend above the bars
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", ncol=2)
 
 
-def _save(fig: "matplotlib.figure.Figure", path: Path) -> None:  # noqa: F821
+def _save(fig: "matplotlib.figure.Figure", path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
@@ -236,13 +252,14 @@ def main(argv: list[str]) -> int:
         allow_abbrev=False, prog="python -m coordinator report",
         description="Write PNG plots and a Markdown summary (report.md) of a run's metrics.jsonl, federated "
                     "against a centralized baseline (python -m coordinator baseline) when one is given.")
+    add_version_flag(parser)
     parser.add_argument("run_dir", type=Path, help="the federated run's folder (runs/<run.name>)")
     parser.add_argument("baseline_dir", type=Path, nargs="?", default=None,
                         help="the baseline's folder (runs/<run.name>-centralized)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/report)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
-    from federation.console import configure_logging
+    from federation.cli.console import configure_logging
 
     configure_logging(args.log_level)
     try:

@@ -17,7 +17,7 @@ import numpy as np
 from coordinator.checkpoint import Checkpoint, check_resumable, load_checkpoint, save_checkpoint
 from coordinator.export import write_labels
 from coordinator.metrics import RoundMetrics, append_metrics, rewrite_metrics
-from federation.settings import Settings
+from federation.config.settings import Settings
 
 if TYPE_CHECKING:
     import keras

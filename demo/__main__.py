@@ -9,14 +9,20 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from broker import BrokerError
 from broker.__main__ import DEFAULT_WS_PORT
 from demo.local_federation import LocalFederation
+from federation.cli.version import add_version_flag
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m demo", description=" ".join(__doc__.split()), allow_abbrev=False)
+    add_version_flag(p)
     p.add_argument("--clients", type=int, default=2, help="edge-client processes (IID parts of the training set)")
     p.add_argument("--rounds", type=int, default=None, help="rounds (default: config/default.toml)")
     p.add_argument("--quick", action="store_true", help="small subset and 2 rounds: about a minute")
@@ -100,7 +106,7 @@ def _summarize(fed: LocalFederation, code: int, codes: dict[str, int]) -> int:
     return 0
 
 
-def _follow(path: Path, popen: "subprocess.Popen") -> int:  # noqa: F821
+def _follow(path: Path, popen: "subprocess.Popen") -> int:
     """Print the file's lines as they are written until the process exits; return its exit code."""
     with open(path, errors="replace") as fh:
         while True:

@@ -9,12 +9,11 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edge_client.cli_common import unique_client_id
-from federation.broker_cli import add_broker_flags, device_address
-from federation.settings import ConfigError, load_settings
+from federation.cli.broker_flags import add_broker_flags, device_address
+from federation.config.settings import ConfigError, load_settings
 
 if TYPE_CHECKING:
     from edge_client.client import UpdateTransform
@@ -63,7 +62,7 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
 
         return import_module(f"edge_client.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
-    from federation.console import configure_logging, terminal_console
+    from federation.cli.console import configure_logging, terminal_console
 
     console = terminal_console()  # a live progress panel on a terminal; plain log lines otherwise
     configure_logging(args.log_level, console)
@@ -76,9 +75,9 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
 
     from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError
     from edge_client.local_data import DataChoice, load_local_data
-    from federation.datasets import DatasetError, DatasetNotFoundError
-    from federation.mqtt_link import BrokerRefusedError
-    from federation.partition import PartitionError
+    from federation.learning.datasets import DatasetError, DatasetNotFoundError
+    from federation.transport.mqtt_link import BrokerRefusedError
+    from federation.learning.partition import PartitionError
 
     try:
         address = device_address(args, cfg.broker, args.client_id)

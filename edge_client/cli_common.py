@@ -10,8 +10,8 @@ import os
 import socket
 from pathlib import Path
 
-from federation.broker_cli import add_connection_flags
-from federation.settings import Settings
+from federation.cli.broker_flags import add_connection_flags
+from federation.config.settings import Settings
 
 
 def default_model_dir(run: str) -> Path:
@@ -22,8 +22,8 @@ def default_model_dir(run: str) -> Path:
 
 
 def add_broker_args(parser: argparse.ArgumentParser, default_client_id: str) -> None:
-    """The broker and run flags every command shares (federation/broker_cli.py); TLS and login come with
-    edge_client.connection.add_security_flags."""
+    """The broker and run flags every command shares (federation/cli/broker_flags.py); TLS and login come with
+    edge_client.security_flags.add_security_flags."""
     add_connection_flags(parser, default_client_id)
 
 

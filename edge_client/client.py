@@ -1,7 +1,7 @@
 """The edge client's loop: announce presence, wait for each round's global model, train locally,
 publish the update, and stop when the run ends.
 
-Paho's network thread only queues what arrives in a bounded inbox (federation.inbox); the one loop thread decodes
+Paho's network thread only queues what arrives in a bounded inbox (federation.transport.inbox); the one loop thread decodes
 and handles it, between rounds and, while training, after every batch."""
 
 from __future__ import annotations
@@ -13,20 +13,23 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from federation.errors import FedmqError
-from federation.codec import DecodeError, check_tensors
-from federation.inbox import Inbound, Inbox
-from federation.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
-from federation.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, ModelInfo, RunEnd, Update, check_finite
-from federation.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
-from federation.topics import RunTopics, check_level
-from federation.version import SOFTWARE_VERSION
+from federation.protocol.codec import DecodeError, check_tensors
+from federation.transport.inbox import Inbound, Inbox
+from federation.protocol.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
+from federation.protocol.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, ModelInfo, RunEnd, Update, check_finite
+from federation.transport.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
+from federation.protocol.topics import RunTopics, check_level
+from federation.protocol.version import SOFTWARE_VERSION
 from edge_client.local_data import LocalData
 from edge_client.progress import ClientProgress
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ _ENDING_PHASES = frozenset({"exporting", "done", "stopped"})
 
 
 def device_info() -> dict[str, object]:
-    return {"host": socket.gethostname(), "platform": platform.platform(), "machine": platform.machine(),
+    return {"host": socket.gethostname(), "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}", "machine": platform.machine(),
             "python": platform.python_version(), "cpu_count": os.cpu_count() or 0, "pid": os.getpid(),
             "instance": INSTANCE}
 
@@ -328,7 +331,7 @@ class EdgeClient:
         update would be late, so it is dropped and the newer model is trained next)."""
         import keras
 
-        from federation.models import compile_model, weight_specs
+        from federation.learning.models import compile_model, weight_specs
 
         model = self._model_for(message.model)
         labels = self._labels_for(message.model)
@@ -384,7 +387,7 @@ class EdgeClient:
                  "published" if ok else "queued until the broker is back")
         return True
 
-    def _trained_weights(self, model: "keras.Model", message: GlobalModel) -> list:  # noqa: F821
+    def _trained_weights(self, model: keras.Model, message: GlobalModel) -> list:
         """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
         trained = [w.numpy() for w in model.weights]
         if self.transform_update is None:
@@ -401,7 +404,7 @@ class EdgeClient:
         self._labels = ((info.class_names, info.num_classes), labels)
         return labels
 
-    def _model_for(self, info: ModelInfo) -> "keras.Model":  # noqa: F821
+    def _model_for(self, info: ModelInfo) -> keras.Model:
         if self._model is not None and self._model_info == info:
             return self._model
         if tuple(info.input_shape) != self.data.input_shape:
@@ -409,7 +412,7 @@ class EdgeClient:
                 f"the coordinator's model {info.name} takes inputs of shape {tuple(info.input_shape)}, but this "
                 f"device's data ({self.data.name}) has shape {self.data.input_shape}")
         self._labels_for(info)
-        from federation.models import build_model
+        from federation.learning.models import build_model
 
         self._model = build_model(info.name, info.input_shape, info.num_classes)
         self._model_info = info

@@ -16,9 +16,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from federation.errors import FedmqError
 from edge_client.client import INSTANCE  # this process, in the `device` map of its status messages
-from federation.codec import DecodeError
-from federation.messages import ClientStatus, decode_message
-from federation.mqtt_link import BrokerAddress, configure_security
+from federation.protocol.codec import DecodeError
+from federation.protocol.messages import ClientStatus, decode_message
+from federation.transport.mqtt_link import BrokerAddress, configure_security
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,9 @@ def ensure_client_id_free(address: BrokerAddress, status_topic: str, client_id: 
 
     def on_connect(client: mqtt.Client, userdata: object, flags: object, rc: mqtt.ReasonCode, props: object) -> None:
         if not rc.is_failure:
-            first.append(client.subscribe(status_topic, qos=1)[1])
+            mid = client.subscribe(status_topic, qos=1)[1]
+            if mid is not None:
+                first.append(mid)
 
     def on_subscribe(client: mqtt.Client, userdata: object, mid: int, rcs: object, props: object) -> None:
         if first and mid == first[0]:
@@ -90,7 +92,7 @@ def ensure_client_id_free(address: BrokerAddress, status_topic: str, client_id: 
 
     probe.on_connect = on_connect
     probe.on_subscribe = on_subscribe
-    probe.on_message = lambda c, u, msg: messages.put(msg.payload) if msg.topic == status_topic else None
+    probe.on_message = lambda c, u, msg: messages.put(bytes(msg.payload)) if msg.topic == status_topic else None
     try:
         probe.connect(address.host, address.port, keepalive=address.keepalive_s)
     except (OSError, ValueError) as exc:

@@ -66,6 +66,7 @@ def decode_image(data: bytes, shape: tuple[int, ...], name: str = "image", max_p
     cap = max_pixels or pixel_cap(shape)
     Image.MAX_IMAGE_PIXELS = cap  # Pillow checks it in open(), from the header; its warning is made an error
     warnings.simplefilter("error", Image.DecompressionBombWarning)
+    image: Image.Image  # opened as an ImageFile, then converted and resized
     try:
         with Image.open(io.BytesIO(data)) as image:
             columns, rows = image.size

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.datasets import load_dataset
-from federation.partition import PartitionSpec, client_indices, parse_index_range, parse_part
+from federation.learning.datasets import load_dataset
+from federation.learning.partition import PartitionSpec, client_indices, parse_index_range, parse_part
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from federation.errors import FedmqError
-from federation.deployment import DeploymentError, DeploymentInfo
+from federation.protocol.deployed_model import DeploymentError, DeploymentInfo
 
 log = logging.getLogger(__name__)
 

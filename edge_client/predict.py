@@ -16,10 +16,10 @@ import numpy as np
 
 from federation.errors import FedmqError
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, setup_logging
-from edge_client.connection import add_security_flags
+from edge_client.security_flags import add_security_flags
 from edge_client.images import InputError, load_inputs
 from edge_client.model_store import CURRENT, ModelStore
-from federation.inference import TFLiteClassifier
+from federation.inference.runtime import TFLiteClassifier
 
 log = logging.getLogger("edge_client.predict")
 
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    from federation.settings import ConfigError, load_settings
+    from federation.config.settings import ConfigError, load_settings
 
     try:
         run = args.run or load_settings(args.config).run.name
@@ -126,6 +126,7 @@ def main(argv: list[str]) -> int:
     top = max(1, min(args.top, probs.shape[1]))
     rows = [_row(name, p, names, top) for name, p in zip(batch.names, probs)]
     accuracy = None
+    labelled = len(batch.labels) if batch.labels is not None else 0
     if batch.labels is not None:
         accuracy = float((probs.argmax(1) == batch.labels.astype(np.int64)).mean())
     if args.json:
@@ -133,7 +134,7 @@ def main(argv: list[str]) -> int:
                                          "variant": model.variant, "runtime": classifier.runtime},
                                "predictions": rows}
         if accuracy is not None:
-            doc.update(accuracy=accuracy, examples=len(batch.labels))
+            doc.update(accuracy=accuracy, examples=labelled)
         print(json.dumps(doc))
         return 0
     width = max(len(r["input"]) for r in rows)
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> int:
         alternatives = "".join(f"  {t['label']} {t['confidence']:.3f}" for t in r.get("top", [])[1:])
         print(f"{r['input']:<{width}}  {r['label']}  {r['confidence']:.3f}{alternatives}")
     if accuracy is not None:
-        print(f"accuracy {accuracy:.4f} on {len(batch.labels)} labelled examples")
+        print(f"accuracy {accuracy:.4f} on {labelled} labelled examples")
     print(f"model {model.version or model.path} ({classifier.runtime})", file=sys.stderr)
     return 0
 

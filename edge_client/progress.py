@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
@@ -15,7 +15,10 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from federation.console import LivePanel
+from federation.cli.console import LivePanel
+
+if TYPE_CHECKING:
+    import keras
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +103,7 @@ class ClientProgress(LivePanel):
         with self._lock:
             self._state.phase, self._state.closed = phase, True
 
-    def keras_callback(self) -> "keras.callbacks.Callback":  # noqa: F821
+    def keras_callback(self) -> "keras.callbacks.Callback":
         """A Keras callback reporting every batch and epoch of model.fit to this object."""
         return _make_callback(self)
 
@@ -147,7 +150,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _make_callback(progress: ClientProgress) -> "keras.callbacks.Callback":  # noqa: F821
+def _make_callback(progress: ClientProgress) -> "keras.callbacks.Callback":
     import keras
 
     class _ProgressCallback(keras.callbacks.Callback):

@@ -24,19 +24,19 @@ import numpy as np
 
 from federation.errors import FedmqError
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, run_name, setup_logging
-from edge_client.connection import add_security_flags, broker_address
+from edge_client.security_flags import add_security_flags, broker_address
 from edge_client.images import (
     MAX_ARRAY_BYTES, NPY_MAGIC, ZIP_MAGIC, InputError, InputTooLarge, as_batch, decode_array, decode_image,
 )
 from edge_client.model_store import ModelStore, ModelStoreError
-from federation.deployment import DeploymentInfo
-from federation.inbox import Inbound, Inbox
-from federation.inference import TFLiteClassifier, load_interpreter_class
-from federation.messages import ClientStatus
-from federation.model_delivery import DeliveryReceiver, DeliveryRejected
-from federation.mqtt_link import BrokerAddress, MqttLink
-from federation.topics import RunTopics, check_level
-from federation.version import SOFTWARE_VERSION
+from federation.protocol.deployed_model import DeploymentInfo
+from federation.transport.inbox import Inbound, Inbox
+from federation.inference.runtime import TFLiteClassifier, load_interpreter_class
+from federation.protocol.messages import ClientStatus
+from federation.protocol.model_delivery import DeliveryReceiver, DeliveryRejected
+from federation.transport.mqtt_link import BrokerAddress, MqttLink
+from federation.protocol.topics import RunTopics, check_level
+from federation.protocol.version import SOFTWARE_VERSION
 
 log = logging.getLogger("edge_client.serve")
 
@@ -456,7 +456,7 @@ class ServeProcess:
         return ClientStatus(
             run=self.settings.run, round=model.info.round if model else 0, sender=self.settings.client_id,
             status=status, software=f"fedmq {SOFTWARE_VERSION}", num_examples=0,
-            device={"host": host_name(), "platform": platform.platform(), "machine": platform.machine(),
+            device={"host": host_name(), "platform": f"{platform.system()}-{platform.release()}-{platform.machine()}", "machine": platform.machine(),
                     "python": platform.python_version(), "cpu_count": os.cpu_count() or 0,
                     "runtime": self.models.runtime or "none"},
             role="serve", deployed=model.info.summary() if model and status == "online" else None,
@@ -571,7 +571,7 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     _return_big_buffers_to_the_system()
-    from federation.settings import ConfigError, load_settings
+    from federation.config.settings import ConfigError, load_settings
 
     try:
         cfg = load_settings(args.config)

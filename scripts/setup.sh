@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-stamp=".venv/.installed-$(sha256sum "$REQUIREMENTS" | cut -c1-16)"
+stamp=".venv/.installed-$(cat "$REQUIREMENTS" requirements/*.txt | sha256sum | cut -c1-16)"  # includes -r files
 if [ ! -f "$stamp" ]; then
   echo "== pip install -r $REQUIREMENTS"
   .venv/bin/pip install -q --upgrade pip

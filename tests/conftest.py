@@ -1,17 +1,65 @@
-"""Shared fixtures: a real Mosquitto on a free port, and a local federation of real processes."""
+"""Shared fixtures (a real Mosquitto on a free port, a local federation of real processes) and the test tiers.
+
+Tiers, by directory: tests/unit -> `unit`, tests/integration -> `integration`, and the dashboard's Chromium test
+also `browser` (pytest -m unit, -m "integration and not browser", ...). A unit test must stay in process and
+light: one that starts a subprocess or imports TensorFlow or Keras fails, so the tier stays under a minute."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from broker import MosquittoProcess  # noqa: E402
-from demo.local_federation import LocalFederation  # noqa: E402
+from broker import MosquittoProcess
+from demo.local_federation import LocalFederation
+from tests.support import REPO_ROOT
+
+BROWSER_TESTS = {"tests/integration/test_dashboard.py"}
+HEAVY_MODULES = ("tensorflow", "keras", "tf_keras")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        rel = Path(str(item.fspath)).resolve().relative_to(REPO_ROOT).as_posix()
+        if rel.startswith("tests/unit/"):
+            item.add_marker(pytest.mark.unit)
+        elif rel.startswith("tests/integration/"):
+            item.add_marker(pytest.mark.integration)
+        if rel in BROWSER_TESTS:
+            item.add_marker(pytest.mark.browser)
+
+
+class _NoSubprocess(subprocess.Popen):
+    def __init__(self, args: object, *rest: object, **kwargs: object) -> None:
+        raise AssertionError(f"a unit test started a process ({args!r}): move it to tests/integration")
+
+
+def _no_process(*args: object, **kwargs: object) -> None:
+    raise AssertionError("a unit test started a process: move it to tests/integration")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """In the unit tier: no subprocess (Popen, fork, spawn, system), and no TensorFlow or Keras import."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+    monkeypatch.setattr(subprocess, "Popen", _NoSubprocess)
+    for name in ("fork", "forkpty", "system", "posix_spawn", "posix_spawnp", "execv", "execve"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, _no_process)
+    before = {name for name in HEAVY_MODULES if name in sys.modules}
+    yield
+    imported = sorted(name for name in HEAVY_MODULES if name in sys.modules and name not in before)
+    if imported:
+        pytest.fail(f"a unit test imported {', '.join(imported)}: keep it in process and light, or move it to "
+                    "tests/integration", pytrace=False)
 
 
 @pytest.fixture
@@ -29,29 +77,3 @@ def federation(tmp_path: Path) -> Iterator[LocalFederation]:
         yield fed
     finally:
         fed.stop()
-
-
-def retained_messages(port: int, topic_filter: str, wait_s: float = 2.0) -> dict[str, bytes]:
-    """Every retained message under `topic_filter` on the broker at 127.0.0.1:port."""
-    import threading
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    found: dict[str, bytes] = {}
-    subscribed = threading.Event()
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-retained-probe")
-    client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
-    client.on_subscribe = lambda *_: subscribed.set()
-    client.on_message = lambda c, u, msg: found.__setitem__(msg.topic, msg.payload) if msg.retain else None
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        assert subscribed.wait(10), "probe could not subscribe"
-        import time
-
-        time.sleep(wait_s)
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return found

@@ -14,15 +14,15 @@ import urllib.error
 import urllib.request
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from federation.chunking import sha256_hex
-from federation.deployment import DeploymentInfo
-from federation.inference import TFLiteClassifier
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.deployed_model import DeploymentInfo
+from federation.inference.runtime import TFLiteClassifier
+from tests.support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASS_NAMES = tuple(f"class-{i}" for i in range(10))
 
 
@@ -61,20 +61,6 @@ def http(url: str, data: bytes | None = None, timeout: float = 10) -> tuple[int,
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read() or b"{}")
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, log: Path | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (OSError, ValueError):  # the server is not up yet
-            value = None
-        if value:
-            return value
-        time.sleep(0.1)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log and log.is_file() else ""
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}\n{tail}")
 
 
 def serve_status(port: int) -> dict[str, Any]:

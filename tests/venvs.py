@@ -11,9 +11,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from tests.support import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-EDGE_REQUIREMENTS = REPO_ROOT / "requirements-edge.txt"
+EDGE_REQUIREMENTS = REPO_ROOT / "requirements" / "serve.txt"
 # A device stuck on tflite-runtime 2.14: its wheels exist for Python 3.9 to 3.11 only, and need numpy<2.
 TFLITE_RUNTIME_REQUIREMENTS = ["tflite-runtime==2.14.0", "numpy<2", "paho-mqtt>=2.1,<3", "msgpack>=1.0,<2",
                                "Pillow>=10"]
@@ -56,8 +56,12 @@ def cached_venv(name: str, requirements: list[str], timeout_s: float = 900) -> P
 
 
 def edge_requirements() -> list[str]:
-    lines = EDGE_REQUIREMENTS.read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    """requirements/serve.txt's lines that apply to this Python (a `; python_version < "3.11"` line does not on 3.11)."""
+    from packaging.requirements import Requirement
+
+    lines = [line.strip() for line in EDGE_REQUIREMENTS.read_text().splitlines()]
+    wanted = [line for line in lines if line and not line.startswith("#")]
+    return [line for line in wanted if Requirement(line).marker is None or Requirement(line).marker.evaluate()]
 
 
 def _run(argv: list[str], timeout_s: float) -> None:

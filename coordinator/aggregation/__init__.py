@@ -14,7 +14,7 @@ from coordinator.aggregation.fedavg import FedAvg
 from coordinator.aggregation.krum import MultiKrum
 from coordinator.aggregation.median import CoordinateMedian
 from coordinator.aggregation.trimmed_mean import TrimmedMean
-from federation.settings import AggregationSettings, dp_problem
+from federation.config.settings import AggregationSettings, dp_problem
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {"fedavg": FedAvg, "median": Coordina
 
 
 def make_aggregator(config: str | AggregationSettings) -> Aggregator:
-    """The rule for `config`: a rule name (that rule with its defaults), or federation.settings'
+    """The rule for `config`: a rule name (that rule with its defaults), or federation.config.settings'
     AggregationSettings: the rule behind norm clipping (which also reports update norms), or central DP."""
     if isinstance(config, str):
         if config not in AGGREGATORS:

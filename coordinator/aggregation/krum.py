@@ -9,7 +9,7 @@ import numpy as np
 
 from coordinator.aggregation.base import Weights
 from coordinator.aggregation.buffered import BufferedAggregator
-from federation.settings import krum_min_updates
+from federation.config.settings import krum_min_updates
 
 
 class MultiKrum(BufferedAggregator):

@@ -15,9 +15,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote
 
-from federation.broker_cli import SECURITY_FLAGS, AddressError, add_broker_flags, settings_overrides
-from federation.mqtt_link import BrokerAddress
-from federation.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
+from federation.cli.broker_flags import SECURITY_FLAGS, AddressError, add_broker_flags, settings_overrides
+from federation.transport.mqtt_link import BrokerAddress
+from federation.config.settings import ConfigError, Settings, add_override_flags, load_settings, overrides_from_args
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class DashboardHandler(SimpleHTTPRequestHandler):
         self.dashboard_config = config
         super().__init__(*args, directory=str(STATIC_DIR), **kwargs)  # type: ignore[arg-type]
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:  # http.server's naming
         if self._nul_in_path():
             return
         if self.path.split("?", 1)[0] == "/config.json":
@@ -81,7 +81,7 @@ class DashboardHandler(SimpleHTTPRequestHandler):
             return
         super().do_GET()
 
-    def do_HEAD(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_HEAD(self) -> None:  # http.server's naming
         if not self._nul_in_path():
             super().do_HEAD()
 
@@ -100,7 +100,7 @@ class DashboardHandler(SimpleHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         super().end_headers()
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (http.server's signature)
+    def log_message(self, format: str, *args: object) -> None:  # http.server's signature
         log.debug("%s %s", self.address_string(), format % args)
 
 
@@ -149,7 +149,7 @@ def main(argv: list[str]) -> int:
               "its own trust store and login; give it --broker wss://HOST:PORT (or --ws-url) instead",
               file=sys.stderr)
         return 2
-    from federation.console import configure_logging
+    from federation.cli.console import configure_logging
 
     configure_logging(args.log_level)
     try:

@@ -14,8 +14,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from federation.messages import ClientStatus, GlobalModel, RunEnd, Update, decode_message
-from federation.topics import RunTopics
+from federation.protocol.messages import ClientStatus, GlobalModel, RunEnd, Update, decode_message
+from federation.protocol.topics import RunTopics
 
 log = logging.getLogger("hostile_client")
 

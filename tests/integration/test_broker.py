@@ -25,10 +25,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import BrokerError, MosquittoProcess, find_mosquitto, free_port
 from broker.mosquitto_process import port_accepts
+from tests.support import REPO_ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FIVE_MB = 5 * 1024 * 1024
 WAIT_S = 15.0
 PROTOCOLS = {"v311": mqtt.MQTTv311, "v5": mqtt.MQTTv5}

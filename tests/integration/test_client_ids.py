@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from demo.local_federation import REPO_ROOT
-from federation.messages import ClientStatus, decode_message
-from tests.conftest import retained_messages
+from federation.protocol.messages import ClientStatus, decode_message
+from tests.support import retained_messages
 
 pytestmark = pytest.mark.timeout(300)
 

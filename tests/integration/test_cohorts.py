@@ -3,28 +3,18 @@ clients per round, and devices whose classes or input shape differ refuse to tra
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from demo.local_federation import LocalFederation
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(420)
 
 FASHION = ["--dataset", "fashion_mnist"]
-
-
-def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _log(fed: LocalFederation, name: str) -> str:
@@ -39,9 +29,9 @@ def test_a_late_joiner_never_steals_the_round_of_a_slow_cohort_member(federation
                            "training.local_epochs": 2, "evaluation.max_examples": 500})
     fed.start_client("fast", [*FASHION, "--index-range", "0:300"])
     fed.start_client("slow", [*FASHION, "--index-range", "300:12300"])
-    _wait_for("round 1 to start", lambda: "round 1/2: training" in _log(fed, "slow"))
+    wait_for("round 1 to start", lambda: "round 1/2: training" in _log(fed, "slow"))
     fed.start_client("late", [*FASHION, "--index-range", "12300:12600"])
-    _wait_for("the late joiner to see round 1", lambda: "not in this round's cohort" in _log(fed, "late"), 120)
+    wait_for("the late joiner to see round 1", lambda: "not in this round's cohort" in _log(fed, "late"), 120)
     codes = fed.wait_all(360)
     assert codes == {"coordinator": 0, "fast": 0, "slow": 0, "late": 0}, codes
     rows = fed.metrics()

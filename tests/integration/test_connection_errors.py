@@ -16,7 +16,7 @@ import pytest
 from broker import MosquittoProcess, free_port
 from broker.mosquitto_process import port_accepts
 from broker.secure import hash_password, issue_certificate, make_ca
-from federation.mqtt_link import BrokerAddress, MqttLink
+from federation.transport.mqtt_link import BrokerAddress, MqttLink
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,7 +70,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Listeners]:
 def failure_of(address: BrokerAddress, caplog: pytest.LogCaptureFixture) -> str:
     """Start a real MqttLink, wait for its first failure diagnosis, and return it (also checking it was logged)."""
     link = MqttLink("fedmq-test-diagnosis", address, [], lambda *_: None)
-    caplog.set_level(logging.INFO, logger="federation.mqtt_link")
+    caplog.set_level(logging.INFO, logger="federation.transport.mqtt_link")
     link.start()
     try:
         deadline = time.monotonic() + WAIT_S

@@ -15,8 +15,8 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from broker import free_port
 from demo.local_federation import REPO_ROOT, LocalFederation
-from federation.messages import ClientStatus, RoundMetricsMessage, decode_message
-from tests.conftest import retained_messages
+from federation.protocol.messages import ClientStatus, RoundMetricsMessage, decode_message
+from tests.support import probe_client, retained_messages
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -61,18 +61,9 @@ def chart_points(page: Page, chart: str) -> list[tuple[int, float]]:
 
 
 def publish_status(port: int, status: ClientStatus) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-status-publisher")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
+    with probe_client(port, "test-status-publisher") as client:
         client.publish(f"fedmq/{RUN}/client/{status.sender}/status", status.encode(), qos=1,
                        retain=True).wait_for_publish(10)
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def save_artifact(source: Path, name: str) -> Path:

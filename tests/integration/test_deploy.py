@@ -1,5 +1,5 @@
 """Model delivery end to end: real Mosquitto, a real coordinator and trainer, and a `python -m edge_client serve`
-process in a virtual environment built from requirements-edge.txt, where TensorFlow can't be imported."""
+process in a virtual environment built from requirements/serve.txt, where TensorFlow can't be imported."""
 
 from __future__ import annotations
 
@@ -15,18 +15,18 @@ from PIL import Image
 
 from broker import MosquittoProcess, free_port
 from demo.local_federation import LocalFederation
-from federation.chunking import sha256_hex
-from federation.codec import pack, unpack
-from federation.datasets import load_dataset
-from federation.inference import TFLiteClassifier
-from federation.model_delivery import delivery_messages
-from federation.topics import RunTopics
-from tests.conftest import retained_messages
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.codec import pack, unpack
+from federation.learning.datasets import load_dataset
+from federation.inference.runtime import TFLiteClassifier
+from federation.protocol.model_delivery import delivery_messages
+from federation.protocol.topics import RunTopics
+from tests.support import retained_messages
 from tests.deploy_support import (
     REPO_ROOT, RequestStream, RetainedPublisher, deployment, http, serve_status, start_serve, stop, tiny_tflite,
-    wait_until,
-)
+    )
 from tests.venvs import cached_venv, edge_requirements
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -35,7 +35,7 @@ EVAL_EXAMPLES = 300
 
 @pytest.fixture(scope="module")
 def edge_python() -> Path:
-    """The python of a venv holding requirements-edge.txt only (no TensorFlow), built once and cached."""
+    """The python of a venv holding requirements/serve.txt only (no TensorFlow), built once and cached."""
     python = cached_venv("edge", edge_requirements())
     probe = subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, text=True,
                            env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")
@@ -66,8 +66,8 @@ def test_a_short_run_deploys_to_a_serve_process_without_tensorflow(federation: L
             "deploy.variant": "int8", "deploy.every_k_rounds": 1, "deploy.chunk_bytes": 65536,
         })
         fed.start_client("trainer", ["--dataset", "fashion_mnist", "--max-examples", "4000"])
-        version = lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")  # noqa: E731
-        wait_until(lambda: version() == "it@1", 300, "round 1's model on the serve process", serve_log)
+        version = lambda: (serve_status(http_port)["deployed"] or {}).get("model_version")
+        wait_for("round 1's model on the serve process", lambda: version() == "it@1", 300, log=serve_log)
 
         data = load_dataset("fashion_mnist")
         x, y = data.x_test[:EVAL_EXAMPLES], data.y_test[:EVAL_EXAMPLES]
@@ -75,7 +75,7 @@ def test_a_short_run_deploys_to_a_serve_process_without_tensorflow(federation: L
         bodies = [f.read_bytes() for f in files[:40]]
         with RequestStream(http_port, bodies, pause_s=0.01) as stream:  # requests go on while round 2's arrives
             codes = fed.wait_all(300)
-            wait_until(lambda: version() == "it@2", 60, "the final model on the serve process", serve_log)
+            wait_for("the final model on the serve process", lambda: version() == "it@2", 60, log=serve_log)
         assert codes == {"coordinator": 0, "trainer": 0}, codes
         assert stream.failures == [], stream.failures[:5]
         assert stream.versions() == ["it@1", "it@2"] and len(stream.answers) > 20
@@ -139,12 +139,12 @@ def test_corrupted_or_truncated_models_are_rejected_and_the_last_good_one_keeps_
     serve = start_serve(edge_python, mosquitto.port, "dep", "pi-1", models, http_port, serve_log,
                         "--chunk-timeout", "3")
     publisher = RetainedPublisher(mosquitto.port)
-    status = lambda: serve_status(http_port)  # noqa: E731
-    rejections = lambda n: lambda: status()["rejected_deployments"] >= n  # noqa: E731
+    status = lambda: serve_status(http_port)
+    rejections = lambda n: lambda: status()["rejected_deployments"] >= n
     try:
         for m in delivery_messages(topics, v1, good, chunk_bytes=1 << 20, sender="coordinator"):
             publisher.publish(m.topic, m.payload)
-        wait_until(lambda: (status()["deployed"] or {}).get("model_version") == "dep@1", 60, "dep@1", serve_log)
+        wait_for("dep@1", lambda: (status()["deployed"] or {}).get("model_version") == "dep@1", 60, log=serve_log)
         images = np.random.default_rng(3).integers(0, 256, (8, 28, 28, 1), dtype=np.uint8)
         bodies = []
         for image in images:
@@ -157,18 +157,18 @@ def test_corrupted_or_truncated_models_are_rejected_and_the_last_good_one_keeps_
             raw = unpack(inline)
             raw["model"] = raw["model"][:5000] + bytes([raw["model"][5000] ^ 0x10]) + raw["model"][5001:]
             publisher.publish(topics.deploy, pack(raw))
-            wait_until(rejections(1), 30, "the corrupted model's rejection", serve_log)
+            wait_for("the corrupted model's rejection", rejections(1), 30, log=serve_log)
             assert "sha256" in status()["deploy_error"] and "bad_hash" in status()["deploy_error"]
             # 2. a truncated message: it does not decode
             publisher.publish(topics.deploy, inline[: len(inline) // 2])
-            wait_until(rejections(2), 30, "the truncated message's rejection", serve_log)
+            wait_for("the truncated message's rejection", rejections(2), 30, log=serve_log)
             assert "malformed" in status()["deploy_error"]
             # 3. bytes matching their hash that are no TFLite model: loading fails, nothing is swapped
             junk = bytes(range(256)) * 64
             raw = unpack(inline)
             raw.update(model=junk, sha256=sha256_hex(junk), size=len(junk))
             publisher.publish(topics.deploy, pack(raw))
-            wait_until(rejections(3), 30, "the unloadable model's rejection", serve_log)
+            wait_for("the unloadable model's rejection", rejections(3), 30, log=serve_log)
             assert "does not load" in status()["deploy_error"] and "still serving dep@1" in status()["deploy_error"]
             # 4. a chunked model with one corrupted chunk: that chunk is refused, the set times out
             chunked = delivery_messages(topics, v2, newer, chunk_bytes=8192, sender="coordinator")
@@ -177,17 +177,16 @@ def test_corrupted_or_truncated_models_are_rejected_and_the_last_good_one_keeps_
             for m in chunked[:2] + chunked[3:]:
                 publisher.publish(m.topic, m.payload)
             publisher.publish(chunked[2].topic, pack(raw))
-            wait_until(rejections(4), 30, "the corrupted chunk's rejection", serve_log)
-            wait_until(lambda: "incomplete after 3 s" in (status()["deploy_error"] or ""), 30,
-                       "the incomplete chunk set to be dropped", serve_log)
+            wait_for("the corrupted chunk's rejection", rejections(4), 30, log=serve_log)
+            wait_for("the incomplete chunk set to be dropped", lambda: "incomplete after 3 s" in (status()["deploy_error"] or ""), 30, log=serve_log)
             assert status()["deployed"]["model_version"] == "dep@1"
             assert json.loads((models / "current.json").read_text())["model_version"] == "dep@1"
             # 5. the same chunked model, whole, in reverse order with a duplicate: accepted and swapped in
             for m in [*chunked[-2::-1], chunked[1], chunked[-1]]:
                 publisher.publish(m.topic, m.payload)
-            wait_until(lambda: status()["deployed"]["model_version"] == "dep@2", 30, "dep@2", serve_log)
+            wait_for("dep@2", lambda: status()["deployed"]["model_version"] == "dep@2", 30, log=serve_log)
             count = len(stream.answers)
-            wait_until(lambda: len(stream.answers) > count + 5, 30, "requests answered by dep@2")
+            wait_for("requests answered by dep@2", lambda: len(stream.answers) > count + 5, 30)
         assert stream.failures == [], stream.failures[:5]
         assert stream.versions() == ["dep@1", "dep@2"]
         final = status()
@@ -203,8 +202,7 @@ def test_corrupted_or_truncated_models_are_rejected_and_the_last_good_one_keeps_
     # After a restart, with no broker to be reached, the device serves its last good model from disk.
     serve = start_serve(edge_python, free_port(), "dep", "pi-1", models, http_port, serve_log)
     try:
-        wait_until(lambda: (status()["deployed"] or {}).get("model_version") == "dep@2", 30,
-                   "the stored model after a restart", serve_log)
+        wait_for("the stored model after a restart", lambda: (status()["deployed"] or {}).get("model_version") == "dep@2", 30, log=serve_log)
         assert status()["broker_connected"] is False
     finally:
         assert stop(serve) == 0

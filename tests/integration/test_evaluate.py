@@ -28,7 +28,7 @@ def saved_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The project's Fashion-MNIST model saved twice: never compiled, and compiled (optimizer state included)."""
     import keras
 
-    from federation.models import build_model, compile_model
+    from federation.learning.models import build_model, compile_model
 
     out = tmp_path_factory.mktemp("models")
     keras.utils.set_random_seed(0)
@@ -67,8 +67,8 @@ def test_an_exported_tflite_model_carries_its_labels_and_has_a_labels_file(tmp_p
     import numpy as np
 
     from coordinator.export import LABELS_FILE, export_tflite, read_labels
-    from federation.inference import TFLiteClassifier
-    from federation.models import build_model
+    from federation.inference.runtime import TFLiteClassifier
+    from federation.learning.models import build_model
 
     keras.utils.set_random_seed(1)
     model = build_model("small_cnn", (28, 28, 1), 10)

@@ -12,19 +12,11 @@ from typing import Callable
 import pytest
 
 from demo.local_federation import LocalFederation
+from tests.support import probe_client, wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
 DATA = ["--dataset", "fashion_mnist", "--max-examples", "6000"]
-
-
-def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def _log_has(fed: LocalFederation, name: str, text: str) -> Callable[[], bool]:
@@ -48,7 +40,7 @@ def test_client_killed_mid_training_round_closes_without_it_and_it_rejoins(feder
     fed.start_coordinator({"training.rounds": 4, "quorum.min_clients": 2, "quorum.round_deadline_s": 300,
                            "training.local_epochs": 2, "evaluation.max_examples": 1000})
     _start_clients(fed, 3)
-    _wait_for("dev-3 training round 1", _log_has(fed, "dev-3", "round 1/4: training"))
+    wait_for("dev-3 training round 1", _log_has(fed, "dev-3", "round 1/4: training"))
     fed.kill("dev-3")
     fed.start_client("dev-3-again", [*DATA, "--partition", "3/3"])  # back at once: it starts in a few seconds
     codes = fed.wait_all(300)
@@ -73,7 +65,7 @@ def test_coordinator_killed_and_restarted_resumes_without_client_restarts(federa
                  "evaluation.max_examples": 1000}
     fed.start_coordinator(overrides)
     _start_clients(fed, 2)
-    _wait_for("round 2 to start", _log_has(fed, "coordinator", "round 2/4: model published"))
+    wait_for("round 2 to start", _log_has(fed, "coordinator", "round 2/4: model published"))
     fed.kill("coordinator")
     assert _rounds_done(fed) == 1
     fed.start_coordinator(overrides, name="coordinator-restarted")
@@ -91,7 +83,7 @@ def test_restart_with_other_settings_refuses_to_resume(federation: LocalFederati
     fed = federation
     fed.start_coordinator({"training.rounds": 2, "quorum.min_clients": 1, "evaluation.max_examples": 500})
     fed.start_client("dev-1", ["--dataset", "fashion_mnist", "--max-examples", "1000", "--max-rounds", "1"])
-    _wait_for("round 1 to close", lambda: _rounds_done(fed) >= 1)
+    wait_for("round 1 to close", lambda: _rounds_done(fed) >= 1)
     fed.kill("coordinator")
     fed.start_coordinator({"training.rounds": 2, "quorum.min_clients": 1, "evaluation.max_examples": 500,
                            "training.learning_rate": 0.01}, name="coordinator-changed")
@@ -106,7 +98,7 @@ def test_broker_restart_mid_round_run_completes(federation: LocalFederation) -> 
     fed.start_coordinator({"training.rounds": 3, "quorum.min_clients": 2, "quorum.round_deadline_s": 300,
                            "training.local_epochs": 2, "evaluation.max_examples": 1000})
     _start_clients(fed, 2)
-    _wait_for("round 2 training", _log_has(fed, "dev-1", "round 2/3: training"))
+    wait_for("round 2 training", _log_has(fed, "dev-1", "round 2/3: training"))
     fed.broker.stop()
     time.sleep(3)
     fed.broker.start()
@@ -168,34 +160,25 @@ def _oversize_is_dropped(port: int, limit: int) -> bool:
     import threading
 
     import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
 
     got: list[int] = []
     ready, small = threading.Event(), threading.Event()
-    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe-sub")
-    sub.on_connect = lambda c, *_: c.subscribe("probe/#", qos=1)
-    sub.on_subscribe = lambda *_: ready.set()
 
     def on_message(c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
         got.append(len(msg.payload))
         if len(msg.payload) < limit:
             small.set()
 
-    sub.on_message = on_message
-    sub.connect("127.0.0.1", port)
-    sub.loop_start()
-    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="probe-pub")
-    pub.connect("127.0.0.1", port)
-    pub.loop_start()
-    try:
+    def setup(sub: mqtt.Client) -> None:
+        sub.on_connect = lambda c, *_: c.subscribe("probe/#", qos=1)
+        sub.on_subscribe = lambda *_: ready.set()
+        sub.on_message = on_message
+
+    with probe_client(port, "probe-sub", setup=setup), probe_client(port, "probe-pub") as pub:
         assert ready.wait(10)
         pub.publish("probe/big", b"x" * (limit + 1000), qos=1)
         time.sleep(0.5)
         pub.publish("probe/small", b"y" * 100, qos=1)
         assert small.wait(10)
         time.sleep(0.5)
-    finally:
-        for c in (pub, sub):
-            c.disconnect()
-            c.loop_stop()
     return got == [100]

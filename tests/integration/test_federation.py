@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from demo.local_federation import REPO_ROOT, LocalFederation
-from federation.codec import unpack
-from federation.datasets import load_dataset
-from federation.inference import TFLiteClassifier
-from tests.conftest import retained_messages
+from federation.protocol.codec import unpack
+from federation.learning.datasets import load_dataset
+from federation.inference.runtime import TFLiteClassifier
+from tests.support import retained_messages
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -108,7 +109,7 @@ def test_clients_before_coordinator_and_a_late_joiner(federation: LocalFederatio
     fed.start_client("early-2", [*client_args, "--partition", "2/3"])
     fed.start_coordinator({"training.rounds": 6, "quorum.min_clients": 2, "quorum.round_deadline_s": 120,
                            "evaluation.max_examples": 500})
-    _wait_for(lambda: (fed.run_dir / "metrics.jsonl").is_file() and len(fed.metrics()) >= 1, 180)
+    wait_for("the first round's metrics", lambda: (fed.run_dir / "metrics.jsonl").is_file() and len(fed.metrics()) >= 1, 180)
     fed.start_client("late-3", [*client_args, "--partition", "3/3"])
     codes = fed.wait_all(240)
     assert codes == {"early-1": 0, "early-2": 0, "coordinator": 0, "late-3": 0}, codes
@@ -131,13 +132,3 @@ def test_client_with_missing_data_names_the_problem(tmp_path) -> None:
     assert out.returncode == 2
     assert str(missing) in out.stderr and "image folder" in out.stderr
 
-
-def _wait_for(predicate, timeout: float) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.5)
-    raise TimeoutError("condition not reached")

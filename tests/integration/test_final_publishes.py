@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from demo.local_federation import LocalFederation
-from federation.messages import RunEnd, decode_message
-from tests.conftest import retained_messages
+from federation.protocol.messages import RunEnd, decode_message
+from tests.support import retained_messages
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -5,45 +5,30 @@ from __future__ import annotations
 
 import struct
 import time
-from typing import Callable
 
 import msgpack
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from demo.local_federation import LocalFederation
-from federation.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, TrainingPlan
-from federation.topics import RunTopics
+from federation.protocol.messages import ClientStatus, GlobalModel, ModelInfo, RunEnd, TrainingPlan
+from federation.protocol.topics import RunTopics
+from tests.support import close_probe, connect_probe, wait_for
 
 pytestmark = pytest.mark.timeout(420)
 DATA = ["--dataset", "fashion_mnist"]
-
-
-def _wait_for(what: str, predicate: Callable[[], bool], timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 class Attacker:
     """A raw MQTT connection that publishes whatever it is told to, anywhere (the open profile has no logins)."""
 
     def __init__(self, port: int, client_id: str = "attacker") -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client.max_inflight_messages_set(100)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
+        self.client = connect_probe(port, client_id, setup=lambda c: c.max_inflight_messages_set(100))
 
     def publish(self, topic: str, payload: bytes, retain: bool = False, qos: int = 1) -> None:
         self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(60)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        close_probe(self.client)
 
 
 def _envelope(round_: int, sender: str, run: str = "it") -> dict:
@@ -66,7 +51,7 @@ def test_bomb_flood_and_bad_ids_cost_little_and_lose_no_honest_update(federation
                            "training.local_epochs": 2, "evaluation.max_examples": 300})
     attacker = Attacker(fed.port)
     topics = RunTopics("fedmq", "it")
-    _wait_for("the coordinator to subscribe", lambda: "fedmq-coordinator-it connected" in
+    wait_for("the coordinator to subscribe", lambda: "fedmq-coordinator-it connected" in
               fed.procs["coordinator"].log_path.read_text())
     try:
         # Before round 1: garbage, a log bomb, statuses with ids the protocol does not allow.
@@ -78,7 +63,7 @@ def test_bomb_flood_and_bad_ids_cost_little_and_lose_no_honest_update(federation
             attacker.publish(f"fedmq/it/client/{bad}/status", status.encode(), retain=True)
         for k in (1, 2):
             fed.start_client(f"dev-{k}", [*DATA, "--index-range", f"{(k - 1) * 3000}:{k * 3000}"])
-        _wait_for("round 1 training", lambda: "round 1/2: training" in fed.procs["dev-1"].log_path.read_text())
+        wait_for("round 1 training", lambda: "round 1/2: training" in fed.procs["dev-1"].log_path.read_text())
         # During round 1, while the honest clients train: a bomb, then a flood of far-away rounds.
         # An update for the open round from a client that never published a birth: not in the cohort.
         attacker.publish(topics.update("mallory"), msgpack.packb({**_envelope(1, "mallory"), "num_examples": 5,
@@ -119,7 +104,7 @@ def test_forged_statuses_model_and_run_end_do_not_stop_or_strand_a_run(federatio
     try:
         for k in (1, 2):
             fed.start_client(f"dev-{k}", [*DATA, "--index-range", f"{(k - 1) * 3000}:{k * 3000}"])
-        _wait_for("both births", lambda: all("connected to" in fed.procs[f"dev-{k}"].log_path.read_text()
+        wait_for("both births", lambda: all("connected to" in fed.procs[f"dev-{k}"].log_path.read_text()
                                               for k in (1, 2)))
         time.sleep(1)
         for k in (1, 2):   # forged deaths, retained
@@ -128,7 +113,7 @@ def test_forged_statuses_model_and_run_end_do_not_stop_or_strand_a_run(federatio
         fed.start_coordinator({"training.rounds": 3, "quorum.min_clients": 2, "quorum.round_deadline_s": 300,
                                "training.local_epochs": 2, "evaluation.max_examples": 300,
                                "quorum.wait_for_clients_s": 60})
-        _wait_for("round 1 training", lambda: "round 1/3: training" in fed.procs["dev-1"].log_path.read_text())
+        wait_for("round 1 training", lambda: "round 1/3: training" in fed.procs["dev-1"].log_path.read_text())
         forged = GlobalModel(run="it", round=7, sender="coordinator", model=ModelInfo("small_cnn", (32, 32, 3), 10),
                              train=TrainingPlan(1, 32, 0.001), tensors=[], total_rounds=9, weights_sha256="0" * 64)
         attacker.publish(topics.global_model, forged.encode(), retain=True)

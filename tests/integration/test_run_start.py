@@ -17,8 +17,9 @@ from broker import MosquittoProcess, free_port
 from coordinator.checkpoint import CHECKPOINT_FILE, Checkpoint, save_checkpoint
 from coordinator.metrics import RoundMetrics
 from demo.local_federation import REPO_ROOT
-from federation.messages import CoordinatorState, decode_message
-from tests.conftest import retained_messages
+from federation.protocol.messages import CoordinatorState, decode_message
+from tests.support import retained_messages
+from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -48,13 +49,6 @@ def _metrics(r: int) -> RoundMetrics:
                         client_ids=["a"], rejected={})
 
 
-def _wait_for(what: str, check, timeout: float = 60.0) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_a_finished_run_is_kept_in_place_until_the_new_run_really_starts(tmp_path: Path) -> None:
     run_dir = tmp_path / "runs" / "r1"
     run_dir.mkdir(parents=True)
@@ -70,8 +64,7 @@ def test_a_finished_run_is_kept_in_place_until_the_new_run_really_starts(tmp_pat
             cwd=tmp_path, env=_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # 1. No broker: the coordinator retries, and the finished run stays where it is.
-        _wait_for("the coordinator to say why it can't connect",
-                  lambda: f"nothing listens on 127.0.0.1:{port}: is the broker running?" in log_path.read_text())
+        wait_for("the coordinator to say why it can't connect", lambda: f"nothing listens on 127.0.0.1:{port}: is the broker running?" in log_path.read_text())
         time.sleep(1.0)
         assert proc.poll() is None, log_path.read_text()
         assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r1"], log_path.read_text()
@@ -83,7 +76,7 @@ def test_a_finished_run_is_kept_in_place_until_the_new_run_really_starts(tmp_pat
                 payload = next(iter(state.values()), b"")
                 return bool(payload) and decode_message(payload, 1 << 20).phase == "waiting_for_clients"
 
-            _wait_for("the coordinator to wait for clients", waiting)
+            wait_for("the coordinator to wait for clients", waiting)
             assert isinstance(decode_message(next(iter(retained_messages(
                 broker.port, "fedmq/r1/coordinator/state", wait_s=0.3).values())), 1 << 20), CoordinatorState)
             assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["r1"], log_path.read_text()

@@ -23,7 +23,7 @@ from broker import free_port
 from broker.mosquitto_process import port_accepts
 from broker.secure import SecureLayout, issue_certificate, make_ca
 from demo.local_federation import REPO_ROOT, LocalFederation
-from federation.messages import GlobalModel, Update, decode_message
+from federation.protocol.messages import GlobalModel, Update, decode_message
 
 pytestmark = pytest.mark.timeout(300)
 

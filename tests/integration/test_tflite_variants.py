@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from coordinator.export import ACCURACY_BOUND_POINTS, convert_to_tflite
-from federation.datasets import load_dataset
-from federation.inference import TFLiteClassifier
+from federation.learning.datasets import load_dataset
+from federation.inference.runtime import TFLiteClassifier
 from tests.deploy_support import REPO_ROOT
 from tests.venvs import TFLITE_RUNTIME_REQUIREMENTS, cached_venv
 
@@ -39,7 +39,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     """A small CNN trained for 2 epochs on 12,000 images, exported as every variant (dynamic also compat)."""
     import keras
 
-    from federation.models import build_model, compile_model
+    from federation.learning.models import build_model, compile_model
 
     data = load_dataset("fashion_mnist")
     keras.utils.set_random_seed(0)

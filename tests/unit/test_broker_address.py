@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from federation.broker_address import AddressError, format_address, parse_address
-from federation.broker_cli import add_broker_flags, device_address, settings_overrides
-from federation.mqtt_link import BrokerAddress
-from federation.settings import ConfigError, load_settings
+from federation.transport.broker_address import AddressError, format_address, parse_address
+from federation.cli.broker_flags import add_broker_flags, device_address, settings_overrides
+from federation.transport.mqtt_link import BrokerAddress
+from federation.config.settings import ConfigError, load_settings
 
 
 @pytest.mark.parametrize("text, host, port, transport, tls, path", [
@@ -131,7 +131,7 @@ def test_the_coordinators_flags_become_settings() -> None:
         settings_overrides(_args("--broker", "b:1884", "--port", "1906"))
 
 
-def test_a_bad_host_in_the_config_is_a_config_error(tmp_path) -> None:  # noqa: ANN001
+def test_a_bad_host_in_the_config_is_a_config_error(tmp_path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[broker]\nhost = "mqtt://mqtt://b:1883"\n')
     with pytest.raises(ConfigError, match=r"\[broker\] host: .*two schemes"):

@@ -13,8 +13,8 @@ from coordinator.checkpoint import (
     save_checkpoint,
 )
 from coordinator.metrics import RoundMetrics
-from federation.codec import TensorSpec
-from federation.settings import load_settings, with_overrides
+from federation.protocol.codec import TensorSpec
+from federation.config.settings import load_settings, with_overrides
 
 SPECS = [TensorSpec("m/dense/kernel", "float32", (4, 3)), TensorSpec("m/dense/bias", "float32", (3,))]
 

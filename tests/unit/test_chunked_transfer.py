@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from federation.chunked_transfer import ChunkedReceiver, base_topic, outgoing_messages
-from federation.chunking import sha256_hex
-from federation.codec import DecodeError, pack, unpack
-from federation.messages import ModelChunk, Update, decode_message
+from federation.protocol.chunked_transfer import ChunkedReceiver, base_topic, outgoing_messages
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.codec import DecodeError, pack, unpack
+from federation.protocol.messages import ModelChunk, Update, decode_message
 
 TOPIC = "fedmq/run1/update/dev-1"
 

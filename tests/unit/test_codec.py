@@ -1,4 +1,4 @@
-"""Tests for federation.codec: tensors round-trip exactly and zero-copy; bad payloads raise DecodeError only."""
+"""Tests for federation.protocol.codec: tensors round-trip exactly and zero-copy; bad payloads raise DecodeError only."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.codec import (
+from federation.protocol.codec import (
     MAX_NESTING,
     MAX_TENSOR_DIMS,
     WIRE_DTYPES,

@@ -1,4 +1,4 @@
-"""Every command takes the same broker and run flags (declared once in federation/broker_cli.py), and no parser
+"""Every command takes the same broker and run flags (declared once in federation/cli/broker_flags.py), and no parser
 in the project accepts an abbreviated flag: `--training.round` must not quietly mean `--training.rounds`."""
 
 from __future__ import annotations
@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 import ast
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
+from pathlib import Path
 
-from federation.broker_cli import CONNECTION_FLAGS, SECURITY_FLAGS
+from federation.cli.broker_flags import CONNECTION_FLAGS, SECURITY_FLAGS
+from tests.support import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 SHARED_ARGV = ["--broker", "mqtts://broker.lan:8883", "--port", "8883", "--mqtt-version", "5", "--run", "r1",
                "--topic-prefix", "lab/fedmq", "--client-id", "dev-1", "--tls-ca", "ca.crt", "--tls-cert", "c.crt",
                "--tls-key", "c.key", "--username", "dev-1", "--password-file", "pw", "--config", "c.toml"]
@@ -131,8 +131,8 @@ PENDING: dict[str, str] = {}
 
 def _parser_calls() -> list[tuple[str, int, bool]]:
     found = []
-    for path in sorted(REPO.rglob("*.py")):
-        rel = path.relative_to(REPO).as_posix()
+    for path in sorted(REPO_ROOT.rglob("*.py")):
+        rel = path.relative_to(REPO_ROOT).as_posix()
         if rel.startswith((".venv/", "tests/")) or "/." in f"/{rel}":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):

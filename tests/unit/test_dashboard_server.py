@@ -16,7 +16,7 @@ import pytest
 
 from coordinator.dashboard import STATIC_DIR, DashboardConfig, dashboard_config, make_server
 from coordinator.dashboard.server import main, serve_in_thread
-from federation.settings import ConfigError, load_settings
+from federation.config.settings import ConfigError, load_settings
 
 VENDOR = STATIC_DIR / "vendor"
 MAX_VENDORED_BYTES = 2 * 1024 * 1024

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.chunked_transfer import ChunkedReceiver, outgoing_messages
-from federation.chunking import ChunkError, ChunkManifest, split
-from federation.codec import WIRE_DTYPES, DecodeError, DecodeLimits, TensorSpec, pack, unpack, wire_repr
-from federation.deployment import DeploymentInfo, TensorFormat
-from federation.messages import (
+from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
+from federation.protocol.byte_chunks import ChunkError, ChunkManifest, split
+from federation.protocol.codec import WIRE_DTYPES, DecodeError, DecodeLimits, TensorSpec, pack, unpack, wire_repr
+from federation.protocol.deployed_model import DeploymentInfo, TensorFormat
+from federation.protocol.messages import (
     ChunkedMessage, DeployedModel, GlobalModel, ModelChunk, ModelInfo, TrainingPlan, Update, decode_message,
 )
 

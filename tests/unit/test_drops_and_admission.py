@@ -10,7 +10,7 @@ import pytest
 
 from coordinator.admission import Admission
 from coordinator.drops import DropLog
-from federation.inbox import Inbound, Inbox
+from federation.transport.inbox import Inbound, Inbox
 
 
 class Clock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edge_client.client import INSTANCE
 from edge_client.id_claim import Holder, other_holder
-from federation.messages import ClientStatus
+from federation.protocol.messages import ClientStatus
 
 
 def status(state: str, **device: object) -> bytes:

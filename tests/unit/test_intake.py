@@ -10,11 +10,11 @@ from coordinator.drops import DropLog
 from coordinator.intake import ClientCleared, ClientOffline, ClientOnline, Intake, UpdateReceived
 from coordinator.quorum import QuorumRule
 from coordinator.rounds import Rounds
-from federation.chunked_transfer import ChunkedReceiver
-from federation.codec import DecodeLimits, TensorSpec
-from federation.inbox import Inbound
-from federation.messages import ClientStatus, Update
-from federation.topics import RunTopics
+from federation.protocol.chunked_transfer import ChunkedReceiver
+from federation.protocol.codec import DecodeLimits, TensorSpec
+from federation.transport.inbox import Inbound
+from federation.protocol.messages import ClientStatus, Update
+from federation.protocol.topics import RunTopics
 
 TOPICS = RunTopics("fedmq", "r1")
 SPECS = [TensorSpec("w", "float32", (3,))]

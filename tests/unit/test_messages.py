@@ -1,4 +1,4 @@
-"""Tests for federation.messages: every message type round-trips; invalid payloads raise DecodeError only."""
+"""Tests for federation.protocol.messages: every message type round-trips; invalid payloads raise DecodeError only."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from federation.chunking import sha256_hex, split
-from federation.codec import WIRE_DTYPES, DecodeError, encode_tensor, pack, unpack
-from federation.deployment import DeploymentInfo, TensorFormat
-from federation.messages import (
+from federation.protocol.byte_chunks import sha256_hex, split
+from federation.protocol.codec import WIRE_DTYPES, DecodeError, pack, unpack
+from federation.protocol.deployed_model import DeploymentInfo, TensorFormat
+from federation.protocol.messages import (
     MAX_NUM_EXAMPLES,
     MESSAGE_TYPES,
     ChunkedMessage,
@@ -34,7 +34,7 @@ from federation.messages import (
     check_finite,
     decode_message,
 )
-from federation.version import PROTOCOL_VERSION
+from federation.protocol.version import PROTOCOL_VERSION
 
 TENSORS = [
     ("conv/kernel", np.linspace(-1, 1, 3 * 3 * 1 * 4, dtype=np.float32).reshape(3, 3, 1, 4)),
@@ -593,11 +593,11 @@ def test_cohort_and_class_names_travel_with_the_global_model() -> None:
 
 
 def test_the_round_metrics_schema_is_written_once() -> None:
-    """metrics.jsonl's rows and the round_metrics message share one schema (federation.messages.RoundResults)."""
+    """metrics.jsonl's rows and the round_metrics message share one schema (federation.protocol.messages.RoundResults)."""
     from dataclasses import fields
 
     from coordinator.metrics import RoundMetrics, round_metrics_message
-    from federation.messages import RoundResults
+    from federation.protocol.messages import RoundResults
 
     shared = {f.name for f in fields(RoundResults)}
     assert {f.name for f in fields(RoundMetrics)} == shared | {"round"}

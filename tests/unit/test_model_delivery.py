@@ -1,4 +1,4 @@
-"""Tests for federation.model_delivery and the deployed_model message: delivery in one message or chunked (PROTOCOL.md's
+"""Tests for federation.protocol.model_delivery and the deployed_model message: delivery in one message or chunked (PROTOCOL.md's
 chunked transfer), hash checks, truncation, reordering, duplicates, superseded and timed-out transfers."""
 
 from __future__ import annotations
@@ -7,13 +7,13 @@ import random
 
 import pytest
 
-from federation.chunking import sha256_hex, split
-from federation.codec import DecodeError, pack, unpack
-from federation.deployment import DeploymentError, DeploymentInfo, TensorFormat, model_version
-from federation.messages import ChunkedMessage, DeployedModel, ModelChunk, decode_message
-from federation.chunked_transfer import outgoing_messages
-from federation.model_delivery import Delivered, DeliveryReceiver, DeliveryRejected, Outgoing, delivery_messages
-from federation.topics import RunTopics
+from federation.protocol.byte_chunks import sha256_hex, split
+from federation.protocol.codec import DecodeError, pack, unpack
+from federation.protocol.deployed_model import DeploymentError, DeploymentInfo, TensorFormat, model_version
+from federation.protocol.messages import ChunkedMessage, DeployedModel, ModelChunk, decode_message
+from federation.protocol.chunked_transfer import outgoing_messages
+from federation.protocol.model_delivery import Delivered, DeliveryReceiver, DeliveryRejected, Outgoing, delivery_messages
+from federation.protocol.topics import RunTopics
 
 TOPICS = RunTopics("fedmq", "demo")
 MODEL = bytes(random.Random(1).getrandbits(8) for _ in range(10_000))

@@ -1,10 +1,9 @@
-"""Tests for federation.partition: every scheme is disjoint, complete and reproducible.
+"""Tests for federation.learning.partition: every scheme is disjoint, complete and reproducible.
 
 Also the skew of the dirichlet scheme and the parsing of "i/n" parts and "start:end" ranges."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import hypothesis.extra.numpy as hnp
@@ -13,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.partition import (
+from federation.learning.partition import (
     PARTITION_SCHEMES,
     PartitionError,
     PartitionSpec,

@@ -16,7 +16,7 @@ from coordinator.aggregation import (
     TrimmedMean, make_aggregator,
 )
 from coordinator.aggregation.clipping import clip_to_norm, delta_norm
-from federation.settings import AggregationSettings
+from federation.config.settings import AggregationSettings
 
 Case = tuple[list[np.ndarray], list[list[np.ndarray]]]
 
@@ -94,7 +94,7 @@ def test_buffered_rules_say_they_need_every_update(rule: type[Aggregator]) -> No
 
 
 @pytest.mark.parametrize("rule", [CoordinateMedian, lambda: TrimmedMean(0.2), lambda: MultiKrum(0)])
-def test_buffered_rules_check_updates_and_reset_on_begin(rule) -> None:  # noqa: ANN001
+def test_buffered_rules_check_updates_and_reset_on_begin(rule) -> None:
     agg = rule()
     agg.begin([np.zeros(2, np.float32)])
     with pytest.raises(ValueError, match="bad.*shape"):

@@ -7,7 +7,6 @@ import argparse
 import ipaddress
 import logging
 import stat
-import subprocess
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -16,15 +15,14 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from paho.mqtt.enums import CallbackAPIVersion
 
-from broker import secure
 from broker.secure import (
     COORDINATOR_USER, SecureBrokerError, SecureLayout, SecureProfile, add_device, init_secure, list_devices,
-    render_acl, render_secure_config, revoke_device,
+    render_acl, render_secure_config,
 )
 from bench.attacks import Attack
-from edge_client.connection import login_username
-from federation.mqtt_link import BrokerAddress, CredentialsError, configure_security, read_password
-from federation.settings import ConfigError, load_settings
+from edge_client.security_flags import login_username
+from federation.transport.mqtt_link import BrokerAddress, CredentialsError, configure_security, read_password
+from federation.config.settings import ConfigError, load_settings
 
 
 @pytest.fixture(scope="module")
@@ -64,23 +62,6 @@ def test_password_file_holds_hashes_only(state: Path) -> None:
         password = (layout.client_dir(user) / "password").read_text().strip()
         assert len(password) >= 40
         assert line.startswith(f"{user}:$7$") and password not in line
-
-
-def test_mosquitto_passwd_never_sees_the_password_on_its_command_line(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[list[str]] = []
-    real_run = subprocess.run
-
-    def spy(args: list[str], **kwargs: object) -> subprocess.CompletedProcess:
-        seen.append(list(args))
-        return real_run(args, **kwargs)
-
-    monkeypatch.setattr(secure.subprocess, "run", spy)
-    line = secure.hash_password("dev-9", "correct horse battery staple", tmp_path)
-    assert line.startswith("dev-9:$7$")
-    assert seen and all("correct horse battery staple" not in " ".join(args) for args in seen)
-    assert "-b" not in seen[0]
-    assert list(tmp_path.iterdir()) == [], "the plain-text temporary file is gone"
 
 
 def test_certificates_chain_to_the_ca_with_the_right_names_and_uses(state: Path) -> None:
@@ -152,24 +133,6 @@ def test_init_refuses_to_overwrite_and_commands_need_a_state_dir(state: Path, tm
         init_secure(state)
     with pytest.raises(SecureBrokerError, match="init-secure"):
         add_device(tmp_path / "nothing-here", "pi-1")
-
-
-def test_revoke_removes_the_login_and_lists_the_certificate(tmp_path: Path) -> None:
-    root = tmp_path / "broker"
-    init_secure(root)
-    creds = add_device(root, "cam-1", client_cert=True)
-    serial = load_cert(creds.cert).serial_number
-    result = revoke_device(root, "cam-1")
-    assert result.certificate_revoked and not result.broker_reloaded  # no broker runs from this directory
-    layout = SecureLayout(root)
-    assert "cam-1" not in layout.password_file.read_text() and not creds.directory.exists()
-    crl = x509.load_pem_x509_crl(layout.crl.read_bytes())
-    assert crl.get_revoked_certificate_by_serial_number(serial) is not None
-    assert crl.is_signature_valid(load_cert(layout.ca_cert).public_key())
-    with pytest.raises(SecureBrokerError, match="no device 'cam-1'"):
-        revoke_device(root, "cam-1")
-    with pytest.raises(SecureBrokerError, match="can't be revoked"):
-        revoke_device(root, COORDINATOR_USER)
 
 
 # ---- the client side: TLS files, password file, username rule ---------------------------------------------
@@ -330,32 +293,9 @@ def test_serve_takes_the_cap_from_the_flag_or_the_config_file(tmp_path: Path) ->
         max_payload_bytes(parse(["--secure", "--config", str(toml)]))
 
 
-def test_a_second_coordinator_login_for_concurrent_runs(tmp_path: Path) -> None:
-    from broker.secure import add_coordinator, password_users
-
-    root = tmp_path / "broker"
-    init_secure(root)
-    add_device(root, "pi-1")
-    creds = add_coordinator(root, "coordinator-b")
-    layout = SecureLayout(root)
-    assert creds.password_file.is_file() and mode(creds.password_file) == 0o600
-    assert "coordinator-b" in password_users(layout)
-    acl = layout.acl_file.read_text()
-    assert "user coordinator-b\ntopic readwrite fedmq/+/model/#" in acl and "user coordinator\n" in acl
-    assert list_devices(root) == [("pi-1", False)], "a coordinator login is not a device"
-    with pytest.raises(SecureBrokerError, match="coordinator"):
-        add_device(root, "coordinator-b")
-    with pytest.raises(SecureBrokerError, match="already exists"):
-        add_coordinator(root, "pi-1")
-    revoke_device(root, "coordinator-b")
-    assert "coordinator-b" not in layout.acl_file.read_text() and "coordinator-b" not in password_users(layout)
-    with pytest.raises(SecureBrokerError, match="can't be revoked"):
-        revoke_device(root, "coordinator")
-
-
 @pytest.mark.parametrize("cert,key,ca", [("c.crt", "", "ca.crt"), ("", "c.key", "ca.crt"), ("c.crt", "c.key", "")])
 def test_the_tls_rule_is_one_rule_for_settings_and_connections(cert: str, key: str, ca: str) -> None:
-    from federation.settings import tls_problem
+    from federation.config.settings import tls_problem
 
     problem = tls_problem(cert, key, ca)
     assert problem

@@ -18,9 +18,9 @@ from broker import free_port
 from edge_client import predict
 from edge_client.model_store import CURRENT, ModelStore
 from edge_client.serve import ModelServer, NoModelError, _HTTPServer
-from federation.chunking import sha256_hex
-from federation.deployment import TensorFormat
-from federation.inference import TFLiteClassifier
+from federation.protocol.byte_chunks import sha256_hex
+from federation.protocol.deployed_model import TensorFormat
+from federation.inference.runtime import TFLiteClassifier
 from tests.deploy_support import CLASS_NAMES, deployment, http, npy_bytes, tiny_tflite
 
 RNG = np.random.default_rng(0)
@@ -104,7 +104,7 @@ def test_hot_swap_under_concurrent_requests_drops_none(tmp_path: Path, models) -
                 labels = [p["class_index"] for p in result["predictions"]]
                 assert labels == expected[result["model_version"]], "answered by another model than it names"
                 seen[result["model_version"]] += 1
-            except BaseException as exc:  # noqa: BLE001 (any failure is a dropped request)
+            except BaseException as exc:  # any failure is a dropped request
                 errors.append(exc)
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]

@@ -1,4 +1,4 @@
-"""Tests for federation.topics: the topic tree of a run and the rules for topic levels."""
+"""Tests for federation.protocol.topics: the topic tree of a run and the rules for topic levels."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.topics import RunTopics, check_level
+from federation.protocol.topics import RunTopics, check_level
 
 LEVEL_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-"
 LEVELS = st.builds(lambda first, rest: first + rest,

@@ -1,0 +1,1 @@
+"""Command-line pieces every fedmq command shares: the broker flags and the terminal console."""

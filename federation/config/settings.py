@@ -1,0 +1,364 @@
+"""fedmq settings: typed dataclasses loaded from one TOML file (config/default.toml) and validated.
+
+The coordinator uses all of it; edge clients read [broker] and [run]. Any key can be overridden as --section.key."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from federation.errors import FedmqError
+from federation.protocol.deployed_model import TFLITE_VARIANTS
+
+
+class ConfigError(FedmqError, ValueError):
+    """A setting that is unknown, of the wrong type or out of range; the message names it."""
+
+
+def _opt(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+         choices: tuple[Any, ...] | None = None) -> Any:
+    meta = {"help": help, "lo": lo, "hi": hi, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    name: str = _opt("demo", "run id; appears in every topic and in the output folder")
+    output_dir: str = _opt("runs", "folder for models, metrics and TFLite files (one sub-folder per run)")
+    on_existing: str = _opt("resume", "when the run folder holds a checkpoint: resume it (refused if the settings"
+                                      " or model differ), or set it aside and start a new run",
+                            choices=("resume", "new"))
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = _opt("localhost", "MQTT broker: host, host:port, [ipv6]:port, or mqtt://, mqtts:// (TLS), ws://, wss:// "
+                                  "URL; a port given here wins over port")
+    port: int = _opt(1883, "MQTT broker port", lo=1, hi=65535)
+    ws_port: int = _opt(9001, "the broker's MQTT-over-WebSockets port, for the live dashboard (0: none)",
+                        lo=0, hi=65535)
+    topic_prefix: str = _opt("fedmq", "first level(s) of every topic")
+    mqtt_version: str = _opt("3.1.1", "MQTT protocol version", choices=("3.1.1", "5"))
+    keepalive_s: int = _opt(30, "MQTT keepalive in seconds", lo=5, hi=3600)
+    max_payload_mb: float = _opt(64.0, "reject received payloads larger than this", lo=0.01, hi=2048)
+    chunk_bytes: int = _opt(0, "split published payloads larger than this into sha256-checked chunks, for brokers"
+                               " that cap message sizes (0: never split; else at least 1024)", lo=0)
+    tls_ca: str = _opt("", "CA certificate file: connect with TLS and verify the broker against it (empty: no TLS)")
+    tls_cert: str = _opt("", "client certificate file for mutual TLS (needs tls_key)")
+    tls_key: str = _opt("", "private key file of tls_cert")
+    username: str = _opt("", "MQTT username (the secure broker's coordinator login is 'coordinator')")
+    password_file: str = _opt("", "file holding the MQTT password (the password itself is never a setting)")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str = _opt("small_cnn", "model builder from the registry (federation.learning.models)")
+    dataset: str = _opt("fashion_mnist", "evaluation dataset: fashion_mnist, mnist, cifar10 or an image folder path")
+    data_dir: str = _opt("", "where offline dataset files live (empty: Keras cache, then Debian's location)")
+    image_size: list[int] = _opt([], "resize image-folder images to [height, width] (empty: keep)")
+    seed: int = _opt(0, "seed for model initialisation", lo=0)
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    rounds: int = _opt(5, "number of federated rounds", lo=1, hi=100000)
+    local_epochs: int = _opt(1, "epochs each client trains per round", lo=1, hi=1000)
+    batch_size: int = _opt(32, "client batch size", lo=1, hi=65536)
+    learning_rate: float = _opt(0.001, "client learning rate", lo=1e-7, hi=10.0)
+    optimizer: str = _opt("adam", "client optimizer", choices=("adam", "sgd"))
+
+
+@dataclass(frozen=True)
+class QuorumSettings:
+    min_clients: int = _opt(2, "a round never closes with fewer updates than this", lo=1)
+    fraction: float = _opt(1.0, "close as soon as this fraction of the round's cohort answered", lo=0.0, hi=1.0)
+    round_deadline_s: float = _opt(600.0, "after this many seconds a round closes if it has min_clients", lo=0.1)
+    on_no_quorum: str = _opt("wait", "at the deadline without quorum: keep waiting, or stop the run",
+                             choices=("wait", "stop"))
+    start_grace_s: float = _opt(2.0, "once min_clients are online before the first round (or after a restart), wait"
+                                     " this long for more clients to announce themselves", lo=0.0, hi=3600)
+    wait_for_clients_s: float = _opt(0.0, "before round 1, wait at most this long for min_clients to be online"
+                                          " (0: forever)", lo=0.0)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    fraction_train: float = _opt(1.0, "fraction of the online training clients asked to train each round (the "
+                                      "round's cohort); 1.0: all of them", lo=1e-9, hi=1.0)
+    min_train_clients: int = _opt(0, "ask at least this many clients each round (0: quorum.min_clients)", lo=0)
+    max_train_clients: int = _opt(0, "ask at most this many clients each round (0: no cap), e.g. 50 of a fleet "
+                                     "of 1,000", lo=0)
+    min_available_clients: int = _opt(0, "start a round only when this many training clients are online "
+                                         "(0: quorum.min_clients)", lo=0)
+    seed: int = _opt(0, "seed of the cohort sample: the same seed, round and online clients give the same "
+                        "cohort", lo=0)
+
+
+@dataclass(frozen=True)
+class AggregationSettings:
+    rule: str = _opt("fedavg", "aggregation rule (coordinator.aggregation)",
+                     choices=("fedavg", "median", "trimmed_mean", "multi_krum"))
+    clip_norm: float = _opt(0.0, "clip each update's delta (update - global model) to this L2 norm before the rule "
+                                 "(0: off)", lo=0.0)
+    trim_fraction: float = _opt(0.2, "trimmed_mean: fraction of values dropped at each end, per coordinate",
+                                lo=0.0, hi=0.49)
+    krum_byzantine: int = _opt(1, "multi_krum: f, the number of malicious updates tolerated (needs "
+                                  "quorum.min_clients >= 2f + 3)", lo=0)
+    krum_select: int = _opt(0, "multi_krum: m, how many best-scored updates are averaged (0: n - f)", lo=0)
+    dp_noise_multiplier: float = _opt(0.0, "central differential privacy: Gaussian noise of std multiplier x "
+                                           "clip_norm on the sum of clipped deltas (0: off; needs fedavg and "
+                                           "clip_norm)", lo=0.0, hi=1000.0)
+    dp_delta: float = _opt(1e-5, "the delta of the (epsilon, delta) privacy reported", lo=1e-12, hi=0.1)
+    dp_total_clients: int = _opt(0, "population the round's clients are sampled from, for privacy amplification "
+                                    "(0: every round may see every client, sampling rate 1)", lo=0)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    max_examples: int = _opt(0, "evaluate on the first N test examples (0: the whole test set)", lo=0)
+    batch_size: int = _opt(256, "evaluation batch size", lo=1)
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    tflite: list[str] = _opt(["float32"], "TFLite variants to export at the end: float32, dynamic, int8")
+    representative_examples: int = _opt(200, "examples used to calibrate int8 quantization", lo=1)
+    tflite_runtime_compat: bool = _opt(False, "export models that tflite-runtime 2.14 (numpy<2) can run: no "
+                                              "per-channel quantization of dense layers in the dynamic variant")
+
+
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    enabled: bool = _opt(True, "publish a TFLite model for inference-only devices (python -m edge_client serve)")
+    variant: str = _opt("float32", "which TFLite variant to publish (exported even if not in export.tflite)",
+                        choices=TFLITE_VARIANTS)
+    every_k_rounds: int = _opt(0, "also publish every K rounds during the run (0: only at the end)", lo=0)
+    chunk_bytes: int = _opt(262144, "models larger than this go as several chunk messages of this size",
+                            lo=1024, hi=256 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Settings:
+    run: RunSettings = field(default_factory=RunSettings)
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    quorum: QuorumSettings = field(default_factory=QuorumSettings)
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
+    export: ExportSettings = field(default_factory=ExportSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+SECTIONS = {f.name: typing.get_type_hints(Settings)[f.name] for f in fields(Settings)}
+
+
+def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read `path` (TOML) if given, apply `overrides` ({"section.key": value}), validate everything."""
+    raw: dict[str, Any] = {}
+    source = str(path) if path else "defaults"
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except OSError as exc:  # a directory, no permission...
+            raise ConfigError(f"config file {path} can't be read: {exc}") from None
+    merged: dict[str, dict[str, Any]] = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section [{section}]{_suggest(section, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        merged[section] = dict(values)
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        merged.setdefault(section, {})[key] = value
+    sections = {}
+    for section, cls in SECTIONS.items():
+        sections[section] = _build_section(cls, section, merged.pop(section, {}), source)
+    if merged:
+        bad = next(iter(merged))
+        raise ConfigError(f"unknown section [{bad}]{_suggest(bad, SECTIONS)}")
+    settings = Settings(**sections)
+    _check_cross_field(settings, source)
+    return settings
+
+
+def _build_section(cls: type, section: str, values: dict[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"{source}: [{section}] unknown key {key!r}{_suggest(key, known)}")
+        kwargs[key] = _check_value(f"[{section}] {key}", value, hints[key], known[key].metadata, source)
+    return cls(**kwargs)
+
+
+def _check_value(name: str, value: Any, hint: Any, meta: Any, source: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list) or not all(_is_type(v, item_type) for v in value):
+            raise ConfigError(f"{source}: {name} must be a list of {item_type.__name__}, got {value!r}")
+        value = [float(v) if item_type is float else v for v in value]
+    else:
+        if not _is_type(value, hint):
+            raise ConfigError(f"{source}: {name} must be {hint.__name__}, got {type(value).__name__} {value!r}")
+        if hint is float:
+            value = float(value)
+            if math.isnan(value):  # NaN compares False with lo/hi and would pass the range check
+                raise ConfigError(f"{source}: {name} = {value!r} is not a number")
+    lo, hi, choices = meta.get("lo"), meta.get("hi"), meta.get("choices")
+    if lo is not None and value < lo or hi is not None and value > hi:
+        raise ConfigError(f"{source}: {name} = {value!r} is out of range [{lo}, {hi}]")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{source}: {name} = {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _is_type(value: Any, hint: type) -> bool:
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _check_cross_field(s: Settings, source: str) -> None:
+    from federation.protocol.topics import RunTopics
+
+    try:
+        RunTopics(s.broker.topic_prefix, s.run.name)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    from federation.transport.mqtt_link import BrokerAddress
+
+    try:
+        BrokerAddress.from_settings(s.broker)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: [broker] host: {exc}") from None
+    if 0 < s.broker.chunk_bytes < 1024:
+        raise ConfigError(f"{source}: [broker] chunk_bytes = {s.broker.chunk_bytes} is too small (0, or at least 1024)")
+    for variant in s.export.tflite:
+        if variant not in TFLITE_VARIANTS:
+            raise ConfigError(f"{source}: [export] tflite: unknown variant {variant!r}"
+                              f" (choose from {', '.join(TFLITE_VARIANTS)})")
+    if s.model.image_size and len(s.model.image_size) != 2:
+        raise ConfigError(f"{source}: [model] image_size must be [height, width], got {s.model.image_size}")
+    _check_sampling(s, source)
+    _check_security(s, source)
+
+
+def _check_sampling(s: Settings, source: str) -> None:
+    q, p = s.quorum, s.sampling
+    if p.max_train_clients and p.max_train_clients < q.min_clients:
+        raise ConfigError(f"{source}: [sampling] max_train_clients = {p.max_train_clients} is below [quorum] "
+                          f"min_clients = {q.min_clients}: no round could ever close; raise it or lower "
+                          "min_clients")
+    if p.max_train_clients and p.min_train_clients > p.max_train_clients:
+        raise ConfigError(f"{source}: [sampling] min_train_clients = {p.min_train_clients} exceeds "
+                          f"max_train_clients = {p.max_train_clients}")
+    if p.min_train_clients and p.min_train_clients < q.min_clients:
+        raise ConfigError(f"{source}: [sampling] min_train_clients = {p.min_train_clients} is below [quorum] "
+                          f"min_clients = {q.min_clients}: a round needs at least that many updates; raise it "
+                          "or set it to 0 (= min_clients)")
+    if p.min_available_clients and p.min_available_clients < q.min_clients:
+        raise ConfigError(f"{source}: [sampling] min_available_clients = {p.min_available_clients} is below "
+                          f"[quorum] min_clients = {q.min_clients}; raise it or set it to 0 (= min_clients)")
+
+
+def _check_security(s: Settings, source: str) -> None:
+    b, a = s.broker, s.aggregation
+    if problem := tls_problem(b.tls_cert, b.tls_key, b.tls_ca):
+        raise ConfigError(f"{source}: [broker] {problem}")
+    if bool(b.username) != bool(b.password_file):
+        raise ConfigError(f"{source}: [broker] username and password_file go together")
+    if a.rule == "multi_krum" and s.quorum.min_clients < krum_min_updates(a.krum_byzantine):
+        raise ConfigError(f"{source}: [aggregation] multi_krum with krum_byzantine = {a.krum_byzantine} needs at "
+                          f"least {krum_min_updates(a.krum_byzantine)} updates per round; set [quorum] min_clients "
+                          f"to that (it is {s.quorum.min_clients})")
+    if problem := dp_problem(a):
+        raise ConfigError(f"{source}: [aggregation] {problem}")
+
+
+def tls_problem(tls_cert: str, tls_key: str, tls_ca: str) -> str:
+    """Why these TLS files can't make a connection ("" when they can): the one rule, checked when settings load
+    and again by federation.transport.mqtt_link.configure_security (devices give these as flags)."""
+    if bool(tls_cert) != bool(tls_key):
+        return "a client certificate needs both tls_cert and tls_key (--tls-cert and --tls-key)"
+    if tls_cert and not tls_ca:
+        return "tls_cert needs tls_ca (--tls-ca) too: mutual TLS is TLS first"
+    return ""
+
+
+def krum_min_updates(byzantine: int) -> int:
+    """The fewest updates Multi-Krum can score with `byzantine` attackers tolerated: 2f + 3 (Blanchard et al.)."""
+    return 2 * byzantine + 3
+
+
+def dp_problem(a: AggregationSettings) -> str:
+    """Why these aggregation settings can't give central DP ("" when they can, or ask for none): the one rule,
+    checked when the settings load and again by coordinator.aggregation.make_aggregator."""
+    if a.dp_noise_multiplier > 0 and (a.rule != "fedavg" or a.clip_norm <= 0):
+        return (f"dp_noise_multiplier needs rule = \"fedavg\" and clip_norm > 0 (the noise is calibrated to the "
+                f"clipped sum); got rule = {a.rule!r}, clip_norm = {a.clip_norm:g}")
+    return ""
+
+
+def _suggest(word: str, options: Any) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def add_override_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one --section.key flag per setting; values are parsed by the setting's type."""
+    group = parser.add_argument_group("settings (override the config file)")
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            hint = hints[f.name]
+            kwargs: dict[str, Any] = {"dest": f"set:{section}.{f.name}", "default": argparse.SUPPRESS,
+                                      "help": f.metadata.get("help", ""), "metavar": f.name.upper()}
+            if typing.get_origin(hint) is list:
+                (item_type,) = typing.get_args(hint)
+                kwargs.update(nargs="*", type=item_type)
+            else:
+                kwargs["type"] = {bool: _parse_bool}.get(hint, hint)
+            group.add_argument(f"--{section}.{f.name}", **kwargs)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {k[len("set:"):]: v for k, v in vars(args).items() if k.startswith("set:")}
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def with_overrides(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """Return a copy with some fields of some sections replaced (used by tests and benchmarks)."""
+    return replace(settings, **{name: replace(getattr(settings, name), **vals) for name, vals in sections.items()})

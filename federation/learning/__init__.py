@@ -1,0 +1,1 @@
+"""Learning: Keras model builders, dataset loading and partitioning. Training side only (TensorFlow)."""

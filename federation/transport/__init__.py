@@ -1,0 +1,1 @@
+"""The MQTT transport: broker addresses, the paho connection, connection diagnosis and the bounded inbox."""

@@ -1,0 +1,244 @@
+"""One MQTT connection for a coordinator or client: paho-mqtt 2.x with reconnects, resubscription,
+a last will, and a callback per received message."""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from federation.config.settings import tls_problem
+from federation.errors import FedmqError
+from federation.transport.broker_address import DEFAULT_WS_PATH, Transport, AddressError, format_address, parse_address
+from federation.transport.connect_diagnosis import GET_CREDENTIALS, diagnose
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
+# CONNACK reason codes meaning "not you" (paho maps MQTT 3.1.1's 4 and 5 to 134 and 135; 138 = banned).
+_LOGIN_REFUSED = frozenset({134, 135, 138})
+
+
+class CredentialsError(FedmqError, ValueError):
+    """A TLS or login file that is missing, unreadable or inconsistent; the message names it."""
+
+
+class BrokerRefusedError(FedmqError, RuntimeError):
+    """The broker refused our login (wrong or revoked credentials, or not authorized)."""
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str = "localhost"
+    port: int = 1883
+    mqtt_version: str = "3.1.1"
+    keepalive_s: int = 30
+    tls_ca: str = ""          # CA certificate file: use TLS and verify the broker against it ("" = plain MQTT)
+    tls_cert: str = ""        # client certificate file for mutual TLS (with tls_key)
+    tls_key: str = ""
+    username: str = ""
+    password_file: str = ""   # the password is read from this file by MqttLink, never passed around
+    transport: Transport = "tcp"    # or "websockets" (ws:// and wss:// addresses)
+    tls: bool = False         # TLS even without tls_ca (mqtts:// and wss://): verified against the system's CAs
+    ws_path: str = DEFAULT_WS_PATH
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or bool(self.tls_ca)
+
+    @property
+    def url(self) -> str:
+        scheme = ("wss" if self.use_tls else "ws") if self.transport == "websockets" else \
+            ("mqtts" if self.use_tls else "mqtt")
+        return format_address(self.host, self.port, scheme, self.ws_path if self.transport == "websockets" else "")
+
+    def __str__(self) -> str:
+        scheme, rest = self.url.split("://", 1)
+        user = f"{self.username}@" if self.username else ""
+        return f"{scheme}://{user}{rest} (MQTT {self.mqtt_version})"
+
+    @classmethod
+    def parse(cls, text: str, defaults: "BrokerAddress | None" = None, port_flag: int | None = None) -> "BrokerAddress":
+        """`text` in any form of federation.transport.broker_address.FORMS, the other fields from `defaults`. The port:
+        see ParsedAddress.choose_port (`defaults.port` is [broker] port). AddressError (a ValueError) names
+        what is wrong, also a plain mqtt:// or ws:// address given with a CA certificate for TLS."""
+        base = defaults or cls()
+        parsed = parse_address(text)
+        if parsed.scheme in ("mqtt", "ws") and base.tls_ca:
+            raise AddressError(f"{parsed.scheme}:// is plain MQTT, but a CA certificate ({base.tls_ca}) asks for "
+                               f"TLS: write {parsed.scheme}s://{text.split('://', 1)[1]}")
+        return replace(base, host=parsed.host, port=parsed.choose_port(port_flag, base.port),
+                       transport=parsed.transport, tls=parsed.tls,
+                       ws_path=parsed.path or DEFAULT_WS_PATH)
+
+    @classmethod
+    def from_settings(cls, broker: object) -> "BrokerAddress":
+        """From federation.config.settings.BrokerSettings (any object with the same attribute names); its host may be
+        any address form (mqtts://broker.lan)."""
+        fields = {name: getattr(broker, name) for name in cls.__dataclass_fields__ if hasattr(broker, name)}
+        return cls.parse(fields.pop("host", "localhost"), cls(**fields))
+
+
+def read_password(path: str) -> str:
+    """The first line of `path`; CredentialsError naming the file if it is missing or empty."""
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+        mode = os.stat(Path(path).expanduser()).st_mode
+    except OSError as exc:
+        raise CredentialsError(f"password file {path} can't be read: {exc.strerror or exc}") from None
+    password = text.splitlines()[0].strip() if text.strip() else ""
+    if not password:
+        raise CredentialsError(f"password file {path} is empty")
+    if mode & 0o077:
+        log.warning("password file %s is readable by other users (mode %o); chmod 600 it", path, mode & 0o777)
+    return password
+
+
+def configure_security(client: mqtt.Client, address: BrokerAddress) -> None:
+    """Set TLS and the login on a paho client; CredentialsError names a missing or unusable file."""
+    if problem := tls_problem(address.tls_cert, address.tls_key, address.tls_ca):
+        raise CredentialsError(problem)
+    if address.password_file and not address.username:
+        raise CredentialsError("a password file needs a username (--username)")
+    if address.use_tls:
+        for what, path in (("CA certificate", address.tls_ca), ("client certificate", address.tls_cert),
+                           ("client key", address.tls_key)):
+            if path and not Path(path).expanduser().is_file():
+                raise CredentialsError(f"{what} file {path} does not exist")
+        try:  # without tls_ca (mqtts:// alone): the system's CA certificates
+            client.tls_set(ca_certs=str(Path(address.tls_ca).expanduser()) if address.tls_ca else None,
+                           certfile=str(Path(address.tls_cert).expanduser()) if address.tls_cert else None,
+                           keyfile=str(Path(address.tls_key).expanduser()) if address.tls_key else None,
+                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            raise CredentialsError(f"TLS files unusable (CA {address.tls_ca}, certificate "
+                                   f"{address.tls_cert or '-'}, key {address.tls_key or '-'}): {exc}") from None
+    if address.username:
+        password = read_password(address.password_file) if address.password_file else None
+        client.username_pw_set(address.username, password)
+
+
+class MqttLink:
+    """A paho client that reconnects with backoff and re-runs `on_connected` after every (re)connect."""
+
+    def __init__(self, client_id: str, address: BrokerAddress, subscriptions: list[tuple[str, int]],
+                 on_message: MessageHandler, will: tuple[str, bytes] | None = None,
+                 on_connected: Callable[[], None] | None = None) -> None:
+        self.client_id = client_id
+        self.address = address
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._on_connected = on_connected
+        self.connected = threading.Event()
+        self._stopping = False
+        protocol = mqtt.MQTTv5 if address.mqtt_version == "5" else mqtt.MQTTv311
+        kwargs = {} if protocol == mqtt.MQTTv5 else {"clean_session": True}
+        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                                   transport=address.transport, **kwargs)
+        if address.transport == "websockets":
+            self._client.ws_set_options(path=address.ws_path)
+        configure_security(self._client, address)
+        self.refused: str | None = None   # why the broker refused our login, once it did
+        self.on_refused: Callable[[], None] | None = None  # called (paho's thread) when that happens
+        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._client.max_queued_messages_set(0)
+        if will:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.on_connect = self._handle_connect
+        self._client.on_connect_fail = self._handle_connect_fail
+        self.failure = ""             # why the last attempt failed, with the fix (federation.transport.connect_diagnosis)
+        self._connack_seen = False    # this attempt got an answer from the broker (accepted or refused)
+        self._client.on_disconnect = self._handle_disconnect
+        self._client.on_message = self._handle_message
+
+    def start(self) -> None:
+        """Connect in the background; paho keeps retrying until the broker answers."""
+        log.info("%s connecting to %s", self.client_id, self.address)
+        self._client.connect_async(self.address.host, self.address.port, keepalive=self.address.keepalive_s)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float | None = None) -> bool:
+        return self.connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=qos, retain=retain)
+
+    def publish_and_wait(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False,
+                         timeout: float = 30.0) -> bool:
+        """Publish and wait until the broker acknowledged it (QoS 1) or `timeout` passed."""
+        info = self.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            log.warning("%s: publish on %s not confirmed: %s", self.client_id, topic, exc)
+            return False
+        return info.is_published()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def _handle_connect(self, client: mqtt.Client, userdata: object, flags: object,
+                        reason_code: mqtt.ReasonCode, properties: object) -> None:
+        self._connack_seen = True
+        if reason_code.is_failure:
+            if reason_code.value in _LOGIN_REFUSED:
+                self.refused = str(reason_code)
+                if self.address.username:
+                    self.failure = (f"the broker at {self.address.url} refused the login of "
+                                    f"{self.address.username!r} ({reason_code}): a wrong or revoked password, or a "
+                                    "username it does not know; check --username and --password-file, or make the "
+                                    f"login with {GET_CREDENTIALS}")
+                else:
+                    self.failure = (f"the broker at {self.address.url} requires a login ({reason_code}): give "
+                                    f"--username and --password-file, made by {GET_CREDENTIALS}")
+                log.error("%s: %s", self.client_id, self.failure)
+                if self.on_refused:
+                    self.on_refused()
+            else:
+                log.error("%s: broker refused the connection: %s", self.client_id, reason_code)
+            return
+        log.info("%s connected to %s", self.client_id, self.address)
+        self.failure = ""
+        if self._subscriptions:
+            client.subscribe(self._subscriptions)
+        self.connected.set()
+        if self._on_connected:
+            self._on_connected()
+
+    def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        self._report_failure()
+
+    def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
+                           reason_code: mqtt.ReasonCode, properties: object) -> None:
+        if self.connected.is_set() and not self._stopping:
+            log.warning("%s disconnected (%s); reconnecting", self.client_id, reason_code)
+        elif not self._connack_seen and not self._stopping:  # closed before any answer: e.g. plain MQTT on TLS
+            self._report_failure()
+        self._connack_seen = False
+        self.connected.clear()
+
+    def _report_failure(self) -> None:
+        """Find out why the attempt failed; log it when it is news (paho retries every few seconds)."""
+        try:
+            failure = diagnose(self.address)
+        except Exception as exc:  # never let a diagnosis kill paho's thread
+            failure = f"can't reach {self.address} ({exc})"
+        if failure != self.failure:
+            log.warning("%s: %s; retrying", self.client_id, failure)
+        self.failure = failure
+
+    def _handle_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            payload = msg.payload if isinstance(msg.payload, bytes) else bytes(msg.payload)
+            self._on_message(msg.topic, payload, bool(msg.retain))
+        except Exception:  # a handler bug must not kill paho's network thread
+            log.exception("%s: error handling a message on %s", self.client_id, msg.topic)
