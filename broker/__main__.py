@@ -6,18 +6,13 @@ Mosquitto in the foreground when installed, else the embedded amqtt fallback.
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +20,7 @@ else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 from federation.errors import FedmqError
+from broker.foreground import bind_problem, exit_code, forwarding_signals
 from broker.mosquitto_process import DEFAULT_CONFIG, connect_host, find_mosquitto, render_config
 from federation.cli.version import add_version_flag
 
@@ -36,7 +32,6 @@ DEFAULT_PORT = 1883
 DEFAULT_WS_PORT = 9001
 DEFAULT_BIND = "0.0.0.0"
 EXIT_USAGE = 2
-_FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 SECURE_COMMANDS = ("init-secure", "add-device", "add-coordinator", "revoke-device", "list-devices")
 
 
@@ -120,43 +115,6 @@ def resolve_options(args: argparse.Namespace) -> BrokerOptions:
     return BrokerOptions(port=port, bind=args.bind, mosquitto=mosquitto, embedded_requested=args.embedded,
                          ws_port=DEFAULT_WS_PORT if ws_port is None else ws_port,
                          ws_port_requested=getattr(args, "ws_port", None) is not None)
-
-
-def bind_problem(bind: str, port: int) -> str | None:
-    """Return why `bind:port` cannot be listened on, or None if it is free."""
-    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((bind, port))
-    except OSError as error:
-        if error.errno == errno.EADDRINUSE:
-            return f"port {port} on {bind} is already in use (another broker running?); pick one with --port"
-        if error.errno == errno.EACCES:
-            return f"permission denied to listen on port {port} (ports below 1024 need root)"
-        return f"cannot listen on {bind}:{port}: {error.strerror or error}"
-    return None
-
-
-@contextmanager
-def forwarding_signals(process: subprocess.Popen[bytes]) -> Iterator[None]:
-    """Forward SIGINT/SIGTERM received by this process to `process` while inside."""
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        if process.poll() is None:
-            process.send_signal(signum)
-
-    previous = {signum: signal.signal(signum, forward) for signum in _FORWARDED_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def exit_code(returncode: int) -> int:
-    """Map a child's return code (negative = killed by signal) to a shell exit code."""
-    return 128 - returncode if returncode < 0 else returncode
 
 
 def run_mosquitto_foreground(binary: str, port: int, bind: str, ws_port: int = 0) -> int:

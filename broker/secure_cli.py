@@ -17,6 +17,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
+from broker.foreground import bind_problem, exit_code, forwarding_signals
 from broker.mosquitto_process import find_mosquitto
 from broker.secure import (
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MTLS_PORT, DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Credentials,
@@ -196,7 +197,6 @@ def _print_device(root: Path, creds: Credentials, host: str | None) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """Run Mosquitto with the secure config in the foreground; the pid file lets revoke-device reload it."""
-    from broker.__main__ import bind_problem, exit_code, forwarding_signals
 
     layout = SecureLayout((args.dir or default_state_dir()).expanduser().resolve())
     check_state(layout)

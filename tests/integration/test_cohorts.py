@@ -28,9 +28,11 @@ def test_a_late_joiner_never_steals_the_round_of_a_slow_cohort_member(federation
     fed.start_coordinator({"training.rounds": 2, "quorum.min_clients": 2, "quorum.round_deadline_s": 300,
                            "training.local_epochs": 2, "evaluation.max_examples": 500})
     fed.start_client("fast", [*FASHION, "--index-range", "0:300"])
-    fed.start_client("slow", [*FASHION, "--index-range", "300:12300"])
+    # 24,000 examples x 2 epochs: round 1 lasts long enough for the late client to start (TensorFlow's import
+    # takes seconds) while it is open, even on a loaded machine.
+    fed.start_client("slow", [*FASHION, "--index-range", "300:24300"])
     wait_for("round 1 to start", lambda: "round 1/2: training" in _log(fed, "slow"))
-    fed.start_client("late", [*FASHION, "--index-range", "12300:12600"])
+    fed.start_client("late", [*FASHION, "--index-range", "24300:24600"])
     wait_for("the late joiner to see round 1", lambda: "not in this round's cohort" in _log(fed, "late"), 120)
     codes = fed.wait_all(360)
     assert codes == {"coordinator": 0, "fast": 0, "slow": 0, "late": 0}, codes

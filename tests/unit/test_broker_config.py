@@ -268,3 +268,15 @@ def test_render_resolves_a_host_name_for_the_websockets_listener(tmp_path: Path)
     lines = active_lines(render_config(template, 5000, "localhost", ws_port=5001))
     assert lines[0] in ("listener 5001 127.0.0.1", "listener 5001 ::1") and lines[2].startswith("socket_domain ")
     assert lines[3] == "listener 5000 localhost"
+
+
+def test_the_secure_commands_do_not_import_the_broker_entry_point() -> None:
+    """Issue 11: broker/secure_cli.py imported broker/__main__.py, a cycle that loaded __main__ twice."""
+    import ast
+
+    from tests.support import REPO_ROOT
+
+    tree = ast.parse((REPO_ROOT / "broker" / "secure_cli.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert "broker.__main__" not in imported and "broker.foreground" in imported
