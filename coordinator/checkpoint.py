@@ -36,9 +36,10 @@ class Checkpoint:
 def run_fingerprint(settings: Settings, specs: list[TensorSpec]) -> str:
     """Hash of what a resumed run must share with the interrupted one: model, data, training rule.
 
-    Broker address, output folder, round count, deadlines and export options may change."""
+    Broker address, output folder, round count, deadlines, export options and where the dataset's files live
+    (`data_dir`: the data is the same wherever it sits) may change."""
     relevant = {
-        "model": asdict(settings.model),
+        "model": {k: v for k, v in asdict(settings.model).items() if k != "data_dir"},
         "training": {k: v for k, v in asdict(settings.training).items() if k != "rounds"},
         "aggregation": asdict(settings.aggregation),
         "weights": [(s.name, s.dtype, list(s.shape)) for s in specs],

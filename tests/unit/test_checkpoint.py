@@ -155,3 +155,10 @@ def test_the_run_store_writes_metrics_checkpoints_and_the_summary_after_claiming
     store.write_summary({"run": "r1", "rounds": 2})
     assert json.loads((store.run_dir / "summary.json").read_text()) == {"run": "r1", "rounds": 2}
     assert RunStore(settings).usable_checkpoint("a" * 64) is None, "a finished run is set aside, not resumed"
+
+
+def test_moving_the_dataset_folder_does_not_refuse_a_resume() -> None:
+    """Issue 11: the fingerprint included data_dir, so moving the dataset folder refused a resume."""
+    base = load_settings(None)
+    moved = with_overrides(base, model={"data_dir": "/mnt/elsewhere/datasets"})
+    assert run_fingerprint(moved, SPECS) == run_fingerprint(base, SPECS)
