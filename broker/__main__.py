@@ -14,20 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib
-
 from federation.errors import FedmqError
 from broker.foreground import bind_problem, exit_code, forwarding_signals
 from broker.mosquitto_process import DEFAULT_CONFIG, connect_host, find_mosquitto, render_config
+from federation.config.settings import BrokerSettings, load_settings
+from federation.config.settings import ConfigError as SettingsError
 from federation.cli.version import add_version_flag
 
 log = logging.getLogger("broker")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TOML = REPO_ROOT / "config" / "default.toml"
 DEFAULT_PORT = 1883
 DEFAULT_WS_PORT = 9001
 DEFAULT_BIND = "0.0.0.0"
@@ -67,8 +62,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add_version_flag(parser)
     parser.add_argument("--secure", action="store_true",
                         help="run the secure profile made by init-secure (see python -m broker --secure --help)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_TOML,
-                        help="TOML file whose [broker] port key sets the port (default: %(default)s)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the fleet's TOML settings file (config/default.toml): its [broker] port and ws_port "
+                             "are used (default: the built-in defaults)")
     parser.add_argument("--port", type=int, default=None,
                         help=f"TCP port; overrides the config file (default: config or {DEFAULT_PORT})")
     parser.add_argument("--ws-port", type=int, default=None,
@@ -81,36 +77,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def port_from_toml(path: Path, key: str = "port") -> int | None:
-    """Return `[broker] <key>` (port or ws_port) from the TOML file at `path`; None if file or key is absent."""
-    if not path.is_file():
-        return None
+def broker_settings(path: Path | None) -> BrokerSettings:
+    """[broker] of the fleet's settings file, read and checked by the one settings loader (defaults without one)."""
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: invalid TOML: {error}") from error
-    section = data.get("broker")
-    if not isinstance(section, dict) or key not in section:
-        return None
-    port = section[key]
-    lowest = 0 if key == "ws_port" else 1  # ws_port 0: no websockets listener
-    if isinstance(port, bool) or not isinstance(port, int) or not lowest <= port < 65536:
-        raise ConfigError(f"{path}: [broker] {key} must be an integer in {lowest}..65535, got {port!r}")
-    return port
+        return load_settings(path).broker
+    except SettingsError as error:
+        raise ConfigError(str(error)) from None
 
 
 def resolve_options(args: argparse.Namespace) -> BrokerOptions:
-    """Combine CLI flags, the TOML config and what is installed into BrokerOptions."""
-    if args.port is not None:
-        port = args.port
-    else:
-        if not args.config.is_file() and args.config != DEFAULT_TOML:
-            log.warning("config file %s not found; using port %s", args.config, DEFAULT_PORT)
-        port = port_from_toml(args.config) or DEFAULT_PORT
+    """Combine CLI flags, the settings file and what is installed into BrokerOptions."""
+    settings = broker_settings(args.config)
+    port = settings.port if args.port is None else args.port
     ws_port = getattr(args, "ws_port", None)
     if ws_port is None:
-        ws_port = port_from_toml(args.config, "ws_port")
+        ws_port = settings.ws_port if args.config is not None else None
     mosquitto = None if args.embedded else find_mosquitto()
     return BrokerOptions(port=port, bind=args.bind, mosquitto=mosquitto, embedded_requested=args.embedded,
                          ws_port=DEFAULT_WS_PORT if ws_port is None else ws_port,

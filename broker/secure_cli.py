@@ -12,11 +12,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10: the same parser, from PyPI
-    import tomli as tomllib
-
 from broker.foreground import bind_problem, exit_code, forwarding_signals
 from broker.mosquitto_process import find_mosquitto
 from broker.secure import (
@@ -28,7 +23,6 @@ from federation.cli.version import add_version_flag
 
 log = logging.getLogger("broker")
 COMMANDS = ("init-secure", "add-device", "add-coordinator", "revoke-device", "list-devices")
-DEFAULT_TOML = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 MIB = 1024 * 1024
 EXIT_USAGE = 2
 
@@ -85,8 +79,9 @@ def build_serve_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-port", type=int, default=None, help="TLS listener port")
     parser.add_argument("--mtls-port", type=int, default=None, help="mutual-TLS listener port (0: none)")
     parser.add_argument("--bind", default="", help="address of the TLS listeners (default: all interfaces)")
-    parser.add_argument("--config", type=Path, default=DEFAULT_TOML,
-                        help="TOML file whose [broker] max_payload_mb caps message sizes (default: %(default)s)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="the fleet's TOML settings file: its [broker] max_payload_mb caps message sizes "
+                             "(default: the built-in 64 MiB)")
     parser.add_argument("--max-payload-mb", type=float, default=None,
                         help="refuse publishes larger than this many MiB on every listener (default: [broker] "
                              f"max_payload_mb of --config, else {DEFAULT_MAX_PAYLOAD_BYTES // MIB})")
@@ -96,13 +91,14 @@ def build_serve_parser() -> argparse.ArgumentParser:
 def max_payload_bytes(args: argparse.Namespace) -> int:
     """The broker's payload cap: --max-payload-mb, else [broker] max_payload_mb of --config, else 64 MiB."""
     source, value = "--max-payload-mb", args.max_payload_mb
-    if value is None and args.config is not None and Path(args.config).is_file():
+    if value is None and args.config is not None:
+        from federation.config.settings import ConfigError, load_settings
+
         try:
-            with Path(args.config).open("rb") as fh:
-                section = tomllib.load(fh).get("broker", {})
-        except tomllib.TOMLDecodeError as exc:
-            raise SecureBrokerError(f"{args.config}: invalid TOML: {exc}") from None
-        source, value = f"{args.config}: [broker] max_payload_mb", section.get("max_payload_mb")
+            value = load_settings(args.config).broker.max_payload_mb
+        except ConfigError as exc:
+            raise SecureBrokerError(str(exc)) from None
+        source = f"{args.config}: [broker] max_payload_mb"
     if value is None:
         return DEFAULT_MAX_PAYLOAD_BYTES
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.001 <= value <= 255:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker import mosquitto_process
-from broker.__main__ import ConfigError, main, port_from_toml, resolve_options
+from broker.__main__ import ConfigError, broker_settings, main, resolve_options
 from broker.mosquitto_process import DEFAULT_CONFIG, find_mosquitto, render_config
 
 
@@ -160,24 +160,29 @@ def test_find_mosquitto_returns_none_when_absent(tmp_path: Path, monkeypatch: py
 # -- CLI port / backend resolution -----------------------------------------------------
 
 
-def cli_args(config: Path, port: int | None = None, embedded: bool = False) -> argparse.Namespace:
+def cli_args(config: Path | None, port: int | None = None, embedded: bool = False) -> argparse.Namespace:
     return argparse.Namespace(config=config, port=port, bind="0.0.0.0", embedded=embedded)
 
 
-def test_port_from_toml_reads_only_broker_port(tmp_path: Path) -> None:
-    toml = write(tmp_path / "c.toml", "[coordinator]\nport = 1\n\n[broker]\nport = 2883\nhost = 'x'\n")
-    assert port_from_toml(toml) == 2883
+def test_the_broker_reads_the_fleet_settings_through_the_one_settings_loader(tmp_path: Path) -> None:
+    """Issue 11: the broker parsed the TOML itself, found through REPO_ROOT; now load_settings reads it."""
+    toml = write(tmp_path / "c.toml", "[training]\nrounds = 3\n\n[broker]\nport = 2883\nhost = 'x'\n")
+    assert broker_settings(toml).port == 2883
+    assert broker_settings(None).port == 1883 and broker_settings(None).ws_port == 9001, "no file: the defaults"
+    assert broker_settings(write(tmp_path / "d.toml", "[training]\nrounds = 3\n")).port == 1883
 
 
-def test_port_from_toml_missing_file_or_key(tmp_path: Path) -> None:
-    assert port_from_toml(tmp_path / "absent.toml") is None
-    assert port_from_toml(write(tmp_path / "c.toml", "[training]\nrounds = 3\n")) is None
+def test_a_missing_or_unknown_settings_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        broker_settings(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="unknown section"):
+        broker_settings(write(tmp_path / "c.toml", "[coordinator]\nport = 1\n"))
 
 
 @pytest.mark.parametrize("value", ["'1883'", "0", "70000", "true"])
-def test_port_from_toml_rejects_bad_values(tmp_path: Path, value: str) -> None:
+def test_bad_ports_are_refused_by_the_settings_loader(tmp_path: Path, value: str) -> None:
     with pytest.raises(ConfigError, match="port"):
-        port_from_toml(write(tmp_path / "c.toml", f"[broker]\nport = {value}\n"))
+        broker_settings(write(tmp_path / "c.toml", f"[broker]\nport = {value}\n"))
 
 
 def test_cli_port_overrides_toml_and_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,16 +190,16 @@ def test_cli_port_overrides_toml_and_default(tmp_path: Path, monkeypatch: pytest
     toml = write(tmp_path / "c.toml", "[broker]\nport = 2883\n")
     assert resolve_options(cli_args(toml)).port == 2883
     assert resolve_options(cli_args(toml, port=4000)).port == 4000
-    assert resolve_options(cli_args(tmp_path / "absent.toml")).port == 1883
+    assert resolve_options(cli_args(None)).port == 1883
 
 
 def test_backend_is_embedded_when_asked_or_mosquitto_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: "/usr/sbin/mosquitto")
-    assert resolve_options(cli_args(tmp_path / "x.toml")).mosquitto == "/usr/sbin/mosquitto"
-    asked = resolve_options(cli_args(tmp_path / "x.toml", embedded=True))
+    assert resolve_options(cli_args(None)).mosquitto == "/usr/sbin/mosquitto"
+    asked = resolve_options(cli_args(None, embedded=True))
     assert asked.mosquitto is None and asked.embedded_requested
     monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: None)
-    missing = resolve_options(cli_args(tmp_path / "x.toml"))
+    missing = resolve_options(cli_args(None))
     assert missing.mosquitto is None and not missing.embedded_requested
 
 
@@ -214,17 +219,17 @@ def test_main_falls_back_to_embedded_when_mosquitto_missing(
 # -- the websockets port (dashboard) ---------------------------------------------------------------------
 
 
-def test_ws_port_from_toml_allows_0_and_checks_the_range(tmp_path: Path) -> None:
-    assert port_from_toml(write(tmp_path / "a.toml", "[broker]\nws_port = 0\n"), "ws_port") == 0
-    assert port_from_toml(write(tmp_path / "b.toml", "[broker]\nport = 1884\n"), "ws_port") is None
-    with pytest.raises(ConfigError, match=r"\[broker\] ws_port must be an integer in 0..65535"):
-        port_from_toml(write(tmp_path / "c.toml", "[broker]\nws_port = 70000\n"), "ws_port")
+def test_ws_port_from_the_settings_allows_0_and_checks_the_range(tmp_path: Path) -> None:
+    assert broker_settings(write(tmp_path / "a.toml", "[broker]\nws_port = 0\n")).ws_port == 0
+    assert broker_settings(write(tmp_path / "b.toml", "[broker]\nport = 1884\n")).ws_port == 9001
+    with pytest.raises(ConfigError, match=r"\[broker\] ws_port"):
+        broker_settings(write(tmp_path / "c.toml", "[broker]\nws_port = 70000\n"))
 
 
 def test_ws_port_resolution_cli_then_toml_then_9001(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("broker.__main__.find_mosquitto", lambda: "/usr/sbin/mosquitto")
     toml = write(tmp_path / "c.toml", "[broker]\nws_port = 9005\n")
-    assert resolve_options(cli_args(tmp_path / "absent.toml")).ws_port == 9001
+    assert resolve_options(cli_args(None)).ws_port == 9001
     from_toml = resolve_options(cli_args(toml))
     assert from_toml.ws_port == 9005 and not from_toml.ws_port_requested
     args = cli_args(toml)
@@ -242,7 +247,7 @@ def test_busy_default_ws_port_warns_but_an_asked_for_one_stops(
     monkeypatch.setattr("broker.__main__.run_mosquitto_foreground",
                         lambda binary, port, bind, ws_port=0: started.append((port, ws_port)) or 0)
     with caplog.at_level("WARNING"):
-        assert main(["--port", "4321", "--config", "/nonexistent.toml"]) == 0
+        assert main(["--port", "4321"]) == 0
     assert started == [(4321, 0)]
     assert "starting without the MQTT-over-WebSockets listener" in caplog.text
     assert main(["--port", "4321", "--ws-port", "9001"]) == 2

@@ -287,7 +287,9 @@ def test_serve_takes_the_cap_from_the_flag_or_the_config_file(tmp_path: Path) ->
     parse = build_serve_parser().parse_args
     assert max_payload_bytes(parse(["--secure", "--config", str(toml)])) == int(1.5 * 1024 * 1024)
     assert max_payload_bytes(parse(["--secure", "--config", str(toml), "--max-payload-mb", "4"])) == 4 * 1024 * 1024
-    assert max_payload_bytes(parse(["--secure", "--config", str(tmp_path / "none.toml")])) == 64 * 1024 * 1024
+    assert max_payload_bytes(parse(["--secure"])) == 64 * 1024 * 1024, "no settings file: the default"
+    with pytest.raises(SecureBrokerError, match="does not exist"):
+        max_payload_bytes(parse(["--secure", "--config", str(tmp_path / "none.toml")]))
     toml.write_text("[broker]\nmax_payload_mb = -1\n")
     with pytest.raises(SecureBrokerError, match="max_payload_mb"):
         max_payload_bytes(parse(["--secure", "--config", str(toml)]))
