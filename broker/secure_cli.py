@@ -28,6 +28,8 @@ EXIT_USAGE = 2
 
 
 def _dir_option(parser: argparse.ArgumentParser) -> None:
+    """The options every secure-profile command has: --dir and --version."""
+    add_version_flag(parser)
     parser.add_argument("--dir", type=Path, default=None,
                         help=f"secure state directory (default: $FEDMQ_BROKER_DIR or {default_state_dir()})")
 
