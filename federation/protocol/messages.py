@@ -26,6 +26,7 @@ MAX_NUM_EXAMPLES = 1_000_000_000
 MAX_METRICS = 64                  # metrics of one update
 MAX_METRIC_VALUE = 1e15           # larger metric values are rejected (JSON-safe, plot-safe)
 MAX_CHUNK_BYTES = 256 * 1024 * 1024
+TASKS = ("classification", "regression")   # ModelInfo.task
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,30 @@ class TrainingPlan:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """Which model the tensors belong to: registry name, input shape, class count."""
+    """Which model the tensors belong to: registry name, input shape, task and outputs.
+
+    `task` is "classification" (num_classes >= 2 outputs, one per class name) or "regression" (num_outputs
+    values; num_classes 0, no class names). A message without `task` is a classification."""
 
     name: str
     input_shape: tuple[int, ...]
     num_classes: int
     class_names: tuple[str, ...] = ()   # one per output, in order; () when the coordinator has none
+    task: str = "classification"
+    num_outputs: int = 0                # regression: values predicted per example; classification: 0 (= num_classes)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
-                "class_names": list(self.class_names)}
+        wire: dict[str, Any] = {"name": self.name, "input_shape": list(self.input_shape),
+                                "num_classes": self.num_classes, "class_names": list(self.class_names)}
+        if self.task != "classification":  # optional fields go on the wire only when set
+            wire["task"] = self.task
+            wire["num_outputs"] = self.num_outputs
+        return wire
+
+    @property
+    def outputs(self) -> int:
+        """How many values the model returns per example: the class count, or the regression outputs."""
+        return self.num_outputs if self.task == "regression" else self.num_classes
 
     @classmethod
     def from_wire(cls, raw: Any) -> "ModelInfo":
@@ -79,16 +94,23 @@ class ModelInfo:
         shape = _get(m, "input_shape", list, "model")
         if not shape or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
             raise DecodeError(f"model: bad input_shape {_short(shape)}")
+        task = m.get("task", "classification")
+        if task not in TASKS:
+            raise DecodeError(f"model: unknown task {_short(task)} (one of {', '.join(TASKS)})")
         num_classes = _get(m, "num_classes", int, "model")
-        if num_classes < 2:
+        num_outputs = _optional_int(m, "num_outputs", "model")
+        if task == "classification" and num_classes < 2:
             raise DecodeError(f"model: num_classes {num_classes} < 2")
+        if task == "regression" and (num_classes != 0 or num_outputs < 1):
+            raise DecodeError(f"model: a regression has num_classes 0 and num_outputs >= 1, got {num_classes} "
+                              f"and {num_outputs}")
         names = m.get("class_names") or []
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise DecodeError("model: class_names must be a list of str")
         if names and len(names) != num_classes:
             raise DecodeError(f"model: {len(names)} class_names for {num_classes} classes")
         return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes,
-                   class_names=tuple(names))
+                   class_names=tuple(names), task=task, num_outputs=num_outputs if task == "regression" else 0)
 
 
 @dataclass
