@@ -149,7 +149,7 @@ def evaluate_command(argv: list[str]) -> int:
     except (DatasetNotFoundError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{args.model}: test accuracy {ev.accuracy:.4f}, loss {ev.loss:.4f} on {ev.examples} examples of {dataset.name}")
+    print(f"{args.model}: test {ev.describe()} on {ev.examples} examples of {dataset.name}")
     return 0
 
 

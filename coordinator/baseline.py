@@ -44,7 +44,7 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     `--max-examples N --partition K/n`. The test subset is `evaluation.max_examples`, as in the run."""
     import keras
 
-    from coordinator.evaluation import evaluate_keras, test_split
+    from coordinator.evaluation import evaluate_keras, task_of_model, test_split
     from federation.learning.datasets import load_dataset
     from federation.learning.models import build_model, compile_model
 
@@ -71,6 +71,7 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     keras.utils.set_random_seed(s.model.seed)  # the same initial weights as the federated run's round 1
     model = build_model(s.model.name, dataset.input_shape, dataset.num_classes)
     compile_model(model, s.training.optimizer, s.training.learning_rate)
+    task = task_of_model(model)
     log.info("centralized baseline for run %r: %s on %d training examples of %s, %d x %d epochs, batch %d; "
              "evaluated on %d test examples; results in %s", s.run.name, s.model.name, n, dataset.name,
              s.training.rounds, epochs, s.training.batch_size, len(y_test), run_dir)
@@ -81,18 +82,17 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
                   shuffle=True, verbose=0)
         train_s = time.monotonic() - started
         t0 = time.monotonic()
-        ev = evaluate_keras(model, x_test, y_test, s.evaluation.batch_size)
+        ev = evaluate_keras(model, x_test, y_test, s.evaluation.batch_size, task)
         evaluate_s = time.monotonic() - t0
         row_s = time.monotonic() - started
         row = RoundMetrics(round=r, clients=1, examples=n, test_loss=ev.loss, test_accuracy=ev.accuracy,
                            bytes_in=0, bytes_out=0, round_time_s=round(row_s, 4), slowest_train_s=round(train_s, 4),
                            overhead_s=round(row_s - train_s, 4), aggregate_s=0.0, evaluate_s=round(evaluate_s, 4),
-                           client_ids=[CENTRAL_ID], rejected={})
+                           client_ids=[CENTRAL_ID], rejected={}, test_mae=ev.mae, test_rmse=ev.rmse)
         append_metrics(metrics_path, row)
         rows.append(row)
         trained = f"epoch {r}" if epochs == 1 else f"epochs {(r - 1) * epochs + 1}-{r * epochs}"
-        log.info("round-equivalent %d/%d (%s): test accuracy %.4f, loss %.4f, %.1f s", r, s.training.rounds, trained,
-                 ev.accuracy, ev.loss, row_s)
+        log.info("round-equivalent %d/%d (%s): test %s, %.1f s", r, s.training.rounds, trained, ev.describe(), row_s)
     model.save(run_dir / "model.keras")
     from coordinator.export import write_labels
 
@@ -100,7 +100,9 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     summary = {"run": s.run.name, "kind": CENTRAL_ID, "reason": "completed", "rounds": s.training.rounds,
                "epochs_per_round": epochs, "total_epochs": s.training.rounds * epochs, "train_examples": n,
                "examples_evaluated": int(len(y_test)),
-               "keras": {"path": "model.keras", "accuracy": rows[-1].test_accuracy, "loss": rows[-1].test_loss}}
+               "keras": {"path": "model.keras", "accuracy": ev.final_accuracy, "loss": ev.loss,
+                         **({"mae": ev.mae, "rmse": ev.rmse} if ev.is_regression else {})},
+               **({"task": task} if ev.is_regression else {})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return BaselineResult(run_dir, rows, n)
 
@@ -142,6 +144,41 @@ def main(argv: list[str]) -> int:
         log.warning("interrupted")
         return 130
     last = result.rows[-1]
-    print(f"centralized baseline: test accuracy {last.test_accuracy:.4f}, loss {last.test_loss:.4f} after "
-          f"{len(result.rows)} round-equivalents; metrics in {result.run_dir / 'metrics.jsonl'}")
+    print(f"centralized baseline: test {result_text(last)} after {len(result.rows)} round-equivalents; metrics in "
+          f"{result.run_dir / 'metrics.jsonl'}")
+    comparison = compare_with_federated(settings.run_dir / "metrics.jsonl", result.rows)
+    if comparison:
+        print(comparison)
     return 0
+
+
+def result_text(m: RoundMetrics) -> str:
+    """'accuracy 0.8765, loss 0.3456', or a regression's 'MAE 43.2, RMSE 54.3, loss 2950.1234'."""
+    if m.is_regression:
+        return f"MAE {m.test_mae:.4g}, RMSE {m.test_rmse:.4g}, loss {m.test_loss:.4f}"
+    return f"accuracy {m.test_accuracy:.4f}, loss {m.test_loss:.4f}"
+
+
+def compare_with_federated(federated_metrics: Path, central: list[RoundMetrics]) -> str:
+    """One line comparing the federated run's last round (its metrics.jsonl, when there is one) with the centralized
+    row of the same round: accuracy points, or for a regression the RMSE in percent; "" without a federated run."""
+    from coordinator.metrics import read_metrics
+
+    try:
+        federated = read_metrics(federated_metrics)
+    except (OSError, ValueError, TypeError):
+        return ""
+    if not federated or not central:
+        return ""
+    fed = federated[-1]
+    by_round = {m.round: m for m in central}
+    c = by_round.get(fed.round, central[-1])
+    if fed.is_regression != c.is_regression:
+        return f"federated run {federated_metrics.parent}: not comparable (one is a regression, the other not)"
+    where = f"federated run {federated_metrics.parent} after round {fed.round} vs centralized round-equivalent {c.round}"
+    if fed.is_regression and fed.test_rmse is not None and c.test_rmse:
+        return (f"{where}: RMSE {fed.test_rmse:.4g} vs {c.test_rmse:.4g} "
+                f"({100 * (fed.test_rmse - c.test_rmse) / c.test_rmse:+.1f} %), MAE {fed.test_mae:.4g} vs "
+                f"{c.test_mae:.4g}")
+    return (f"{where}: accuracy {fed.test_accuracy:.4f} vs {c.test_accuracy:.4f} "
+            f"({100 * (fed.test_accuracy - c.test_accuracy):+.2f} points)")

@@ -1,6 +1,7 @@
 """Publish a TFLite model for inference-only devices on the retained deploy topic: at the end, and every K rounds.
 
-The message carries the version, sha256, tensor formats, class names and the accuracy measured on the .tflite itself."""
+The message carries the version, sha256, tensor formats, task, class names and the accuracy (a regression: the MAE and
+RMSE) measured on the .tflite itself."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from federation.protocol.topics import RunTopics
 if TYPE_CHECKING:
     import keras
 
+    from coordinator.evaluation import Evaluation
+
 log = logging.getLogger(__name__)
 
 
@@ -35,19 +38,25 @@ class DeployRecord:
     sha256: str
     bytes: int
     messages: int
-    test_accuracy: float
+    test_accuracy: float | None       # None for a regression: see test_mae and test_rmse
     confirmed: bool
+    test_mae: float | None = None
+    test_rmse: float | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        record = asdict(self)
+        if self.test_mae is None:  # a classification's record is as it always was
+            del record["test_mae"], record["test_rmse"]
+        return record
 
 
 class Deployer:
     """Publishes deployments through the coordinator's MQTT link; remembers how many chunk topics it filled."""
 
     def __init__(self, settings: Settings, link: MqttLink, topics: RunTopics, sender: str,
-                 class_names: tuple[str, ...]) -> None:
+                 class_names: tuple[str, ...], task: str = "classification") -> None:
         self.settings = settings
+        self.task = task
         self.link = link
         self.topics = topics
         self.sender = sender
@@ -73,30 +82,35 @@ class Deployer:
                     and round_ < self.settings.training.rounds)
 
     def export_and_publish(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,
-                           keras_accuracy: float | None) -> DeployRecord:
-        """Convert `model` to the deploy variant, measure its accuracy on (x, y) with LiteRT, and publish it."""
-        from coordinator.evaluation import evaluate_classifier
+                           keras: "Evaluation | None") -> DeployRecord:
+        """Convert `model` to the deploy variant, measure it on (x, y) with LiteRT, and publish it."""
+        from coordinator.evaluation import evaluate_loaded
         from coordinator.export import convert_to_tflite
 
         s = self.settings
         content = convert_to_tflite(model, self.variant, x[: s.export.representative_examples],
-                                    s.export.tflite_runtime_compat, self.class_names)
+                                    s.export.tflite_runtime_compat, self.class_names, self.task)
         classifier = TFLiteClassifier(content)  # loaded once: to measure it and to read its tensor formats
-        ev = evaluate_classifier(classifier, x, y)
-        return self.publish(content, round_, ev.accuracy, ev.examples, keras_accuracy, classifier=classifier)
+        ev = evaluate_loaded(classifier, x, y, self.task)
+        return self.publish(content, round_, ev, keras, classifier=classifier)
 
-    def publish(self, content: bytes, round_: int, test_accuracy: float, test_examples: int,
-                keras_accuracy: float | None, classifier: TFLiteClassifier | None = None) -> DeployRecord:
-        """Publish `content` (the deploy variant's .tflite bytes) as the run's deployed model, retained; `classifier`:
-        `content` already loaded (its tensor formats are read from it), else it is loaded here."""
+    def publish(self, content: bytes, round_: int, tflite: "Evaluation", keras: "Evaluation | None",
+                classifier: TFLiteClassifier | None = None) -> DeployRecord:
+        """Publish `content` (the deploy variant's .tflite bytes) as the run's deployed model, retained, with `tflite`,
+        its own results on the test set, and `keras`, the Keras model's; `classifier`: `content` already loaded (its
+        tensor formats are read from it), else it is loaded here."""
         if classifier is None:
             classifier = TFLiteClassifier(content)  # reads the tensor formats; also proves the model loads
+        regression = self.task == "regression"
+        test_accuracy = None if regression else tflite.accuracy
         info = DeploymentInfo(
             run=self.settings.run.name, round=round_, variant=self.variant, sha256=hashlib.sha256(content).hexdigest(),
             size=len(content), input=classifier.input_format, output=classifier.output_format,
-            class_names=self.class_names if len(self.class_names) == classifier.num_classes else (),
-            test_accuracy=test_accuracy, test_examples=test_examples, keras_accuracy=keras_accuracy,
-            tflite_runtime_compat=self.settings.export.tflite_runtime_compat, created_at=time.time())
+            class_names=self.class_names if not regression and len(self.class_names) == classifier.num_classes else (),
+            test_accuracy=test_accuracy, test_examples=tflite.examples,
+            keras_accuracy=keras.final_accuracy if keras is not None else None,
+            tflite_runtime_compat=self.settings.export.tflite_runtime_compat, created_at=time.time(), task=self.task,
+            test_mae=tflite.mae, test_rmse=tflite.rmse)
         messages = delivery_messages(self.topics, info, content, self.chunk_bytes, self.sender)
         self.unconfirmed = [(message.topic, message.payload) for message in messages
                             if not self.link.publish_and_wait(message.topic, message.payload, qos=1, retain=True)]
@@ -106,20 +120,20 @@ class Deployer:
             self.link.publish(self.topics.deploy_chunk(index), b"", qos=1, retain=True)
         self._chunk_topics = chunks
         record = DeployRecord(info.model_version, round_, self.variant, info.sha256, len(content), len(messages),
-                              test_accuracy, confirmed)
+                              test_accuracy, confirmed, tflite.mae, tflite.rmse)
         self.records.append(record)
-        log.info("deployed %s model %s on %s: %d bytes in %d message(s), test accuracy %.4f%s", self.variant,
-                 info.model_version, self.topics.deploy, len(content), len(messages), test_accuracy,
-                 "" if confirmed else " (not confirmed by the broker yet)")
+        log.info("deployed %s model %s on %s: %d bytes in %d message(s), test %s%s", self.variant,
+                 info.model_version, self.topics.deploy, len(content), len(messages),
+                 tflite.headline(), "" if confirmed else " (not confirmed by the broker yet)")
         return record
 
     def after_round(self, model: "keras.Model", round_: int, x: np.ndarray, y: np.ndarray,
-                    keras_accuracy: float) -> DeployRecord | None:
+                    keras: "Evaluation | None") -> DeployRecord | None:
         """Publish round `round_`'s model if deploy.every_k_rounds asks for it; a failure is logged, not raised."""
         if not self.due(round_):
             return None
         try:
-            return self.export_and_publish(model, round_, x, y, keras_accuracy)
+            return self.export_and_publish(model, round_, x, y, keras)
         except Exception:  # a deployment must never stop the training run
             log.exception("round %d: deploying the %s model failed", round_, self.variant)
             return None

@@ -58,9 +58,11 @@ class RunResult:
     rounds_completed: int
     reason: str                                  # "completed" or "stopped"
     detail: str = ""
-    keras_accuracy: float | None = None
+    keras_accuracy: float | None = None          # None for a regression: see keras_mae and keras_rmse
     tflite: dict[str, dict] = field(default_factory=dict)
     deployed: dict | None = None                 # the model published for inference-only devices
+    keras_mae: float | None = None               # a regression's final errors on the test set
+    keras_rmse: float | None = None
 
 
 @dataclass
@@ -145,7 +147,7 @@ class Coordinator:
         admission = Admission(max_message_bytes=max_update_bytes, max_messages=4 * (max_update_bytes // 1024 + 2),
                               max_bytes=16 * max_update_bytes)
         self.node.admission = admission
-        deployer = Deployer(s, self.node.link, self.topics, COORDINATOR_ID, dataset.class_names)
+        deployer = Deployer(s, self.node.link, self.topics, COORDINATOR_ID, dataset.class_names, model_info.task)
         prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, run_fingerprint(s, specs),
                             Intake(self.topics, self.rounds, self.drops, receiver, specs, admission),
                             deployer, Release(s, self.run_dir, dataset.class_names, deployer))
@@ -156,9 +158,10 @@ class Coordinator:
             prepared.start_round = checkpoint.round + 1
             self.round = checkpoint.round
             last = checkpoint.metrics[-1]
-            prepared.last_evaluation = Evaluation(last.test_loss, last.test_accuracy, len(y_test))
-            log.info("resuming run %r after round %d (test accuracy %.4f) from %s", s.run.name, checkpoint.round,
-                     last.test_accuracy, self.run_dir / CHECKPOINT_FILE)
+            prepared.last_evaluation = Evaluation(last.test_loss, last.test_accuracy, len(y_test), last.test_mae,
+                                                  last.test_rmse)
+            log.info("resuming run %r after round %d (test %s) from %s", s.run.name, checkpoint.round,
+                     prepared.last_evaluation.describe(), self.run_dir / CHECKPOINT_FILE)
         self.prepared = prepared
         return prepared
 
@@ -283,7 +286,7 @@ class Coordinator:
         aggregate_s = time.monotonic() - t0
         self._set_phase("evaluating")
         t0 = time.monotonic()
-        ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size)
+        ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size, p.model_info.task)
         evaluate_s = time.monotonic() - t0
         self.store.save_round_model(p.model, r)
         stats = self.stats
@@ -297,16 +300,17 @@ class Coordinator:
             round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
             overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
             evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats.client_ids), rejected=rejected,
-            aggregation=self.aggregator.report(), cohort=cohort_size, ignored=ignored,
+            aggregation=self.aggregator.report(), cohort=cohort_size, ignored=ignored, test_mae=ev.mae,
+            test_rmse=ev.rmse,
         )
         self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint)
         self._publish_metrics()
         self.progress.round_closed(metrics)
         p.last_evaluation = ev
-        p.deployer.after_round(p.model, r, p.x_test, p.y_test, ev.accuracy)
-        ROUND_LOG.info("round %d/%d: %d clients (of %d asked), %d examples, test accuracy %.4f, loss %.4f, "
+        p.deployer.after_round(p.model, r, p.x_test, p.y_test, ev)
+        ROUND_LOG.info("round %d/%d: %d clients (of %d asked), %d examples, test %s, "
                        "%.2f MB in, %.2f MB out, %.1f s (overhead %.2f s)%s%s", r, self.settings.training.rounds,
-                       metrics.clients, cohort_size, metrics.examples, ev.accuracy, ev.loss, metrics.bytes_in / 1e6,
+                       metrics.clients, cohort_size, metrics.examples, ev.describe(), metrics.bytes_in / 1e6,
                        bytes_out / 1e6, round_time, metrics.overhead_s,
                        f", rejected {rejected}" if rejected else "", f", ignored {ignored}" if ignored else "")
 
@@ -395,19 +399,21 @@ class Coordinator:
             self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint)
         if result.rounds_completed:
             self._set_phase("exporting")
-            assert p.last_evaluation is not None
+            ev = p.last_evaluation
+            assert ev is not None
             p.release.save_keras(p.model)
-            result.keras_accuracy = p.last_evaluation.accuracy
-            result.tflite = p.release.export(p.model, p.x_test, p.y_test, result.keras_accuracy)
+            result.keras_accuracy, result.keras_mae, result.keras_rmse = ev.final_accuracy, ev.mae, ev.rmse
+            result.tflite = p.release.export(p.model, p.x_test, p.y_test, ev)
             if result.reason == "completed":
-                result.deployed = p.release.deploy(result.rounds_completed, result.keras_accuracy)
+                result.deployed = p.release.deploy(result.rounds_completed, ev)
             self._write_summary(result)
         if result.reason == "stopped":
             log.error("run %r stopped: %s", self.settings.run.name, result.detail)
         # The state says done (or stopped) before run_end goes out: clients honour a run_end only then.
         self._set_phase("done" if result.reason == "completed" else "stopped", result.detail)
         end = RunEnd(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID, reason=result.reason,
-                     test_accuracy=result.keras_accuracy, detail=result.detail)
+                     test_accuracy=result.keras_accuracy, detail=result.detail, test_mae=result.keras_mae,
+                     test_rmse=result.keras_rmse)
         unconfirmed, bound = self.node.publish_final(p.deployer.unconfirmed, end.encode(),
                                                      self._state_message("offline", result.detail).encode())
         if unconfirmed:
@@ -424,7 +430,14 @@ class Coordinator:
         self.store.write_summary({
             "run": self.settings.run.name, "reason": result.reason, "rounds": result.rounds_completed,
             "examples_evaluated": int(len(p.y_test)),
-            "keras": {"path": "model.keras", "accuracy": result.keras_accuracy, "loss": p.last_evaluation.loss},
+            "keras": {"path": "model.keras", "accuracy": result.keras_accuracy, "loss": p.last_evaluation.loss,
+                      **_regression_summary(p.last_evaluation)},
             "tflite": result.tflite, "class_names": list(p.dataset.class_names),
             "deployed": result.deployed,
-            "aggregation": {"rule": self.settings.aggregation.rule, **self.aggregator.report()}})
+            "aggregation": {"rule": self.settings.aggregation.rule, **self.aggregator.report()},
+            **({"task": "regression"} if p.last_evaluation.is_regression else {})})
+
+
+def _regression_summary(ev: Evaluation) -> dict[str, object]:
+    """summary.json's extra keys for a regression's final model ({} for a classification: its summary is unchanged)."""
+    return {"mae": ev.mae, "rmse": ev.rmse} if ev.is_regression else {}

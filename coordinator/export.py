@@ -1,7 +1,8 @@
 """Export a Keras model to TFLite: float32, dynamic-range or full-integer int8.
 
-The int8 variant calibrates on representative images and takes uint8 pixels as input. The class names go into the
-.tflite (a metadata entry named fedmq_labels, one name per line) and into labels.txt beside the exported files."""
+The int8 variant calibrates on representative examples (images, table rows or windows); an image model takes uint8
+pixels as they are, float features stay float32, and a regression returns float32 values. The class names go into the .tflite (a
+metadata entry named fedmq_labels, one name per line) and into labels.txt beside the exported files."""
 
 from __future__ import annotations
 
@@ -24,16 +25,19 @@ log = logging.getLogger(__name__)
 VARIANT_FILES = dict(zip(TFLITE_VARIANTS, ("model.tflite", "model_dynamic.tflite", "model_int8.tflite"), strict=True))
 # How far each variant's test accuracy may fall from the Keras model's, in percentage points (README, tests).
 ACCURACY_BOUND_POINTS = dict(zip(TFLITE_VARIANTS, (0.1, 0.5, 1.0), strict=True))
+# A regression's: how far each variant's test RMSE may rise above the Keras model's, in percent of it.
+RMSE_BOUND_PERCENT = dict(zip(TFLITE_VARIANTS, (0.1, 1.0, 5.0), strict=True))
 LABELS_FILE = "labels.txt"      # one class name per line, in class index order
 LABELS_METADATA = "fedmq_labels"  # the same text inside the .tflite: a Model.metadata entry of the flatbuffer
 
 
 def convert_to_tflite(model: "keras.Model", variant: str = "float32",
                       representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False,
-                      class_names: Sequence[str] = ()) -> bytes:
+                      class_names: Sequence[str] = (), task: str = "classification") -> bytes:
     """The .tflite bytes of `model`, with `class_names` in its metadata when given. `tflite_runtime_compat` makes
     the dynamic variant loadable by tflite-runtime 2.14, which lacks the per-channel FULLY_CONNECTED kernels that
-    TF 2.21 emits for dense layers by default."""
+    TF 2.21 emits for dense layers by default. `representative_images`: any examples of the model's input (int8
+    calibration); `task` "regression" keeps the int8 variant's output in float32 (values, not probabilities)."""
     import tensorflow as tf
 
     if variant not in VARIANT_FILES:
@@ -48,11 +52,12 @@ def convert_to_tflite(model: "keras.Model", variant: str = "float32",
         converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     if variant == "int8":
         if representative_images is None or len(representative_images) == 0:
-            raise ValueError("int8 export needs representative images")
+            raise ValueError("int8 export needs representative examples")
         converter.representative_dataset = lambda: _representative(representative_images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.uint8
+        # uint8 pixels go in as they are; float features (table rows, windows) stay float32, quantized inside.
+        converter.inference_input_type = tf.uint8 if representative_images.dtype == np.uint8 else tf.float32
+        converter.inference_output_type = tf.float32 if task == "regression" else tf.uint8
     # The converter prints the traced signature to stdout; keep the coordinator's output readable.
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
@@ -119,10 +124,10 @@ def _representative(images: np.ndarray) -> Iterator[list[np.ndarray]]:
 
 def export_tflite(model: "keras.Model", out_dir: Path, variant: str,
                   representative_images: np.ndarray | None = None, tflite_runtime_compat: bool = False,
-                  class_names: Sequence[str] = ()) -> Path:
+                  class_names: Sequence[str] = (), task: str = "classification") -> Path:
     """Write `variant` of `model` into out_dir under its standard file name, atomically; with `class_names`,
     also labels.txt beside it and the labels inside it."""
-    content = convert_to_tflite(model, variant, representative_images, tflite_runtime_compat, class_names)
+    content = convert_to_tflite(model, variant, representative_images, tflite_runtime_compat, class_names, task)
     if class_names:
         write_labels(out_dir, class_names)
     return write_tflite(out_dir, variant, content)

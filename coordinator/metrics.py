@@ -54,8 +54,12 @@ class RoundStats:
 
 
 def to_json_line(metrics: RoundMetrics) -> str:
-    """One strict-JSON line: a non-finite float (a diverged model's loss) is written as null."""
-    return json.dumps(_finite_or_none({"round": metrics.round, **asdict(metrics)}), allow_nan=False)
+    """One strict-JSON line: a non-finite float (a diverged model's loss, a regression's accuracy) is written as
+    null; test_mae and test_rmse only in a regression run (a classification's line is as it always was)."""
+    row = {"round": metrics.round, **asdict(metrics)}
+    if not metrics.is_regression:
+        del row["test_mae"], row["test_rmse"]
+    return json.dumps(_finite_or_none(row), allow_nan=False)
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -81,6 +85,9 @@ def read_metrics(path: Path) -> list[RoundMetrics]:
                 row = json.loads(line)
                 for key in ("test_loss", "test_accuracy"):
                     row[key] = float("nan") if row.get(key) is None else row[key]
+                if row.get("test_mae", "absent") is None or row.get("test_rmse", "absent") is None:
+                    row["test_mae"] = float("nan") if row.get("test_mae") is None else row["test_mae"]
+                    row["test_rmse"] = float("nan") if row.get("test_rmse") is None else row["test_rmse"]
                 rows.append(RoundMetrics.from_row(row))
     return rows
 
@@ -97,9 +104,18 @@ def round_metrics_message(metrics: RoundMetrics, run: str, total_rounds: int,
                           history: list[RoundMetrics]) -> RoundMetricsMessage:
     """The `round_metrics` message (PROTOCOL.md) the coordinator publishes, retained, after each round.
 
-    `history` is every round so far (this one included); its accuracy and loss travel with the message."""
+    `history` is every round so far (this one included); its accuracy and loss (and a regression's errors)
+    travel with the message."""
     fields = asdict(metrics)
     round_ = fields.pop("round")
-    points = [{"round": m.round, "test_accuracy": m.test_accuracy, "test_loss": m.test_loss} for m in history]
+    points = [history_point(m) for m in history]
     return RoundMetricsMessage(run=run, round=round_, sender="coordinator", total_rounds=total_rounds,
                                history=points, **fields)
+
+
+def history_point(m: RoundMetrics) -> dict[str, Any]:
+    """One round's point of round_metrics.history: round, test accuracy and loss, and a regression's errors."""
+    point: dict[str, Any] = {"round": m.round, "test_accuracy": m.test_accuracy, "test_loss": m.test_loss}
+    if m.is_regression:
+        point.update(test_mae=m.test_mae, test_rmse=m.test_rmse)
+    return point

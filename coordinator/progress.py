@@ -106,8 +106,8 @@ class RunProgress(LivePanel):
     # ---- drawing ------------------------------------------------------------------------------------
 
     def render(self, now: float | None = None) -> RenderableType:
-        """The panel: round, phase, updates received of expected, time to the deadline, last accuracy,
-        clients online and offline."""
+        """The panel: round, phase, updates received of expected, time to the deadline, last accuracy (a
+        regression's MAE and RMSE), clients online and offline."""
         s = self.snapshot()
         now = time.monotonic() if now is None else now
         grid = Table.grid(padding=(0, 2))
@@ -122,7 +122,9 @@ class RunProgress(LivePanel):
             grid.add_row("deadline", Text(format_remaining(s.deadline - now)))
         if s.last is not None:
             m = s.last
-            grid.add_row("last round", Text(f"round {m.round}: accuracy {m.test_accuracy:.4f}, loss {m.test_loss:.4f}, "
+            result = (f"MAE {m.test_mae:.4g}, RMSE {m.test_rmse:.4g}" if m.is_regression
+                      else f"accuracy {m.test_accuracy:.4f}")
+            grid.add_row("last round", Text(f"round {m.round}: {result}, loss {m.test_loss:.4f}, "
                                             f"{m.clients} clients, {m.round_time_s:.1f} s"))
         else:
             grid.add_row("last round", Text("none yet", style="dim"))

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from coordinator.deploy import Deployer
-from coordinator.evaluation import Evaluation, evaluate_classifier
-from coordinator.export import ACCURACY_BOUND_POINTS, convert_to_tflite, write_labels, write_tflite
+from coordinator.evaluation import REGRESSION, Evaluation, evaluate_loaded
+from coordinator.export import ACCURACY_BOUND_POINTS, RMSE_BOUND_PERCENT, convert_to_tflite, write_labels, write_tflite
 from federation.inference.runtime import TFLiteClassifier
 from federation.config.settings import Settings
 
@@ -55,17 +55,22 @@ class Release:
         write_labels(self.run_dir, self.class_names)  # beside model.keras and the .tflite files
 
     def export(self, model: "keras.Model", x_test: np.ndarray, y_test: np.ndarray,
-               keras_accuracy: float) -> dict[str, dict[str, Any]]:
+               keras: Evaluation) -> dict[str, dict[str, Any]]:
         """Every variant converted, written, loaded and evaluated once; summary.json's `tflite` entries."""
         out: dict[str, dict[str, Any]] = {}
         representative = x_test[: self.settings.export.representative_examples]
+        task = REGRESSION if keras.is_regression else "classification"
         for variant in self.variants():
             content = convert_to_tflite(model, variant, representative, self.settings.export.tflite_runtime_compat,
-                                        self.class_names)
+                                        self.class_names, task)
             path = write_tflite(self.run_dir, variant, content)
             classifier = TFLiteClassifier(content)
-            ev = evaluate_classifier(classifier, x_test, y_test)
+            ev = evaluate_loaded(classifier, x_test, y_test, task)
             self.exported[variant] = Exported(variant, path, content, classifier, ev)
+            if keras.is_regression:
+                out[variant] = _regression_entry(variant, path, content, ev, keras)
+                continue
+            keras_accuracy = keras.accuracy
             delta = round(100 * (ev.accuracy - keras_accuracy), 4)
             out[variant] = {"path": path.name, "bytes": len(content), "accuracy": ev.accuracy,
                             "examples": ev.examples, "delta_points": delta,
@@ -75,7 +80,7 @@ class Release:
                      path, len(content), ev.accuracy, keras_accuracy, delta)
         return out
 
-    def deploy(self, round_: int, keras_accuracy: float | None) -> dict[str, Any] | None:
+    def deploy(self, round_: int, keras: Evaluation | None) -> dict[str, Any] | None:
         """Publish the exported deploy variant for inference-only devices; its record for summary.json."""
         if not self.settings.deploy.enabled:
             return None
@@ -84,10 +89,20 @@ class Release:
             log.error("the %s model to deploy was not exported", self.deployer.variant)
             return None
         try:
-            record = self.deployer.publish(exported.content, round_, exported.evaluation.accuracy,
-                                           exported.evaluation.examples, keras_accuracy,
+            record = self.deployer.publish(exported.content, round_, exported.evaluation, keras,
                                            classifier=exported.classifier)
         except Exception:
             log.exception("deploying the final %s model failed", self.deployer.variant)
             return None
         return record.to_json()
+
+
+def _regression_entry(variant: str, path: Path, content: bytes, ev: Evaluation, keras: Evaluation) -> dict[str, Any]:
+    """summary.json's `tflite` entry of a regression's variant: its errors, and its RMSE against the Keras model's."""
+    assert ev.rmse is not None and keras.rmse is not None
+    delta = round(100 * (ev.rmse - keras.rmse) / keras.rmse, 4) if keras.rmse > 0 else 0.0
+    log.info("TFLite %s: %s, %d bytes, test MAE %.4g, RMSE %.4g (Keras %.4g, %+.2f %%)", variant, path, len(content),
+             ev.mae, ev.rmse, keras.rmse, delta)
+    return {"path": path.name, "bytes": len(content), "mae": ev.mae, "rmse": ev.rmse, "examples": ev.examples,
+            "rmse_delta_percent": delta, "bound_percent": RMSE_BOUND_PERCENT[variant],
+            "within_bound": delta <= RMSE_BOUND_PERCENT[variant]}

@@ -1,5 +1,6 @@
 """`python -m coordinator report RUN_DIR [BASELINE_DIR]`: PNG plots and a Markdown summary of a run's
-metrics.jsonl, federated against the centralized baseline when one is given."""
+metrics.jsonl, federated against the centralized baseline when one is given; accuracy for a classification, mean
+absolute and root mean squared errors for a regression."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 PLOTS = {
     "accuracy_loss": "test accuracy and loss per round",
+    "errors_loss": "test MAE, RMSE and loss per round",
     "bytes": "bytes per round",
     "round_time": "round time: training and overhead",
     "clients": "clients per round",
@@ -44,6 +46,10 @@ class RunMetrics:
     run_dir: Path
     rows: list[RoundMetrics]
     epochs_per_round: int = 1
+
+    @property
+    def is_regression(self) -> bool:
+        return self.rows[-1].is_regression
 
 
 @dataclass
@@ -78,6 +84,10 @@ def write_report(run_dir: Path, baseline_dir: Path | None = None, out_dir: Path 
     """Write the PNG plots (PLOTS) and report.md for `run_dir`, against `baseline_dir` if given."""
     fed = load_run(run_dir, "federated")
     central = load_run(baseline_dir, "centralized") if baseline_dir is not None else None
+    if central is not None and central.is_regression != fed.is_regression:
+        kinds = {True: "a regression", False: "a classification"}
+        raise ReportError(f"{run_dir} holds {kinds[fed.is_regression]} run but {baseline_dir} {kinds[central.is_regression]}"
+                          " baseline: give the baseline of the same model and data")
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "report"
     out.mkdir(parents=True, exist_ok=True)
     files = ReportFiles(out, out / "report.md")
@@ -96,25 +106,35 @@ def plot_all(fed: RunMetrics, central: RunMetrics | None, out: Path) -> dict[str
     matplotlib.use("Agg")  # files only: no display, works on servers and in CI
     import matplotlib.pyplot as plt
 
-    paths = {name: out / f"{name}.png" for name in PLOTS}
+    quality = "errors_loss" if fed.is_regression else "accuracy_loss"
+    paths = {name: out / f"{name}.png" for name in PLOTS if name in (quality, "bytes", "round_time", "clients")}
     rounds = [m.round for m in fed.rows]
 
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    if fed.is_regression:
+        fig, (ax_mae, ax_rmse, ax_loss) = plt.subplots(1, 3, figsize=(14, 4))
+        quality_axes = [(ax_mae, "test_mae", "test MAE", "mean absolute error"),
+                        (ax_rmse, "test_rmse", "test RMSE", "root mean squared error")]
+    else:
+        fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+        quality_axes = [(ax_acc, "test_accuracy", "test accuracy", "accuracy")]
     for run, style in ((fed, _FED_STYLE), (central, _CENTRAL_STYLE)):
         if run is None:
             continue
         label = run.label if run is fed else f"{run.label} ({run.epochs_per_round} epoch(s) per round-equivalent)"
         x = [m.round for m in run.rows]
-        ax_acc.plot(x, [m.test_accuracy for m in run.rows], label=label, **style)
+        for ax, key, _, _ in quality_axes:
+            ax.plot(x, [getattr(m, key) for m in run.rows], label=label, **style)
         ax_loss.plot(x, [m.test_loss for m in run.rows], label=label, **style)
-    ax_acc.set(title="test accuracy", xlabel="round", ylabel="accuracy")
-    ax_loss.set(title="test loss", xlabel="round", ylabel="loss (cross-entropy)")
-    for ax in (ax_acc, ax_loss):
+    for ax, _, title, ylabel in quality_axes:
+        ax.set(title=title, xlabel="round", ylabel=ylabel)
+    ax_loss.set(title="test loss", xlabel="round",
+                ylabel="loss (the model's)" if fed.is_regression else "loss (cross-entropy)")
+    for ax in [a for a, *_ in quality_axes] + [ax_loss]:
         ax.grid(alpha=0.3)
         _integer_ticks(ax.xaxis)
-    ax_acc.legend(loc="lower right", fontsize=8)
+    quality_axes[0][0].legend(loc="upper right" if fed.is_regression else "lower right", fontsize=8)
     fig.suptitle(_title(fed, central))
-    _save(fig, paths["accuracy_loss"])
+    _save(fig, paths[quality])
 
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.4
@@ -184,6 +204,8 @@ CENTRAL_COLUMNS = ("centralized accuracy", "centralized loss")
 
 def summary_markdown(fed: RunMetrics, central: RunMetrics | None, plots: dict[str, Path]) -> str:
     """report.md: a summary (federated against centralized), a table with one row per round, the plots."""
+    if fed.is_regression:
+        return _regression_markdown(fed, central, plots)
     last = fed.rows[-1]
     best = max(fed.rows, key=lambda m: m.test_accuracy)
     lines = [f"# fedmq report: {fed.run_dir.name}", "",
@@ -223,6 +245,11 @@ def summary_markdown(fed: RunMetrics, central: RunMetrics | None, plots: dict[st
         cells += [str(m.bytes_in), str(m.bytes_out), f"{m.round_time_s:.2f}", f"{m.slowest_train_s:.2f}",
                   f"{m.overhead_s:.2f}"]
         lines.append(_row(cells))
+    return "\n".join(lines + _rejected_and_plots(fed, plots))
+
+
+def _rejected_and_plots(fed: RunMetrics, plots: dict[str, Path]) -> list[str]:
+    lines = []
     rejected = {m.round: m.rejected for m in fed.rows if m.rejected}
     if rejected:
         lines += ["", "Rejected updates: " + "; ".join(
@@ -231,7 +258,73 @@ def summary_markdown(fed: RunMetrics, central: RunMetrics | None, plots: dict[st
     lines += ["", "## Plots", ""]
     for name, path in plots.items():
         lines += [f"![{PLOTS[name]}]({path.name})", ""]
-    return "\n".join(lines)
+    return lines
+
+
+REGRESSION_COLUMNS = ("round", "clients", "examples", "test MAE", "test RMSE", "test loss", "bytes in", "bytes out",
+                      "round time (s)", "training (s)", "overhead (s)")
+CENTRAL_REGRESSION_COLUMNS = ("centralized MAE", "centralized RMSE", "centralized loss")
+
+
+def _regression_markdown(fed: RunMetrics, central: RunMetrics | None, plots: dict[str, Path]) -> str:
+    """report.md of a regression run: MAE, RMSE and loss where a classification has accuracy and loss, and the
+    federated RMSE relative to the centralized one."""
+    def best(run: RunMetrics) -> RoundMetrics:
+        return min(run.rows, key=lambda m: m.test_rmse if m.test_rmse is not None else float("inf"))
+
+    last, c_last = fed.rows[-1], central.rows[-1] if central else None
+    lines = [f"# fedmq report: {fed.run_dir.name}", "",
+             f"Federated regression run `{fed.run_dir}`: {_count(len(fed.rows), 'round')} of {fed.epochs_per_round} "
+             "local epoch(s)."]
+    if central is not None:
+        lines.append(f"Centralized baseline `{central.run_dir}`: {len(central.rows)} round-equivalents of "
+                     f"{central.epochs_per_round} epoch(s) on the union of the data.")
+    lines += ["", "## Summary", ""]
+    head = ["", "federated"] + (["centralized"] if central else [])
+    lines += [_row(head), _row(["---"] * len(head))]
+
+    def add(name: str, fed_value: str, central_value: str = "") -> None:
+        lines.append(_row([name, fed_value] + ([central_value] if central else [])))
+
+    add("final test MAE", _num(last.test_mae), _num(c_last.test_mae) if c_last else "")
+    add("final test RMSE", _num(last.test_rmse), _num(c_last.test_rmse) if c_last else "")
+    add("final test loss", f"{last.test_loss:.4f}", f"{c_last.test_loss:.4f}" if c_last else "")
+    add("best test RMSE (round)", f"{_num(best(fed).test_rmse)} ({best(fed).round})",
+        f"{_num(best(central).test_rmse)} ({best(central).round})" if central else "")
+    if c_last is not None:
+        add("final RMSE relative to centralized", rmse_relative(last.test_rmse, c_last.test_rmse), "")
+    add("total bytes (in + out)", str(sum(m.bytes_in + m.bytes_out for m in fed.rows)),
+        str(sum(m.bytes_in + m.bytes_out for m in central.rows)) if central else "")
+    add("total round time (s)", f"{sum(m.round_time_s for m in fed.rows):.2f}",
+        f"{sum(m.round_time_s for m in central.rows):.2f}" if central else "")
+    add("training share of round time", _share(fed.rows), _share(central.rows) if central else "")
+
+    lines += ["", "## Per round", ""]
+    columns = REGRESSION_COLUMNS[:6] + (CENTRAL_REGRESSION_COLUMNS if central else ()) + REGRESSION_COLUMNS[6:]
+    lines += [_row(list(columns)), _row(["---:"] * len(columns))]
+    c_by_round = {m.round: m for m in central.rows} if central else {}
+    for m in fed.rows:
+        cells = [str(m.round), str(m.clients), str(m.examples), _num(m.test_mae), _num(m.test_rmse),
+                 f"{m.test_loss:.4f}"]
+        if central:
+            c = c_by_round.get(m.round)
+            cells += [_num(c.test_mae), _num(c.test_rmse), f"{c.test_loss:.4f}"] if c else ["", "", ""]
+        cells += [str(m.bytes_in), str(m.bytes_out), f"{m.round_time_s:.2f}", f"{m.slowest_train_s:.2f}",
+                  f"{m.overhead_s:.2f}"]
+        lines.append(_row(cells))
+    return "\n".join(lines + _rejected_and_plots(fed, plots))
+
+
+def rmse_relative(federated: float | None, centralized: float | None) -> str:
+    """'+3.2 %': how much larger the federated RMSE is than the centralized one ('n/a' without both)."""
+    if federated is None or centralized is None or not centralized > 0:
+        return "n/a"
+    return f"{100 * (federated - centralized) / centralized:+.1f} %"
+
+
+def _num(value: float | None) -> str:
+    """A regression error: 4 significant digits (targets may be in any unit), n/a when missing."""
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _count(n: int, noun: str) -> str:

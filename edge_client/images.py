@@ -165,9 +165,12 @@ def _read_npy(fp: IO[bytes], name: str, max_bytes: int, available: int, buffer: 
 
 
 def as_batch(array: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """[H, W], [H, W, C], [N, H, W] or [N, H, W, C] pixel values as [N, H, W, C]; InputError on other shapes."""
-    height, width, channels = _hwc(shape)
+    """[H, W], [H, W, C], [N, H, W] or [N, H, W, C] pixel values as [N, H, W, C]; InputError on other shapes.
+    For a model whose input is not an image (a table row [F], a window [T, F]): one input or [N, *shape]."""
     a = np.asarray(array)
+    if len(shape) != 3:
+        return _as_feature_batch(a, tuple(shape), name)
+    height, width, channels = _hwc(shape)
     if a.dtype.kind not in "uif":
         raise InputError(f"{name}: array of {a.dtype} is not pixel values")
     if (a.shape == (height, width) and channels == 1) or a.shape == (height, width, channels):
@@ -176,6 +179,18 @@ def as_batch(array: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray
             a.ndim == 4 and a.shape[1:] == (height, width, channels)):
         return a.reshape(len(a), height, width, channels)
     raise InputError(f"{name}: array of shape {a.shape} does not hold images of shape {(height, width, channels)}")
+
+
+def _as_feature_batch(a: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Feature values of one input shaped `shape`, or of N shaped [N, *shape], as [N, *shape]."""
+    if a.dtype.kind not in "uif":
+        raise InputError(f"{name}: array of {a.dtype} is not numbers")
+    if a.shape == shape:
+        return a.reshape(1, *shape)
+    if a.ndim == len(shape) + 1 and a.shape[1:] == shape:
+        return a
+    raise InputError(f"{name}: array of shape {a.shape} does not hold inputs of shape {shape} (one, or [N, "
+                     f"{', '.join(map(str, shape))}])")
 
 
 def load_inputs(paths: list[Path], shape: tuple[int, ...], max_array_bytes: int = 1 << 31) -> Batch:

@@ -1,4 +1,5 @@
-"""`python -m edge_client predict MODEL INPUTS...`: classify image files or .npy/.npz arrays with a TFLite model.
+"""`python -m edge_client predict MODEL INPUTS...`: classify image files or .npy/.npz arrays with a TFLite model, or
+predict a regression model's values for them.
 
 MODEL is a .tflite file, a model folder kept by `serve`, or `none` for the deployed model of --run; needs no TF."""
 
@@ -17,9 +18,9 @@ import numpy as np
 from federation.errors import FedmqError
 from edge_client.cli_common import add_broker_args, default_model_dir, host_name, setup_logging
 from edge_client.security_flags import add_security_flags
-from edge_client.images import InputError, load_inputs
+from edge_client.images import Batch, InputError, load_inputs
 from edge_client.model_store import CURRENT, ModelStore
-from federation.inference.runtime import TFLiteClassifier
+from federation.inference.runtime import TFLiteClassifier, regression_answer
 
 log = logging.getLogger("edge_client.predict")
 
@@ -36,6 +37,7 @@ class ResolvedModel:
     class_names: tuple[str, ...]
     version: str | None = None
     variant: str | None = None
+    task: str = "classification"
 
 
 def resolve_model(model: str, model_dir: Path | None, run: str, labels: str | None) -> ResolvedModel:
@@ -49,7 +51,7 @@ def resolve_model(model: str, model_dir: Path | None, run: str, labels: str | No
     if not path.is_file():
         raise ModelNotFoundError(f"{path}: no such .tflite file or model folder")
     names = _labels(labels) if labels else _names_from_summary(path)
-    return ResolvedModel(path, names)
+    return ResolvedModel(path, names, task=_task_from_summary(path))
 
 
 def _from_folder(folder: Path) -> ResolvedModel:
@@ -59,7 +61,8 @@ def _from_folder(folder: Path) -> ResolvedModel:
     stored = ModelStore(folder).current()
     if stored is None:
         raise ModelNotFoundError(f"the deployed model in {folder} is damaged; see the log above")
-    return ResolvedModel(stored.path, stored.info.class_names, stored.info.model_version, stored.info.variant)
+    return ResolvedModel(stored.path, stored.info.class_names, stored.info.model_version, stored.info.variant,
+                         stored.info.task)
 
 
 def _labels(spec: str) -> tuple[str, ...]:
@@ -80,6 +83,15 @@ def _names_from_summary(model: Path) -> tuple[str, ...]:
     return tuple(names) if isinstance(names, list) and all(isinstance(n, str) for n in names) else ()
 
 
+def _task_from_summary(model: Path) -> str:
+    """The task in the coordinator's summary.json next to an exported .tflite file: classification without one."""
+    try:
+        task = json.loads((model.parent / "summary.json").read_text()).get("task", "classification")
+    except (OSError, ValueError, AttributeError):
+        return "classification"
+    return "regression" if task == "regression" else "classification"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m edge_client predict", allow_abbrev=False,
@@ -95,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with MODEL none: the serve model folder (default: ~/.fedmq/models/<run>)")
     p.add_argument("--labels", default=None, help="class names: a file with one per line, or a,b,c")
     p.add_argument("--top", type=int, default=1, help="show the K most likely classes")
+    p.add_argument("--task", choices=("classification", "regression"), default=None,
+                   help="what the model does (default: from the deployment, or the summary.json beside the file; "
+                        "else classification); a regression prints values")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     p.add_argument("--threads", type=int, default=None, help="interpreter threads")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -121,6 +136,8 @@ def main(argv: list[str]) -> int:
     except ValueError as exc:  # the runtime rejects the file
         print(f"error: {model.path} does not load as a TFLite model: {exc}", file=sys.stderr)
         return 2
+    if (args.task or model.task) == "regression":
+        return _print_values(model, classifier, batch, args.json)
     names = model.class_names if len(model.class_names) == classifier.num_classes else ()
     probs = classifier.predict(batch.images)
     top = max(1, min(args.top, probs.shape[1]))
@@ -156,3 +173,27 @@ def _row(name: str, probs: np.ndarray, names: tuple[str, ...], top: int) -> dict
         row["top"] = [{"class_index": int(i), "label": names[i] if names else str(int(i)),
                        "confidence": round(float(probs[i]), 6)} for i in order]
     return row
+
+
+def _print_values(model: ResolvedModel, regressor: TFLiteClassifier, batch: Batch, as_json: bool) -> int:
+    """A regression model's values for each input, and its MAE and RMSE when the inputs came with targets."""
+    outputs = regressor.predict(batch.images)
+    rows = [{"input": name, **regression_answer(out)} for name, out in zip(batch.names, outputs)]
+    errors: dict[str, Any] = {}
+    if batch.labels is not None and batch.labels.size == outputs.size:
+        error = outputs.reshape(-1).astype(np.float64) - batch.labels.reshape(-1).astype(np.float64)
+        errors = {"mae": float(np.abs(error).mean()), "rmse": float(np.sqrt(np.square(error).mean())),
+                  "examples": len(batch.names)}
+    if as_json:
+        print(json.dumps({"model": {"path": str(model.path), "model_version": model.version,
+                                    "variant": model.variant, "runtime": regressor.runtime, "task": "regression"},
+                          "predictions": rows, **errors}))
+        return 0
+    width = max(len(r["input"]) for r in rows)
+    for r in rows:
+        shown = f"{r['value']:.6g}" if "value" in r else " ".join(f"{v:.6g}" for v in r["values"])
+        print(f"{r['input']:<{width}}  {shown}")
+    if errors:
+        print(f"MAE {errors['mae']:.4g}, RMSE {errors['rmse']:.4g} on {errors['examples']} examples with targets")
+    print(f"model {model.version or model.path} ({regressor.runtime})", file=sys.stderr)
+    return 0

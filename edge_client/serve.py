@@ -31,7 +31,7 @@ from edge_client.images import (
 from edge_client.model_store import ModelStore, ModelStoreError
 from federation.protocol.deployed_model import DeploymentInfo
 from federation.transport.inbox import Inbound, Inbox
-from federation.inference.runtime import TFLiteClassifier, load_interpreter_class
+from federation.inference.runtime import TFLiteClassifier, load_interpreter_class, regression_answer
 from federation.protocol.messages import ClientStatus
 from federation.protocol.model_delivery import DeliveryReceiver, DeliveryRejected
 from federation.transport.mqtt_link import BrokerAddress, MqttLink
@@ -89,6 +89,14 @@ def load_model(info: DeploymentInfo, path: Path, num_threads: int | None = None)
     except Exception as exc:
         raise ModelLoadError(f"model {info.model_version} fails its first inference: {exc}") from None
     return LoadedModel(info, classifier, path)
+
+
+def _measured(info: DeploymentInfo) -> str:
+    """What the coordinator measured on a deployed model: 'accuracy 0.9123', or a regression's 'MAE 3.1, RMSE 4.2'."""
+    if info.is_regression:
+        return f"MAE {info.test_mae:.4g}, RMSE {info.test_rmse:.4g}" if info.test_mae is not None and \
+            info.test_rmse is not None else "MAE n/a"
+    return f"accuracy {info.test_accuracy:.4f}" if info.test_accuracy is not None else "accuracy n/a"
 
 
 class ModelServer:
@@ -152,8 +160,8 @@ class ModelServer:
             return False
         self._swap(loaded)
         self.deploy_error = ""
-        log.info("now serving model %s (%s, %d bytes, test accuracy %s)%s", info.model_version, info.variant,
-                 info.size, f"{info.test_accuracy:.4f}" if info.test_accuracy is not None else "n/a",
+        log.info("now serving model %s (%s, %d bytes, test %s)%s", info.model_version, info.variant,
+                 info.size, _measured(info),
                  f"; replaced {current.info.model_version}" if current else "")
         self.on_change()
         return True
@@ -182,6 +190,10 @@ class ModelServer:
             probs = model.classifier.predict(images)
         with self._stats_lock:
             self.counters["images"] += len(images)
+        if model.info.is_regression:  # values, not classes: {"value": v}, or {"values": [...]} for several outputs
+            predictions = [regression_answer(row) for row in probs]
+            return {"model_version": model.info.model_version, "variant": model.info.variant,
+                    "predictions": predictions}
         names = model.info.class_names
         top = max(1, min(top, probs.shape[1]))
         predictions = []

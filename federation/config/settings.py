@@ -182,6 +182,28 @@ def load_settings(path: str | Path | None, overrides: dict[str, Any] | None = No
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         except OSError as exc:  # a directory, no permission...
             raise ConfigError(f"config file {path} can't be read: {exc}") from None
+    return _settings_from_raw(raw, overrides, source)
+
+
+def settings_from_dict(values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings built in code, validated exactly like a TOML file: `values` maps sections to their keys
+    ({"run": {"name": "demo"}, "training": {"rounds": 3}}), `overrides` "section.key" to a value; ConfigError for an
+    unknown section or key, a wrong type or an out-of-range value. The defaults fill in everything not given."""
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"settings must be a dict of sections, got {type(values).__name__}")
+    raw = {section: {k: _plain(v) for k, v in keys.items()} if isinstance(keys, dict) else keys
+           for section, keys in (values or {}).items()}
+    return _settings_from_raw(raw, {k: _plain(v) for k, v in (overrides or {}).items()}, "settings")
+
+
+def _plain(value: Any) -> Any:
+    """A value as TOML would give it: a path (pathlib.Path) as its str, a tuple as a list."""
+    if isinstance(value, Path):
+        return str(value)
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _settings_from_raw(raw: dict[str, Any], overrides: dict[str, Any] | None, source: str) -> Settings:
     merged: dict[str, dict[str, Any]] = {}
     for section, values in raw.items():
         if section not in SECTIONS:

@@ -1,4 +1,5 @@
-"""Run a TFLite classifier with the smallest runtime available: LiteRT, then tflite-runtime, then TF.
+"""Run a TFLite model (a classifier, or a regression model returning values) with the smallest runtime available:
+LiteRT, then tflite-runtime, then TF.
 
 Handles quantized inputs and outputs, and batches by resizing the input tensor. Never imports TensorFlow unless
 neither LiteRT (ai_edge_litert) nor tflite_runtime is installed."""
@@ -41,7 +42,8 @@ def load_interpreter_class() -> tuple[Any, str]:
 
 
 class TFLiteClassifier:
-    """A loaded .tflite image classifier taking raw pixel values (0-255) and giving class probabilities.
+    """A loaded .tflite model: an image classifier takes raw pixel values (0-255) and gives class probabilities; a
+    model of another input (table rows, windows) takes its float features, and a regression model gives values.
 
     Not thread-safe (one TFLite interpreter): callers serialize predict() calls."""
 
@@ -63,6 +65,7 @@ class TFLiteClassifier:
 
     @property
     def num_classes(self) -> int:
+        """The outputs per example: classes, or a regression's values."""
         return int(self._output["shape"][-1])
 
     @property
@@ -74,10 +77,10 @@ class TFLiteClassifier:
         return _tensor_format(self._output)
 
     def predict(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """Class probabilities (float32, [N, classes]) for raw-pixel images shaped [N, *input_shape]."""
+        """The outputs (float32, [N, outputs]: class probabilities, or values) for inputs shaped [N, *input_shape]."""
         images = np.asarray(images)
         if tuple(images.shape[1:]) != self.input_shape:
-            raise ValueError(f"images of shape {images.shape[1:]} given to a model expecting {self.input_shape}")
+            raise ValueError(f"inputs of shape {images.shape[1:]} given to a model expecting {self.input_shape}")
         out = [self._predict_batch(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros((0, self._output["shape"][-1]), np.float32)
 
@@ -122,3 +125,9 @@ def accuracy(classifier: TFLiteClassifier, images: np.ndarray, labels: np.ndarra
         raise ValueError("no images to evaluate")
     predictions = classifier.predict(images).argmax(axis=1)
     return float((predictions == np.asarray(labels)).mean())
+
+
+def regression_answer(outputs: np.ndarray) -> dict[str, Any]:
+    """One example's answer from a regression model: {"value": v} for one output, {"values": [...]} for several."""
+    values = [round(float(v), 6) for v in np.asarray(outputs).reshape(-1)]
+    return {"value": values[0]} if len(values) == 1 else {"values": values}

@@ -1,4 +1,5 @@
-"""What a deployed TFLite model is: version, variant, hash, tensor formats, class names, measured accuracy.
+"""What a deployed TFLite model is: version, variant, hash, tensor formats, task, class names, measured accuracy
+(or a regression's errors).
 
 Pure data (JSON and msgpack maps), no MQTT and no TensorFlow: inference-only devices import it."""
 
@@ -14,6 +15,7 @@ from federation.protocol.byte_chunks import is_sha256_hex
 # The TFLite variants, the one list: exported by the coordinator (export.tflite), deployable (deploy.variant).
 TFLITE_VARIANTS = ("float32", "dynamic", "int8")
 TENSOR_DTYPES = ("float32", "float16", "uint8", "int8", "int16", "int32")
+DEPLOYED_TASKS = ("classification", "regression")  # a classifier answers classes, a regression model values
 
 
 class DeploymentError(FedmqError, ValueError):
@@ -75,8 +77,15 @@ class DeploymentInfo:
     tflite_runtime_compat: bool = False
     created_at: float = 0.0
     format: str = "tflite"
+    task: str = "classification"
+    test_mae: float | None = None     # regression: this .tflite file's errors on the coordinator's test set
+    test_rmse: float | None = None
 
     def __post_init__(self) -> None:
+        if self.task not in DEPLOYED_TASKS:
+            raise DeploymentError(f"task {self.task!r} is not one of {', '.join(DEPLOYED_TASKS)}")
+        if self.task == "regression" and self.class_names:
+            raise DeploymentError("a regression model has no class names")
         if self.variant not in TFLITE_VARIANTS:
             raise DeploymentError(f"variant {self.variant!r} is not one of {', '.join(TFLITE_VARIANTS)}")
         if not is_sha256_hex(self.sha256):
@@ -100,7 +109,17 @@ class DeploymentInfo:
                 "output": self.output.to_wire(), "class_names": list(self.class_names),
                 "test_accuracy": self.test_accuracy, "test_examples": self.test_examples,
                 "keras_accuracy": self.keras_accuracy, "tflite_runtime_compat": self.tflite_runtime_compat,
-                "created_at": self.created_at}
+                "created_at": self.created_at, **self._regression_fields()}
+
+    @property
+    def is_regression(self) -> bool:
+        return self.task == "regression"
+
+    def _regression_fields(self) -> dict[str, Any]:
+        """task, test_mae and test_rmse: on the wire only for a regression (a classifier's message is unchanged)."""
+        if not self.is_regression:
+            return {}
+        return {"task": self.task, "test_mae": self.test_mae, "test_rmse": self.test_rmse}
 
     @classmethod
     def fields_from_wire(cls, raw: dict[str, Any], run: str, round_: int) -> "DeploymentInfo":
@@ -123,13 +142,17 @@ class DeploymentInfo:
         for key in ("variant", "sha256", "format"):
             if not isinstance(raw.get(key, "tflite" if key == "format" else None), str):
                 raise DeploymentError(f"{key} is missing or not a string")
+        task = raw.get("task", "classification")
+        if not isinstance(task, str):
+            raise DeploymentError("task is not a string")
         return cls(run=run, round=round_, variant=raw["variant"], sha256=raw["sha256"], size=size,
                    input=TensorFormat.from_wire(raw.get("input"), "input"),
                    output=TensorFormat.from_wire(raw.get("output"), "output"), class_names=tuple(names),
                    test_accuracy=number("test_accuracy"), test_examples=examples,
                    keras_accuracy=number("keras_accuracy"),
                    tflite_runtime_compat=raw.get("tflite_runtime_compat") is True,
-                   created_at=number("created_at") or 0.0, format=raw.get("format", "tflite"))
+                   created_at=number("created_at") or 0.0, format=raw.get("format", "tflite"), task=task,
+                   test_mae=number("test_mae"), test_rmse=number("test_rmse"))
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able map (for the model folder's current.json and the serve status)."""
@@ -148,4 +171,5 @@ class DeploymentInfo:
     def summary(self) -> dict[str, Any]:
         """The short form a serving device reports in its status message."""
         return {"model_version": self.model_version, "run": self.run, "round": self.round, "variant": self.variant,
-                "sha256": self.sha256, "size": self.size, "test_accuracy": self.test_accuracy}
+                "sha256": self.sha256, "size": self.size, "test_accuracy": self.test_accuracy,
+                **self._regression_fields()}

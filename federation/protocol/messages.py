@@ -220,15 +220,19 @@ class CoordinatorState(Message):
 
 @dataclass
 class RunEnd(Message):
-    """Announces the end of a run (retained): why it ended and the final accuracy."""
+    """Announces the end of a run (retained): why it ended and the final accuracy (classification) or mean absolute
+    and root mean squared errors (regression: test_accuracy None)."""
 
     TYPE: ClassVar[str] = "run_end"
     reason: str = "completed"
     test_accuracy: float | None = None
     detail: str = ""
+    test_mae: float | None = None     # regression only (optional on the wire)
+    test_rmse: float | None = None
 
     def body(self) -> dict[str, Any]:
-        return {"reason": self.reason, "test_accuracy": self.test_accuracy, "detail": self.detail}
+        return {"reason": self.reason, "test_accuracy": self.test_accuracy, "detail": self.detail,
+                **_regression_fields(self.test_mae, self.test_rmse)}
 
 
 @dataclass
@@ -252,6 +256,13 @@ class RoundResults:
     aggregation: dict[str, Any] = field(default_factory=dict)  # the rule's report: clipped clients, DP epsilon...
     cohort: int = 0                                            # clients asked to train (optional on the wire)
     ignored: dict[str, int] = field(default_factory=dict)      # honest leftovers: late, duplicate (optional)
+    # A regression run's errors (optional on the wire, None in a classification run; test_accuracy is then NaN).
+    test_mae: float | None = None
+    test_rmse: float | None = None
+
+    @property
+    def is_regression(self) -> bool:
+        return self.test_mae is not None
 
 
 # RoundResults' scalar fields by type, as the wire checks them (cohort is optional on the wire: checked apart).
@@ -263,8 +274,8 @@ _RESULT_FLOATS = tuple(f.name for f in fields(RoundResults) if f.type == "float"
 class RoundMetricsMessage(RoundResults, Message):
     """A closed round's results (RoundResults), retained on the metrics topic.
 
-    `history` holds (round, test_accuracy, test_loss) of every round so far, so that a viewer that
-    subscribes mid-run draws the whole curve from the one retained message."""
+    `history` holds (round, test_accuracy, test_loss, and in a regression test_mae and test_rmse) of every round
+    so far, so that a viewer that subscribes mid-run draws the whole curve from the one retained message."""
 
     TYPE: ClassVar[str] = "round_metrics"
     total_rounds: int = 0
@@ -277,7 +288,12 @@ class RoundMetricsMessage(RoundResults, Message):
         return {**{k: getattr(self, k) for k in self.INT_FIELDS + self.FLOAT_FIELDS},
                 "client_ids": self.client_ids, "rejected": self.rejected, "history": self.history,
                 "cohort": self.cohort, "ignored": self.ignored,
-                "aggregation": self.aggregation}
+                "aggregation": self.aggregation, **_regression_fields(self.test_mae, self.test_rmse)}
+
+
+def _regression_fields(mae: float | None, rmse: float | None) -> dict[str, float]:
+    """test_mae and test_rmse, on the wire only in a regression run (classification's bytes stay as they were)."""
+    return {} if mae is None else {"test_mae": mae, "test_rmse": rmse if rmse is not None else float("nan")}
 
 
 @dataclass
@@ -432,9 +448,25 @@ def _decode_coordinator_state(raw: dict[str, Any], env: dict[str, Any]) -> Coord
 
 def _decode_run_end(raw: dict[str, Any], env: dict[str, Any]) -> RunEnd:
     acc = raw.get("test_accuracy")
+    mae, rmse = _decode_regression_fields(raw, "run_end")
     return RunEnd(**env, reason=_get(raw, "reason", str, "run_end"),
                   test_accuracy=float(acc) if isinstance(acc, (int, float)) else None,
-                  detail=str(raw.get("detail", "")))
+                  detail=str(raw.get("detail", "")), test_mae=mae, test_rmse=rmse)
+
+
+def _decode_regression_fields(m: dict[str, Any], what: str) -> tuple[float | None, float | None]:
+    """The optional test_mae and test_rmse: both absent (or nil) in a classification run, both numbers in a
+    regression (NaN allowed, like test_loss: a diverged model's errors are still reported)."""
+    present = [key for key in ("test_mae", "test_rmse") if m.get(key) is not None]
+    if not present:
+        return None, None
+    if len(present) == 1:
+        raise DecodeError(f"{what}: {present[0]} without {'test_rmse' if present[0] == 'test_mae' else 'test_mae'}"
+                          " (a regression reports both)")
+    mae, rmse = float(_get_number(m, "test_mae", what)), float(_get_number(m, "test_rmse", what))
+    if mae < 0 or rmse < 0:
+        raise DecodeError(f"{what}: negative test_mae or test_rmse ({mae!r}, {rmse!r})")
+    return mae, rmse
 
 
 def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetricsMessage:
@@ -458,16 +490,19 @@ def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetr
     points = []
     for item in history:
         m = _require_map(item, f"{what} history item")
-        points.append({"round": _get(m, "round", int, f"{what} history"),
-                       "test_accuracy": float(_get_number(m, "test_accuracy", f"{what} history")),
-                       "test_loss": float(_get_number(m, "test_loss", f"{what} history"))})
+        point = {"round": _get(m, "round", int, f"{what} history"),
+                 "test_accuracy": float(_get_number(m, "test_accuracy", f"{what} history")),
+                 "test_loss": float(_get_number(m, "test_loss", f"{what} history"))}
+        mae, rmse = _decode_regression_fields(m, f"{what} history")
+        points.append(point if mae is None else {**point, "test_mae": mae, "test_rmse": rmse})
+    test_mae, test_rmse = _decode_regression_fields(raw, what)
     aggregation = _require_map(raw.get("aggregation", {}), f"{what} aggregation")
     ignored = _require_map(raw.get("ignored", {}), f"{what} ignored")
     if not all(isinstance(k, str) and type(v) is int for k, v in ignored.items()):
         raise DecodeError(f"{what}: ignored must map str to int")
     return RoundMetricsMessage(**env, **values, client_ids=list(client_ids), rejected=dict(rejected), history=points,
                                aggregation=dict(aggregation), cohort=_optional_int(raw, "cohort", what),
-                               ignored=dict(ignored))
+                               ignored=dict(ignored), test_mae=test_mae, test_rmse=test_rmse)
 
 
 def _decode_deployed_model(raw: dict[str, Any], env: dict[str, Any]) -> DeployedModel:

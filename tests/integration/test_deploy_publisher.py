@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.deploy import Deployer
+from coordinator.evaluation import Evaluation
 from federation.protocol.byte_chunks import sha256_hex
 from federation.protocol.model_delivery import DeliveryReceiver
 from federation.config.settings import load_settings
@@ -51,7 +52,7 @@ def test_chunk_size_is_the_smaller_of_deploy_and_broker_limits() -> None:
 def test_publishes_retained_a_deployment_a_device_accepts_and_clears_stale_chunks(tmp_path: Path) -> None:
     content = tiny_tflite(1)
     d, link = deployer(**{"deploy.chunk_bytes": 8192})
-    record = d.publish(content, 3, 0.75, 200, 0.76)
+    record = d.publish(content, 3, Evaluation(0.5, 0.75, 200), Evaluation(0.5, 0.76, 200))
     assert record.model_version == "demo@3" and record.sha256 == sha256_hex(content) and record.confirmed
     assert record.messages == len(link.published) == 6  # 5 chunks of ~34 KB, then the manifest
     assert all(retain for _, _, retain in link.published)
@@ -64,7 +65,7 @@ def test_publishes_retained_a_deployment_a_device_accepts_and_clears_stale_chunk
     # a smaller deployment next: the two chunk topics it does not use any more are cleared
     link.published.clear()
     d.settings = load_settings(None, {"deploy.chunk_bytes": 16384})
-    d.publish(content, 4, 0.8, 200, 0.8)
+    d.publish(content, 4, Evaluation(0.5, 0.8, 200), Evaluation(0.5, 0.8, 200))
     cleared = [t for t, p, _ in link.published if p == b""]
     assert cleared == [TOPICS.deploy_chunk(3), TOPICS.deploy_chunk(4)]
 
@@ -78,10 +79,11 @@ def test_a_failing_deployment_is_logged_and_the_run_goes_on(tmp_path: Path, capl
     release = Release(d.settings, tmp_path, CLASS_NAMES, d)
     release.exported["float32"] = Exported("float32", tmp_path / "model.tflite", b"not a tflite model", None,
                                            SimpleNamespace(accuracy=0.5, examples=10))  # type: ignore[arg-type]
-    assert release.deploy(6, 0.5) is None
+    keras_ev = Evaluation(0.4, 0.5, 10)
+    assert release.deploy(6, keras_ev) is None
     release.exported.clear()
-    assert release.deploy(6, 0.5) is None
-    assert d.after_round(object(), 2, None, None, 0.5) is None  # not a Keras model: conversion fails
+    assert release.deploy(6, keras_ev) is None
+    assert d.after_round(object(), 2, None, None, keras_ev) is None  # not a Keras model: conversion fails
     assert link.published == []
     assert "deploying the final float32 model failed" in caplog.text
     assert "the float32 model to deploy was not exported" in caplog.text
@@ -113,12 +115,12 @@ def test_the_release_writes_and_loads_each_exported_model_once_and_deploys_those
                               keras.layers.Dense(10, activation="softmax")])
     x, y = np.zeros((8, 28, 28, 1), np.uint8), np.arange(8) % 10
     release.save_keras(model)
-    out = release.export(model, x, y, 0.1)
+    out = release.export(model, x, y, Evaluation(2.3, 0.1, 8))
     written = (tmp_path / "model.tflite").read_bytes()
     assert list(out) == ["float32"] and out["float32"]["bytes"] == len(written) and out["float32"]["examples"] == 8
     assert (tmp_path / "labels.txt").read_text().splitlines() == list(CLASS_NAMES)
     assert loads == [len(written)], "written once, loaded once"
-    record = release.deploy(2, 0.1)
+    record = release.deploy(2, Evaluation(2.3, 0.1, 8))
     assert record is not None and record["sha256"] == sha256_hex(written) and record["confirmed"]
     assert loads == [len(written)], "the deployment reuses the loaded model"
     assert any(t == TOPICS.deploy or t.startswith(TOPICS.deploy) for t, _, _ in link.published)

@@ -187,8 +187,10 @@
       var rounds = {};
       history.forEach(function (p) {
         var old = state.rounds[p.round];
-        rounds[p.round] = old && old.test_accuracy === p.test_accuracy ? old : {
-          round: p.round, test_accuracy: p.test_accuracy, test_loss: p.test_loss
+        var same = old && (isRegression(p) ? old.test_rmse === p.test_rmse : old.test_accuracy === p.test_accuracy);
+        rounds[p.round] = same ? old : {
+          round: p.round, test_accuracy: p.test_accuracy, test_loss: p.test_loss,
+          test_mae: p.test_mae, test_rmse: p.test_rmse   // a regression's errors (PROTOCOL.md); else undefined
         };
       });
       state.rounds = rounds;
@@ -233,8 +235,14 @@
     setText("phase-detail", c && c.detail ? c.detail : "");
     setText("coordinator", c ? c.status : "not seen");
     $("coordinator").dataset.status = c ? c.status : "";
-    setText("accuracy", last ? fixed(last.test_accuracy, 4) : "–");
-    setText("accuracy-detail", last ? "after round " + last.round : "");
+    // A regression run (its rounds carry test_mae and test_rmse) shows RMSE and MAE where accuracy would be.
+    var regression = !!last && isRegression(last);
+    setText("accuracy-label", regression ? "test RMSE" : "test accuracy");
+    setText("accuracy-caption", regression ? "test RMSE per round" : "test accuracy per round");
+    setText("rounds-accuracy", regression ? "RMSE" : "accuracy");
+    setText("accuracy", last ? (regression ? significant(last.test_rmse) : fixed(last.test_accuracy, 4)) : "–");
+    setText("accuracy-detail", last ? (regression ? "MAE " + significant(last.test_mae) + ", " : "") +
+      "after round " + last.round : "");
     setText("loss", last ? fixed(last.test_loss, 4) : "–");
 
     var ids = Object.keys(state.clients).sort();
@@ -245,9 +253,9 @@
     renderRounds(rows);
     renderEnd();
 
-    var accuracy = rows.map(function (m) { return { x: m.round, y: m.test_accuracy }; });
+    var accuracy = rows.map(function (m) { return { x: m.round, y: regression ? m.test_rmse : m.test_accuracy }; });
     var loss = rows.map(function (m) { return { x: m.round, y: m.test_loss }; });
-    drawChart($("chart-accuracy"), accuracy, { color: "#1f77b4", total: total, accuracy: true });
+    drawChart($("chart-accuracy"), accuracy, { color: "#1f77b4", total: total, accuracy: !regression });
     drawChart($("chart-loss"), loss, { color: "#d62728", total: total, accuracy: false });
     renderFooter();
   }
@@ -283,7 +291,8 @@
       var tr = document.createElement("tr");
       tr.dataset.round = m.round;
       tr.append(cell(String(m.round), "num"), cell(m.clients !== undefined ? String(m.clients) : "", "num"),
-        cell(fixed(m.test_accuracy, 4), "num"), cell(fixed(m.test_loss, 4), "num"),
+        cell(isRegression(m) ? significant(m.test_rmse) : fixed(m.test_accuracy, 4), "num"),
+        cell(fixed(m.test_loss, 4), "num"),
         cell(m.round_time_s !== undefined ? fixed(m.round_time_s, 1) : "", "num"),
         cell(m.bytes_in !== undefined ? fixed(m.bytes_in / 1e6, 2) : "", "num"));
       body.appendChild(tr);
@@ -296,7 +305,9 @@
     el.hidden = !end;
     if (!end) return;
     el.className = "banner" + (end.reason === "completed" ? "" : " stopped");
-    var acc = typeof end.test_accuracy === "number" ? "; final test accuracy " + fixed(end.test_accuracy, 4) : "";
+    var acc = typeof end.test_accuracy === "number" ? "; final test accuracy " + fixed(end.test_accuracy, 4)
+      : isRegression(end) ? "; final test MAE " + significant(end.test_mae) + ", RMSE " + significant(end.test_rmse)
+      : "";
     el.textContent = "Run " + end.run + " " + end.reason + " after round " + end.round + acc +
       (end.detail ? " (" + end.detail + ")" : "");
   }
@@ -313,6 +324,15 @@
     td.textContent = text;
     if (cls) td.className = cls;
     return td;
+  }
+
+  function isRegression(m) {
+    return typeof m.test_mae === "number";
+  }
+
+  /* A regression error, in whatever unit the targets have: 4 significant digits. */
+  function significant(value) {
+    return typeof value === "number" && isFinite(value) ? String(Number(value.toPrecision(4))) : "n/a";
   }
 
   function fixed(value, digits) {
