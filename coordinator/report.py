@@ -25,11 +25,14 @@ log = logging.getLogger(__name__)
 
 PLOTS = {
     "accuracy_loss": "test accuracy and loss per round",
-    "errors_loss": "test MAE, RMSE and loss per round",
     "bytes": "bytes per round",
     "round_time": "round time: training and overhead",
     "clients": "clients per round",
 }
+# A regression run's plots: its errors where a classification has its accuracy.
+REGRESSION_PLOTS = {"errors_loss": "test MAE, RMSE and loss per round",
+                    **{name: title for name, title in PLOTS.items() if name != "accuracy_loss"}}
+PLOT_TITLES = {**PLOTS, **REGRESSION_PLOTS}
 _FED_STYLE = {"color": "#1f77b4", "marker": "o", "linestyle": "-"}
 _CENTRAL_STYLE = {"color": "#d62728", "marker": "s", "linestyle": "--"}
 
@@ -107,7 +110,7 @@ def plot_all(fed: RunMetrics, central: RunMetrics | None, out: Path) -> dict[str
     import matplotlib.pyplot as plt
 
     quality = "errors_loss" if fed.is_regression else "accuracy_loss"
-    paths = {name: out / f"{name}.png" for name in PLOTS if name in (quality, "bytes", "round_time", "clients")}
+    paths = {name: out / f"{name}.png" for name in (REGRESSION_PLOTS if fed.is_regression else PLOTS)}
     rounds = [m.round for m in fed.rows]
 
     if fed.is_regression:
@@ -257,7 +260,7 @@ def _rejected_and_plots(fed: RunMetrics, plots: dict[str, Path]) -> list[str]:
             for r, reasons in rejected.items())]
     lines += ["", "## Plots", ""]
     for name, path in plots.items():
-        lines += [f"![{PLOTS[name]}]({path.name})", ""]
+        lines += [f"![{PLOT_TITLES[name]}]({path.name})", ""]
     return lines
 
 

@@ -386,7 +386,12 @@ def test_round_metrics_message_carries_every_round_metrics_field() -> None:
 
     sample = next(m for m in sample_messages() if isinstance(m, RoundMetricsMessage))
     wire = set(unpack(sample.encode()))
-    assert {f.name for f in dataclasses.fields(RoundMetrics)} <= wire, "PROTOCOL.md: fields = RoundMetrics fields"
+    regression_only = {"test_mae", "test_rmse"}  # optional: on the wire in a regression run only
+    assert {f.name for f in dataclasses.fields(RoundMetrics)} - regression_only <= wire, \
+        "PROTOCOL.md: fields = RoundMetrics fields"
+    assert not regression_only & wire, "a classification's round_metrics is as it was"
+    regression = dataclasses.replace(sample, test_accuracy=float("nan"), test_mae=1.5, test_rmse=2.0)
+    assert {f.name for f in dataclasses.fields(RoundMetrics)} <= set(unpack(regression.encode()))
 
 
 # ---- check_finite -----------------------------------------------------------------------------------
