@@ -158,6 +158,8 @@ class Coordinator:
             self.aggregator.resume([m.aggregation for m in self.store.history])  # e.g. DP: privacy already spent
             if self.server_optimizer is not None:
                 self.server_optimizer.load_state(checkpoint.optimizer_state)
+                log.info("server optimizer %s: resumed its moments after %d steps", self.server_optimizer.name,
+                         self.server_optimizer.rounds)
             prepared.start_round = checkpoint.round + 1
             self.round = checkpoint.round
             last = checkpoint.metrics[-1]
@@ -407,7 +409,8 @@ class Coordinator:
         self.node.closing = True
         p = self.p
         if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
-            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint)
+            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint,
+                                self.server_optimizer.state() if self.server_optimizer is not None else None)
         if result.rounds_completed:
             self._set_phase("exporting")
             assert p.last_evaluation is not None

@@ -81,9 +81,11 @@ class RunStore:
         save_checkpoint(self.run_dir, Checkpoint(metrics.round, weights, self.history, fingerprint,
                                                  optimizer_state=optimizer_state or {}))
 
-    def finished(self, rounds: int, weights: list[np.ndarray], fingerprint: str) -> None:
+    def finished(self, rounds: int, weights: list[np.ndarray], fingerprint: str,
+                 optimizer_state: dict[str, np.ndarray] | None = None) -> None:
         """The run completed: a restart starts a new run (a stopped one can still be resumed)."""
-        save_checkpoint(self.run_dir, Checkpoint(rounds, weights, self.history, fingerprint, finished=True))
+        save_checkpoint(self.run_dir, Checkpoint(rounds, weights, self.history, fingerprint, finished=True,
+                                                 optimizer_state=optimizer_state or {}))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
