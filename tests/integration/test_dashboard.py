@@ -173,3 +173,45 @@ def test_dashboard_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
         (ARTIFACTS / "dashboard-run.json").write_text(json.dumps(rows, indent=1))
     finally:
         fed.stop()
+
+
+def test_dashboard_shows_a_regressions_errors_in_chromium(tmp_path: Path) -> None:
+    """A regression run's retained round_metrics and run_end (published here, as the coordinator would): the page
+    shows RMSE and MAE where a classification shows accuracy, charts the RMSE, and ends with both."""
+    from coordinator.metrics import RoundMetrics, round_metrics_message
+    from federation.protocol.messages import RunEnd
+
+    fed = LocalFederation(tmp_path / "fed", run_name=RUN, ws_port=free_port())
+    try:
+        fed.start_broker()
+        http_port = free_port()
+        fed.start_dashboard(http_port)
+        rows = [RoundMetrics(round=r, clients=2, examples=350, test_loss=4000.0 / r, test_accuracy=float("nan"),
+                             bytes_in=3000, bytes_out=1500, round_time_s=1.5, slowest_train_s=1.0, overhead_s=0.5,
+                             aggregate_s=0.0, evaluate_s=0.0, client_ids=list(CLIENTS), test_mae=60.0 - 5 * r,
+                             test_rmse=75.5 - 6 * r) for r in (1, 2, 3)]
+        with headless_chromium() as browser:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            problems: list[str] = []
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.goto(f"http://127.0.0.1:{http_port}/")
+            text_is(page, "#broker", "broker: connected")
+            with probe_client(fed.port, "test-metrics-publisher") as client:
+                for r in (1, 2, 3):
+                    payload = round_metrics_message(rows[r - 1], RUN, ROUNDS, rows[:r]).encode()
+                    client.publish(f"fedmq/{RUN}/metrics", payload, qos=1, retain=True).wait_for_publish(10)
+                text_is(page, "#accuracy", "57.5")
+                end = RunEnd(run=RUN, round=3, sender="coordinator", test_mae=45.0, test_rmse=57.5)
+                client.publish(f"fedmq/{RUN}/end", end.encode(), qos=1, retain=True).wait_for_publish(10)
+            page.wait_for_selector("#run-end:not([hidden])", timeout=WAIT_MS)
+            assert page.inner_text("#accuracy-label").lower() == "test rmse"
+            assert page.inner_text("#accuracy-detail") == "MAE 45, after round 3"
+            assert page.inner_text("#rounds-accuracy").lower() == "rmse"
+            assert page.inner_text("#accuracy-caption") == "test RMSE per round"
+            assert chart_points(page, "chart-accuracy") == [(1, 69.5), (2, 63.5), (3, 57.5)]
+            assert page.eval_on_selector_all("#rounds tbody tr td:nth-child(3)", "cells => cells.map(c => c.textContent)") \
+                == ["57.5", "63.5", "69.5"]
+            assert "final test MAE 45, RMSE 57.5" in page.inner_text("#run-end")
+            assert problems == [], problems
+    finally:
+        fed.stop()
