@@ -32,6 +32,7 @@ from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
 from coordinator.server_optimizers import make_server_optimizer
+from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.learning.datasets import Dataset, load_dataset
@@ -100,13 +101,20 @@ class Coordinator:
         self.progress = progress or RunProgress(settings.run.name, settings.training.rounds)
         self.aggregator = make_aggregator(settings.aggregation)
         self.server_optimizer = make_server_optimizer(settings.server_optimizer)
-        q, p = settings.quorum, settings.sampling
+        q, p, a = settings.quorum, settings.sampling, settings.aggregation
+        self.asynchronous = a.mode == "async"
+        # Async (FedBuff): the versions a stale update's delta is measured against, and its weight.
+        self.staleness = StalenessRule(a.max_staleness, a.staleness_weighting, a.staleness_exponent)
+        self.versions = VersionHistory(a.max_staleness + 1)
+        self._staleness_seen: list[int] = []   # the open step's updates' staleness (async)
+        self._run_started: float | None = None
         self.rounds = Rounds(
             QuorumRule(q.min_clients, q.fraction, q.round_deadline_s, q.on_no_quorum),
             SamplingRule(p.fraction_train, p.min_train_clients or q.min_clients, p.max_train_clients,
                          p.min_available_clients or q.min_clients, p.seed),
             settings.run.name, wait_for_clients_s=q.wait_for_clients_s, start_grace_s=q.start_grace_s,
-            poll_s=_POLL_S)
+            poll_s=_POLL_S, max_staleness=a.max_staleness if self.asynchronous else None,
+            buffer_size=a.buffer_size)
         self.stats = RoundStats()
         self.prepared: Prepared | None = None
         self.node = CoordinatorNode(self.topics, BrokerAddress.from_settings(settings.broker),
@@ -138,7 +146,7 @@ class Coordinator:
         specs = weight_specs(model)
         plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
                             s.server_optimizer.eta_l or s.training.learning_rate,
-                            s.training.optimizer, s.broker.chunk_bytes)
+                            s.training.optimizer, s.broker.chunk_bytes, s.aggregation.mode)
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
         # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,
@@ -163,6 +171,7 @@ class Coordinator:
                 log.info("server optimizer %s: resumed its moments after %d steps", self.server_optimizer.name,
                          self.server_optimizer.rounds)
             prepared.start_round = checkpoint.round + 1
+            self.rounds.oldest_version = prepared.start_round   # async: older versions were not kept
             self.round = checkpoint.round
             last = checkpoint.metrics[-1]
             prepared.last_evaluation = Evaluation(last.test_loss, last.test_accuracy, len(y_test), last.test_mae,
@@ -194,7 +203,7 @@ class Coordinator:
                              f"{s.quorum.wait_for_clients_s:g} s")
         self.store.claim(self.p.dataset.class_names)
         for r in range(self.p.start_round, s.training.rounds + 1):
-            if r > self.p.start_round:
+            if r > self.p.start_round and not self.asynchronous:   # async: devices still training go on
                 self._wait_for_clients(first=False)
             stop_detail = self._run_round(r)
             if stop_detail:
@@ -227,7 +236,7 @@ class Coordinator:
         message = GlobalModel(run=self.settings.run.name, round=r, sender=COORDINATOR_ID, model=p.model_info,
                               train=p.plan, tensors=[(spec.name, w) for spec, w in zip(p.specs, weights)],
                               total_rounds=self.settings.training.rounds, weights_sha256=digest,
-                              cohort=sorted(cohort))
+                              cohort=None if self.asynchronous else sorted(cohort))
         return outgoing_messages(self.topics.global_model, message.encode(), self.settings.broker.chunk_bytes,
                                  self.settings.run.name, r, COORDINATOR_ID)
 
@@ -236,6 +245,11 @@ class Coordinator:
         self.round = r
         weights = [w for _, w in named_weights(self.p.model)]
         digest = weights_digest(weights)
+        if self._run_started is None:
+            self._run_started = time.monotonic()
+        if self.asynchronous:
+            self.versions.add(r, weights)
+            self._staleness_seen = []
         cohort = self.rounds.sample(r)
         messages = self._global_model_messages(r, weights, digest, cohort)
         payload_size = sum(len(part) for _, part in messages)
@@ -278,6 +292,14 @@ class Coordinator:
         self._close_round(r, closed.round_time_s, payload_size, closed.cohort_size)
         return None
 
+    def _async_report(self) -> dict[str, object]:
+        """Async: the step's updates by staleness (mean, max, how many were stale); {} in sync mode."""
+        seen = self._staleness_seen
+        if not self.asynchronous:
+            return {}
+        return {"mode": "async", "staleness_mean": round(sum(seen) / len(seen), 4) if seen else 0.0,
+                "staleness_max": max(seen, default=0), "stale_updates": sum(1 for s in seen if s)}
+
     def _next_weights(self) -> list[np.ndarray]:
         """The aggregate of the round's updates, or, with a server optimizer, its step along the aggregated delta
         (trainable tensors only: moving statistics take the aggregate)."""
@@ -302,7 +324,12 @@ class Coordinator:
         aggregate_s = time.monotonic() - t0
         self._set_phase("evaluating")
         t0 = time.monotonic()
-        ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size, p.model_info.task)
+        every = self.settings.aggregation.evaluate_every
+        if p.last_evaluation is None or r % every == 0 or r == self.settings.training.rounds:
+            ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size,
+                                p.model_info.task)
+        else:   # [aggregation] evaluate_every: this round keeps the last evaluation's figures
+            ev = p.last_evaluation
         evaluate_s = time.monotonic() - t0
         self.store.save_round_model(p.model, r)
         stats = self.stats
@@ -316,8 +343,9 @@ class Coordinator:
             round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
             overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
             evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats.client_ids), rejected=rejected,
-            aggregation=self.aggregator.report(), cohort=cohort_size, ignored=ignored, test_mae=ev.mae,
-            test_rmse=ev.rmse,
+            aggregation={**self.aggregator.report(), **self._async_report()}, cohort=cohort_size, ignored=ignored,
+            elapsed_s=round(time.monotonic() - (self._run_started or time.monotonic()), 4),
+            test_mae=ev.mae, test_rmse=ev.rmse,
         )
         self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint,
                                 self.server_optimizer.state() if self.server_optimizer is not None else None)
@@ -374,10 +402,13 @@ class Coordinator:
 
     def _aggregate(self, event: UpdateReceived) -> None:
         client_id, update = event.client_id, event.update
-        if self.rounds.accept(client_id):  # seen offline (or never seen): an update proves it is there
+        if self.rounds.accept(client_id, update.round):  # seen offline (or never seen): an update proves it's there
             log.info("client %s sent an update while seen offline; online again", client_id)
             self._publish_state()
-        self.aggregator.add(ClientResult(client_id, update.num_examples, [w for _, w in update.tensors]))
+        weights = [w for _, w in update.tensors]
+        if self.asynchronous:
+            weights = self._weighted_for_staleness(client_id, update.round, weights)
+        self.aggregator.add(ClientResult(client_id, update.num_examples, weights))
         self.stats.add(client_id, event.size, update.num_examples, update.metrics.get("train_time_s", 0.0))
         tracker = self.rounds.tracker
         assert tracker is not None
@@ -385,6 +416,20 @@ class Coordinator:
         log.info("round %d: update %d/%d from %s (%d examples, local accuracy %.3f)", tracker.round,
                  len(tracker.received), tracker.target, client_id, update.num_examples,
                  update.metrics.get("accuracy", float("nan")))
+
+    def _weighted_for_staleness(self, client_id: str, base: int, weights: list[np.ndarray]) -> list[np.ndarray]:
+        """Async: an update trained on version `base` enters the step as current + weight(staleness) x its delta
+        from that version (FedBuff); a fresh one as it is."""
+        staleness = self.round - base
+        self._staleness_seen.append(staleness)
+        if staleness == 0:
+            return weights
+        base_weights, current = self.versions.get(base), self.versions.get(self.round)
+        assert base_weights is not None and current is not None, "the rounds accept only versions still kept"
+        weight = self.staleness.weight(staleness)
+        log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
+                 client_id, base, staleness, weight)
+        return weighted_update(current, base_weights, weights, weight)
 
     # ---- state and end of run -----------------------------------------------------------------------
 

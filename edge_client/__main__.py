@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="resize image-folder images")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
+    p.add_argument("--slowdown", type=float, default=1.0, metavar="N",
+                   help="simulate a device N times slower than this one: after training, wait N - 1 times the "
+                        "training time (tests and benchmarks of uneven fleets; default 1)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -62,6 +65,9 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
 
         return import_module(f"edge_client.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
+    if not 1.0 <= args.slowdown <= 1000:
+        print(f"error: --slowdown {args.slowdown:g} is out of range: 1 (this device's speed) to 1000", file=sys.stderr)
+        return 2
     from federation.cli.console import configure_logging, terminal_console
 
     console = terminal_console()  # a live progress panel on a terminal; plain log lines otherwise
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
             client_id=args.client_id,
             broker=address,
             run=args.run or cfg.run.name, topic_prefix=args.topic_prefix or cfg.broker.topic_prefix,
-            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed,
+            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed, slowdown=args.slowdown,
             chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes)
         client = EdgeClient(settings, data, transform_update=transform_update)
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:

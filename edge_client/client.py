@@ -47,6 +47,7 @@ class ClientSettings:
     max_payload_mb: float = 64.0
     chunk_bytes: int = 0   # split larger updates into chunks (0: never)
     seed: int = 0
+    slowdown: float = 1.0  # simulate a slower device: training takes this many times its real time (tests, benches)
 
 
 @dataclass(frozen=True)
@@ -357,6 +358,7 @@ class EdgeClient:
         between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: self._drain())
         history = model.fit(self.data.x, labels, epochs=plan.epochs, batch_size=plan.batch_size,
                             shuffle=True, verbose=0, callbacks=[self.progress.keras_callback(), between_batches])
+        self._simulate_slowdown(time.monotonic() - started)
         train_time = time.monotonic() - started
         metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
                    "train_time_s": round(train_time, 4)}
@@ -366,7 +368,7 @@ class EdgeClient:
         self._drain()
         latest = self._latest
         newer = latest if latest is not None and latest.round > message.round and latest.model == message.model \
-            else None
+            and plan.mode == "sync" else None   # async: a stale update still counts (weighted by its staleness)
         if newer is not None:
             log.info("round %d: trained, but the model of round %d arrived meanwhile; this update would be late, so "
                      "it is dropped", message.round, newer.round)
@@ -386,6 +388,15 @@ class EdgeClient:
                  train_time, metrics["loss"], metrics["accuracy"], len(payload) / 1e6,
                  "published" if ok else "queued until the broker is back")
         return True
+
+    def _simulate_slowdown(self, real_s: float) -> None:
+        """--slowdown N: wait (N - 1) x the real training time, handling messages meanwhile, as a slower device
+        would (uneven fleets in tests and benchmarks; nothing on the wire changes)."""
+        end = time.monotonic() + (self.settings.slowdown - 1.0) * real_s
+        while (left := end - time.monotonic()) > 0:
+            item = self.inbox.get(timeout=min(left, 0.5))
+            if item is not None:
+                self._handle(item)
 
     def _trained_weights(self, model: keras.Model, message: GlobalModel) -> list:
         """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""

@@ -119,6 +119,19 @@ class AggregationSettings:
     dp_delta: float = _opt(1e-5, "the delta of the (epsilon, delta) privacy reported", lo=1e-12, hi=0.1)
     dp_total_clients: int = _opt(0, "population the round's clients are sampled from, for privacy amplification "
                                     "(0: every round may see every client, sampling rate 1)", lo=0)
+    mode: str = _opt("sync", "sync: rounds wait for their cohort; async: buffered asynchronous aggregation (FedBuff): "
+                             "devices train whatever version they have, the model steps every buffer_size updates",
+                     choices=("sync", "async"))
+    buffer_size: int = _opt(0, "async: updates per step of the global model, K (0: quorum.min_clients)", lo=0)
+    max_staleness: int = _opt(5, "async: refuse updates trained on a version more than this many steps old (the "
+                                 "coordinator keeps this many past versions in memory)", lo=0, hi=1000)
+    staleness_weighting: str = _opt("polynomial", "async: how an update's weight falls with its staleness s: "
+                                                  "polynomial (1 + s)^-staleness_exponent, or constant (1)",
+                                    choices=("polynomial", "constant"))
+    staleness_exponent: float = _opt(0.5, "async: the exponent a of the polynomial weighting (0.5: 1/sqrt(1 + s))",
+                                     lo=0.0, hi=10.0)
+    evaluate_every: int = _opt(1, "evaluate the global model every M rounds or async steps (and always at the end)",
+                               lo=1)
 
 
 @dataclass(frozen=True)
@@ -339,6 +352,13 @@ def _check_security(s: Settings, source: str) -> None:
                           f"to that (it is {s.quorum.min_clients})")
     if problem := dp_problem(a):
         raise ConfigError(f"{source}: [aggregation] {problem}")
+    if a.mode == "async" and a.dp_noise_multiplier > 0:
+        raise ConfigError(f"{source}: [aggregation] mode = \"async\" can't be combined with dp_noise_multiplier: the "
+                          "privacy accounting assumes one update per client per round, and in async mode a device may "
+                          "add a stale and a fresh update to the same step. Use mode = \"sync\" for central DP")
+    if a.mode == "async" and s.sampling.fraction_train < 1.0:
+        raise ConfigError(f"{source}: [aggregation] mode = \"async\" trains every online device; [sampling] "
+                          f"fraction_train = {s.sampling.fraction_train:g} applies to sync rounds only: set it to 1.0")
 
 
 def tls_problem(tls_cert: str, tls_key: str, tls_ca: str) -> str:

@@ -27,6 +27,7 @@ MAX_METRICS = 64                  # metrics of one update
 MAX_METRIC_VALUE = 1e15           # larger metric values are rejected (JSON-safe, plot-safe)
 MAX_CHUNK_BYTES = 256 * 1024 * 1024
 TASKS = ("classification", "regression")   # ModelInfo.task
+AGGREGATION_MODES = ("sync", "async")      # TrainingPlan.mode
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,15 @@ class TrainingPlan:
     learning_rate: float
     optimizer: str = "adam"
     chunk_bytes: int = 0     # updates larger than this must be sent chunked (0: the broker takes any size)
+    mode: str = "sync"       # "async": send the update even when a newer version came meanwhile (FedBuff)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "optimizer": self.optimizer, "chunk_bytes": self.chunk_bytes}
+        wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
+                                "learning_rate": self.learning_rate, "optimizer": self.optimizer,
+                                "chunk_bytes": self.chunk_bytes}
+        if self.mode != "sync":   # optional fields go on the wire only when set
+            wire["mode"] = self.mode
+        return wire
 
     @classmethod
     def from_wire(cls, raw: Any) -> "TrainingPlan":
@@ -52,7 +58,10 @@ class TrainingPlan:
             learning_rate=float(_get(m, "learning_rate", (int, float), "train")),
             optimizer=_get(m, "optimizer", str, "train"),
             chunk_bytes=_optional_int(m, "chunk_bytes", "train"),
+            mode=m.get("mode", "sync"),
         )
+        if plan.mode not in AGGREGATION_MODES:
+            raise DecodeError(f"train: unknown mode {_short(plan.mode)} (one of {', '.join(AGGREGATION_MODES)})")
         if plan.epochs < 1 or plan.batch_size < 1 or not (0 < plan.learning_rate < 10):
             raise DecodeError(f"train: out-of-range settings {wire_repr(plan, 200)}")
         if plan.chunk_bytes and not MIN_CHUNK_BYTES <= plan.chunk_bytes <= MAX_CHUNK_BYTES:
@@ -256,6 +265,7 @@ class RoundResults:
     aggregation: dict[str, Any] = field(default_factory=dict)  # the rule's report: clipped clients, DP epsilon...
     cohort: int = 0                                            # clients asked to train (optional on the wire)
     ignored: dict[str, int] = field(default_factory=dict)      # honest leftovers: late, duplicate (optional)
+    elapsed_s: float = 0.0         # wall-clock seconds from the run's first round to this one's end (optional)
     # A regression run's errors (optional on the wire, None in a classification run; test_accuracy is then NaN).
     test_mae: float | None = None
     test_rmse: float | None = None
@@ -267,7 +277,7 @@ class RoundResults:
 
 # RoundResults' scalar fields by type, as the wire checks them (cohort is optional on the wire: checked apart).
 _RESULT_INTS = tuple(f.name for f in fields(RoundResults) if f.type == "int" and f.name != "cohort")
-_RESULT_FLOATS = tuple(f.name for f in fields(RoundResults) if f.type == "float")
+_RESULT_FLOATS = tuple(f.name for f in fields(RoundResults) if f.type == "float" and f.name != "elapsed_s")
 
 
 @dataclass
@@ -287,7 +297,7 @@ class RoundMetricsMessage(RoundResults, Message):
     def body(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.INT_FIELDS + self.FLOAT_FIELDS},
                 "client_ids": self.client_ids, "rejected": self.rejected, "history": self.history,
-                "cohort": self.cohort, "ignored": self.ignored,
+                "cohort": self.cohort, "ignored": self.ignored, "elapsed_s": self.elapsed_s,
                 "aggregation": self.aggregation, **_regression_fields(self.test_mae, self.test_rmse)}
 
 
@@ -502,7 +512,9 @@ def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetr
         raise DecodeError(f"{what}: ignored must map str to int")
     return RoundMetricsMessage(**env, **values, client_ids=list(client_ids), rejected=dict(rejected), history=points,
                                aggregation=dict(aggregation), cohort=_optional_int(raw, "cohort", what),
-                               ignored=dict(ignored), test_mae=test_mae, test_rmse=test_rmse)
+                               ignored=dict(ignored),
+                               elapsed_s=float(_get_number(raw, "elapsed_s", what)) if "elapsed_s" in raw else 0.0,
+                               test_mae=test_mae, test_rmse=test_rmse)
 
 
 def _decode_deployed_model(raw: dict[str, Any], env: dict[str, Any]) -> DeployedModel:
