@@ -115,7 +115,7 @@ def select_examples(name: str, x: np.ndarray, y: np.ndarray, class_names: tuple[
         label = f"range {choice.index_range}"
     elif choice.partition:
         index, parts = parse_part(choice.partition)
-        idx = client_indices(y, PartitionSpec(index, parts, choice.scheme, choice.seed, choice.alpha,
+        idx = client_indices(y if y.ndim == 1 else y[:, 0], PartitionSpec(index, parts, choice.scheme, choice.seed, choice.alpha,
                                               choice.shards_per_client))
         label = f"part {choice.partition} ({choice.scheme})"
     else:

@@ -128,7 +128,8 @@ def _check_split(dataset: Dataset, split: str, images: np.ndarray, labels: np.nd
     if images.ndim < 2 or images.dtype not in (np.uint8, np.float32):
         raise DatasetError(f"{where}: inputs must be uint8 or float32 (N, ...), got {images.dtype} {images.shape}")
     if len(images) != len(labels):
-        raise DatasetError(f"{where}: {len(images)} inputs but {len(labels)} labels")
+        what = "images" if images.ndim == 4 else "examples"
+        raise DatasetError(f"{where}: {len(images)} {what} but {len(labels)} labels")
     if labels.dtype == np.float32 and not dataset.class_names and labels.ndim in (1, 2):
         return  # regression targets
     if labels.ndim != 1 or labels.dtype != np.int64:

@@ -79,7 +79,7 @@ def partition_indices(
     The same arguments always give the same parts; every part gets at least one example. Float labels are
     regression targets: they have no classes, so only the iid scheme splits them."""
     labels = np.asarray(labels)
-    if labels.dtype.kind == "f":
+    if labels.dtype.kind == "f" and labels.ndim == 1:
         if scheme != "iid":
             raise PartitionError(
                 f"the {scheme} scheme splits by class, but these labels are regression targets (floats); use "

@@ -18,6 +18,7 @@ from federation.learning.datasets import DatasetError, DatasetNotFoundError
 LOG = logging.getLogger(__name__)
 
 DELIMITERS = (",", ";", "\t")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_SHOWN = 8  # column names or classes listed in one error message
 
 
@@ -140,11 +141,11 @@ def numeric_column(table: CsvTable, name: str) -> np.ndarray:
         values = cells.astype(np.float64)
     except ValueError:
         values = None
-    if values is not None and np.isfinite(values).all() and (np.abs(values) <= np.finfo(np.float32).max).all():
+    if values is not None and np.isfinite(values).all() and (np.abs(values) <= FLOAT32_MAX).all():
         return values.astype(np.float32)
     for row, cell in enumerate(cells):
         number = _parse_float(cell)
-        if number is None or not math.isfinite(number) or abs(number) > np.finfo(np.float32).max:
+        if number is None or not math.isfinite(number) or abs(number) > FLOAT32_MAX:
             what = "an empty cell" if not cell else f"{cell[:40]!r}"
             why = "not a number" if number is None else "not a finite number"
             raise TableError(
