@@ -71,3 +71,15 @@ def test_the_coordinator_holds_out_the_last_rows_of_a_series(tmp_path: Path) -> 
     mean, std = data.schema.mean[0], data.schema.std[0]
     assert mean == pytest.approx(195.0)  # rows 0..39 only: the test rows don't leak into the scaling
     assert data.x_test[0, 0, 0] == pytest.approx((400 - mean) / std)
+
+
+def test_the_simulated_room_is_seeded_and_loads_as_an_occupancy_series(tmp_path: Path) -> None:
+    from demo.room_sensors import COLUMNS, simulate, write_csv
+
+    assert simulate(1, seed=3) == simulate(1, seed=3) and simulate(1, seed=3) != simulate(1, seed=4)
+    path = write_csv(tmp_path / "room.csv", days=2, seed=1)
+    options = TableOptions(kind="series", label="occupancy", features=("indoor_c", "co2_ppm", "humidity_pct"),
+                           window=30, stride=10, scaling="standard")
+    data = load_own_dataset(path, options)
+    assert read_csv_table(path).columns == COLUMNS and data.class_names == ("empty", "occupied")
+    assert data.input_shape == (30, 3) and set(np.unique(data.y_train)) == {0, 1}
