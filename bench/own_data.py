@@ -211,11 +211,15 @@ def main(argv: list[str] | None = None) -> int:
             line = (f"federated accuracy {federated:.4f} vs centralized {central['accuracy']:.4f} with "
                     f"{central['epochs']} epochs on the same {central['train_examples']} examples (target: within "
                     "1 point)")
-        print(f"\n{name}: {line}: {'PASS' if passed else 'FAIL'}")
-        verdict = verdict or (0 if passed else 1)
+        if name == "series":  # the issue sets no target for the series: a measurement only
+            line = line.replace(" (target: within 1 point)", "")
+            print(f"\n{name}: {line} (measured; no target)")
+        else:
+            print(f"\n{name}: {line}: {'PASS' if passed else 'FAIL'}")
+            verdict = verdict or (0 if passed else 1)
         results[name] = {"federated": report.to_json(), "centralized": central, "passed": passed,
                          "coordinator_overrides": overrides, "device_files": [str(f) for f in example.device_files]}
-    path = write_results(args.out.resolve() / f"{NAME}.json", results)
+    path = write_results(args.out.resolve() / f"{NAME}_{'_'.join(args.examples)}.json", results)
     print(f"\nresults: {path}")
     return verdict
 
