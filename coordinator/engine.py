@@ -31,6 +31,7 @@ from coordinator.quorum import QuorumRule
 from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
+from coordinator.server_optimizers import make_server_optimizer
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.learning.datasets import Dataset, load_dataset
@@ -97,6 +98,7 @@ class Coordinator:
         self.store = RunStore(settings)
         self.progress = progress or RunProgress(settings.run.name, settings.training.rounds)
         self.aggregator = make_aggregator(settings.aggregation)
+        self.server_optimizer = make_server_optimizer(settings.server_optimizer)
         q, p = settings.quorum, settings.sampling
         self.rounds = Rounds(
             QuorumRule(q.min_clients, q.fraction, q.round_deadline_s, q.on_no_quorum),
@@ -134,7 +136,8 @@ class Coordinator:
         model = build_model(s.model.name, model_info.input_shape, model_info.num_classes)
         compile_model(model)
         specs = weight_specs(model)
-        plan = TrainingPlan(s.training.local_epochs, s.training.batch_size, s.training.learning_rate,
+        plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
+                            s.server_optimizer.eta_l or s.training.learning_rate,
                             s.training.optimizer, s.broker.chunk_bytes)
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
@@ -155,6 +158,10 @@ class Coordinator:
         if checkpoint is not None:
             model.set_weights(checkpoint.weights)
             self.aggregator.resume([m.aggregation for m in self.store.history])  # e.g. DP: privacy already spent
+            if self.server_optimizer is not None:
+                self.server_optimizer.load_state(checkpoint.optimizer_state)
+                log.info("server optimizer %s: resumed its moments after %d steps", self.server_optimizer.name,
+                         self.server_optimizer.rounds)
             prepared.start_round = checkpoint.round + 1
             self.round = checkpoint.round
             last = checkpoint.metrics[-1]
@@ -270,6 +277,15 @@ class Coordinator:
         self._close_round(r, closed.round_time_s, payload_size, closed.cohort_size)
         return None
 
+    def _next_weights(self) -> list[np.ndarray]:
+        """The aggregate of the round's updates, or, with a server optimizer, its step along the aggregated delta
+        (trainable tensors only: moving statistics take the aggregate)."""
+        aggregate = self.aggregator.result()
+        if self.server_optimizer is None:
+            return aggregate
+        model = self.p.model
+        return self.server_optimizer.step(model.get_weights(), aggregate, [w.trainable for w in model.weights])
+
     def _no_quorum_detail(self, r: int) -> str:
         rule = self.rounds.quorum
         online = sorted(self.rounds.trainable())
@@ -281,7 +297,7 @@ class Coordinator:
         p = self.p
         self._set_phase("aggregating")
         t0 = time.monotonic()
-        p.model.set_weights(self.aggregator.result())
+        p.model.set_weights(self._next_weights())
         aggregate_s = time.monotonic() - t0
         self._set_phase("evaluating")
         t0 = time.monotonic()
@@ -301,7 +317,8 @@ class Coordinator:
             evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats.client_ids), rejected=rejected,
             aggregation=self.aggregator.report(), cohort=cohort_size, ignored=ignored,
         )
-        self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint)
+        self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint,
+                                self.server_optimizer.state() if self.server_optimizer is not None else None)
         self._publish_metrics()
         self.progress.round_closed(metrics)
         p.last_evaluation = ev
@@ -394,7 +411,8 @@ class Coordinator:
         self.node.closing = True
         p = self.p
         if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
-            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint)
+            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint,
+                                self.server_optimizer.state() if self.server_optimizer is not None else None)
         if result.rounds_completed:
             self._set_phase("exporting")
             assert p.last_evaluation is not None

@@ -142,6 +142,23 @@ class AggregationSettings:
 
 
 @dataclass(frozen=True)
+class ServerOptimizerSettings:
+    name: str = _opt("none", "server-side optimizer applied to each round's aggregated delta (Flower's strategies): "
+                             "none (the aggregate is the new model), fedavgm, fedadam, fedyogi, fedadagrad",
+                     choices=("none", "fedavgm", "fedadam", "fedyogi", "fedadagrad"))
+    eta: float = _opt(0.0, "server learning rate of fedadam, fedyogi, fedadagrad (0: Flower's default, 0.1, 0.01 "
+                           "and 0.1)", lo=0.0, hi=100.0)
+    eta_l: float = _opt(0.0, "the clients' learning rate (Flower's name; 0: [training] learning_rate)", lo=0.0,
+                        hi=10.0)
+    beta_1: float = _opt(0.9, "first-moment decay of fedadam and fedyogi", lo=0.0, hi=0.999999)
+    beta_2: float = _opt(0.99, "second-moment decay of fedadam and fedyogi", lo=0.0, hi=0.999999)
+    tau: float = _opt(0.0, "adaptivity of fedadam, fedyogi, fedadagrad (0: Flower's default, 1e-9, 1e-3, 1e-9)",
+                      lo=0.0, hi=10.0)
+    server_learning_rate: float = _opt(1.0, "fedavgm: server learning rate", lo=0.0, hi=100.0)
+    server_momentum: float = _opt(0.0, "fedavgm: server momentum (e.g. 0.9)", lo=0.0, hi=0.999999)
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     max_examples: int = _opt(0, "evaluate on the first N test examples (0: the whole test set)", lo=0)
     batch_size: int = _opt(256, "evaluation batch size", lo=1)
@@ -177,6 +194,7 @@ class Settings:
     quorum: QuorumSettings = field(default_factory=QuorumSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    server_optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
