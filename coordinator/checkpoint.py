@@ -15,7 +15,7 @@ import numpy as np
 from federation.errors import FedmqError
 from coordinator.metrics import RoundMetrics
 from federation.protocol.codec import TensorSpec
-from federation.config.settings import Settings
+from federation.config.settings import DataSettings, Settings
 
 CHECKPOINT_FILE = "checkpoint.npz"
 _OPTIMIZER_PREFIX = "optimizer/"   # array names of the server optimizer's state (weights are w0, w1, ...)
@@ -47,6 +47,8 @@ def run_fingerprint(settings: Settings, specs: list[TensorSpec]) -> str:
         "server_optimizer": asdict(settings.server_optimizer),
         "weights": [(s.name, s.dtype, list(s.shape)) for s in specs],
     }
+    if settings.data != DataSettings():  # tables and series: which columns, scaling and windows (not the default)
+        relevant["data"] = asdict(settings.data)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 

@@ -36,6 +36,7 @@ from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.learning.datasets import Dataset, load_dataset
+from coordinator.evaluation import table_options
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.learning.models import build_model, compile_model, named_weights, weight_specs
@@ -135,12 +136,13 @@ class Coordinator:
         if dataset is None:
             image_size = (s.model.image_size[0], s.model.image_size[1]) if s.model.image_size else None
             dataset = self._dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
-                                                   image_size=image_size)
+                                                   image_size=image_size, table=table_options(s.data))
         x_test, y_test = test_split(dataset, s.evaluation.max_examples)
         import keras
 
         keras.utils.set_random_seed(s.model.seed)
-        model_info = ModelInfo(s.model.name, dataset.input_shape, dataset.num_classes, tuple(dataset.class_names))
+        model_info = ModelInfo(s.model.name, dataset.input_shape, dataset.num_classes, tuple(dataset.class_names),
+                               data=dataset.schema)
         model = build_model(s.model.name, model_info.input_shape, model_info.num_classes)
         compile_model(model)
         specs = weight_specs(model)

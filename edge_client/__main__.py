@@ -34,16 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split updates larger than this for brokers that cap message sizes (default: config, 0)")
     data = p.add_argument_group("local data")
     data.add_argument("--dataset", required=True,
-                      help="fashion_mnist, mnist, cifar10, or a folder of images with one sub-folder per class")
+                      help="fashion_mnist, mnist, cifar10, a folder of images with one sub-folder per class, an .npz "
+                           "file (arrays x and y), or a .csv table or sensor series: its columns are read by the "
+                           "names the coordinator sends (extra columns and any order are fine), scaled and "
+                           "windowed as it says")
     data.add_argument("--data-dir", default=None, help="where offline copies of the built-in datasets live")
     data.add_argument("--partition", default=None, help="take part K of N of the training set, e.g. 1/2")
     data.add_argument("--scheme", default="iid", choices=("iid", "dirichlet", "shards"),
-                      help="how the training set is split into parts")
+                      help="how the training set is split into parts (regression targets: iid only)")
     data.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (scheme dirichlet)")
     data.add_argument("--shards-per-client", type=int, default=2, help="label shards per part (scheme shards)")
     data.add_argument("--seed", type=int, default=0, help="partition and training seed")
     data.add_argument("--index-range", default=None, help="take training examples L:R instead of a part")
-    data.add_argument("--max-examples", type=int, default=0, help="use only the first N training examples")
+    data.add_argument("--max-examples", type=int, default=0,
+                      help="use only the first N training examples (rows of a table, windows of a series)")
     data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="resize image-folder images")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")

@@ -61,10 +61,30 @@ class BrokerSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = _opt("small_cnn", "model builder from the registry (federation.learning.models)")
-    dataset: str = _opt("fashion_mnist", "evaluation dataset: fashion_mnist, mnist, cifar10 or an image folder path")
+    dataset: str = _opt("fashion_mnist", "evaluation dataset: fashion_mnist, mnist, cifar10, an image folder path, "
+                                         "a .csv table or series (see [data]) or an .npz file")
     data_dir: str = _opt("", "where offline dataset files live (empty: Keras cache, then Debian's location)")
     image_size: list[int] = _opt([], "resize image-folder images to [height, width] (empty: keep)")
     seed: int = _opt(0, "seed for model initialisation", lo=0)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    kind: str = _opt("table", "a CSV [model] dataset: one example per row (table), or windows of rows (series)",
+                     choices=("table", "series"))
+    label: str = _opt("", "label column of a CSV: classes, or the regression target (empty: the last column)")
+    features: list[str] = _opt([], "feature columns in this order (empty: every other column, in file order)")
+    scaling: str = _opt("none", "standard: scale each feature with the mean and std of the coordinator's training "
+                                "rows (sent to devices)", choices=("none", "standard"))
+    test_file: str = _opt("", "a separate test CSV or .npz file (empty: hold out test_fraction of the dataset)")
+    test_fraction: float = _opt(0.2, "held-out share: random rows of a table (seeded), the last rows of a series",
+                                lo=0.0, hi=0.9)
+    seed: int = _opt(0, "seed of the held-out rows", lo=0)
+    window: int = _opt(16, "series: rows per example", lo=1, hi=100000)
+    stride: int = _opt(1, "series: rows between the starts of two windows", lo=1, hi=100000)
+    target: str = _opt("last", "series: the label of the window's last row, or the label column's value "
+                               "horizon rows after it (future)", choices=("last", "future"))
+    horizon: int = _opt(0, "series, target future: how many rows after the window (>= 1)", lo=0, hi=100000)
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,7 @@ class Settings:
     run: RunSettings = field(default_factory=RunSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     quorum: QuorumSettings = field(default_factory=QuorumSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
@@ -320,6 +341,19 @@ def _check_cross_field(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [model] image_size must be [height, width], got {s.model.image_size}")
     _check_sampling(s, source)
     _check_security(s, source)
+    if problem := series_problem(s.data):
+        raise ConfigError(f"{source}: [data] {problem}")
+
+
+def series_problem(d: DataSettings) -> str:
+    """Why [data]'s series keys don't fit together ("" when they do)."""
+    if d.target == "future" and d.horizon < 1:
+        return "target = \"future\" needs horizon >= 1 (rows after the window's last row)"
+    if d.target == "last" and d.horizon:
+        return f"horizon = {d.horizon} applies to target = \"future\" only; set target or horizon = 0"
+    if d.kind == "table" and (d.target != "last"):
+        return "target applies to kind = \"series\" only"
+    return ""
 
 
 def _check_sampling(s: Settings, source: str) -> None:

@@ -16,6 +16,7 @@ from federation.protocol.byte_chunks import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkEr
 from federation.protocol.codec import (
     DecodeError, DecodeLimits, clip_text, decode_tensors, encode_tensors, pack, unpack, wire_repr,
 )
+from federation.protocol.data_schema import DataSchema
 from federation.protocol.deployed_model import DeploymentError, DeploymentInfo
 from federation.protocol.version import PROTOCOL_VERSION
 
@@ -83,6 +84,7 @@ class ModelInfo:
     class_names: tuple[str, ...] = ()   # one per output, in order; () when the coordinator has none
     task: str = "classification"
     num_outputs: int = 0                # regression: values predicted per example; classification: 0 (= num_classes)
+    data: DataSchema | None = None      # tables and series: how a device makes inputs from its CSV (data_schema.py)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"name": self.name, "input_shape": list(self.input_shape),
@@ -90,6 +92,8 @@ class ModelInfo:
         if self.task != "classification":  # optional fields go on the wire only when set
             wire["task"] = self.task
             wire["num_outputs"] = self.num_outputs
+        if self.data is not None:
+            wire["data"] = self.data.to_wire()
         return wire
 
     @property
@@ -119,7 +123,8 @@ class ModelInfo:
         if names and len(names) != num_classes:
             raise DecodeError(f"model: {len(names)} class_names for {num_classes} classes")
         return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes,
-                   class_names=tuple(names), task=task, num_outputs=num_outputs if task == "regression" else 0)
+                   class_names=tuple(names), task=task, num_outputs=num_outputs if task == "regression" else 0,
+                   data=DataSchema.from_wire(m["data"]) if m.get("data") is not None else None)
 
 
 @dataclass
