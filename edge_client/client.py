@@ -276,9 +276,8 @@ class EdgeClient:
                         break
                     again = True
                 elif end is not None:
-                    log.info("run %r %s (final test accuracy %s); %d rounds trained here", end.run, end.reason,
-                             f"{end.test_accuracy:.4f}" if end.test_accuracy is not None else "n/a",
-                             len(self.rounds_trained))
+                    log.info("run %r %s (final test %s); %d rounds trained here", end.run, end.reason,
+                             end.result_text(), len(self.rounds_trained))
                     if self._error and not self.rounds_trained:
                         raise IncompatibleModelError(self._error)
                     break

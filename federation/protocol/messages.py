@@ -255,6 +255,12 @@ class RunEnd(Message):
         return {"reason": self.reason, "test_accuracy": self.test_accuracy, "detail": self.detail,
                 **_regression_fields(self.test_mae, self.test_rmse)}
 
+    def result_text(self) -> str:
+        """'accuracy 0.9123', a regression's 'MAE 45.84, RMSE 57.99', or 'accuracy n/a', for log lines."""
+        if self.test_mae is not None and self.test_rmse is not None:
+            return f"MAE {self.test_mae:.4g}, RMSE {self.test_rmse:.4g}"
+        return f"accuracy {self.test_accuracy:.4f}" if self.test_accuracy is not None else "accuracy n/a"
+
 
 @dataclass
 class RoundResults:

@@ -168,6 +168,9 @@ def test_run_end_of_a_regression() -> None:
     decoded = decode_message(end.encode())
     assert isinstance(decoded, RunEnd) and (decoded.test_accuracy, decoded.test_mae, decoded.test_rmse) == \
         (None, 41.5, 52.25)
+    assert end.result_text() == "MAE 41.5, RMSE 52.25"
+    assert RunEnd(**ENV, test_accuracy=0.91234).result_text() == "accuracy 0.9123"
+    assert RunEnd(**ENV).result_text() == "accuracy n/a"
     plain = unpack(RunEnd(**ENV, reason="completed", test_accuracy=0.9).encode())
     assert "test_mae" not in plain and "test_rmse" not in plain
     with pytest.raises(DecodeError, match="run_end: field 'test_mae' has type str"):
