@@ -20,6 +20,8 @@ from federation.cli.version import add_version_flag
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from federation.learning.datasets import Dataset
+
 log = logging.getLogger("coordinator")
 COMMANDS = ("run", "evaluate", "baseline", "report", "dashboard")
 # Commands whose code lives in their own module, each with a main(argv) -> exit code.
@@ -128,6 +130,9 @@ def evaluate_command(argv: list[str]) -> int:
     parser.add_argument("--dataset", default=None, help="dataset name or image folder (default: from the config)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--max-examples", type=int, default=0, help="evaluate on the first N test examples")
+    parser.add_argument("--task", choices=("classification", "regression"), default=None,
+                        help="what the model does (default: a .keras file's compile recipe says; else a table's "
+                             "float targets make a regression): accuracy, or MAE and RMSE")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     try:
@@ -138,15 +143,26 @@ def evaluate_command(argv: list[str]) -> int:
     if not args.model.is_file():
         print(f"error: {args.model} does not exist", file=sys.stderr)
         return 2
-    from coordinator.evaluation import evaluate_file
+    from coordinator.evaluation import evaluate_file, keras_file_task
     from federation.learning.datasets import DatasetError, DatasetNotFoundError, load_dataset
+    from federation.learning.tables import DataMismatchError
     from coordinator.evaluation import table_options
 
+    task = args.task or (keras_file_task(args.model) if args.model.suffix == ".keras" else None)
+
+    def load(wanted: str) -> "Dataset":
+        return load_dataset(args.dataset or settings.model.dataset,
+                            data_dir=args.data_dir or settings.model.data_dir or None,
+                            image_size=tuple(settings.model.image_size) or None,
+                            table=table_options(settings.data), task=wanted)
+
     try:
-        dataset = load_dataset(args.dataset or settings.model.dataset,
-                               data_dir=args.data_dir or settings.model.data_dir or None,
-                               image_size=tuple(settings.model.image_size) or None,
-                               table=table_options(settings.data))
+        try:
+            dataset = load(task or "classification")
+        except DataMismatchError:
+            if task is not None:
+                raise
+            dataset = load("regression")  # float targets, and nothing says otherwise
         ev = evaluate_file(args.model, dataset, args.max_examples)
     except (DatasetNotFoundError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

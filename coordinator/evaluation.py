@@ -5,8 +5,10 @@ regression's loss, mean absolute error and root mean squared error; for a Keras 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -86,12 +88,32 @@ REGRESSION_LOSSES = frozenset({
 })
 
 
+def task_of_loss(name: str) -> str:
+    """regression for a loss named like mse, mae, huber, log_cosh, MeanSquaredError...; else classification."""
+    return REGRESSION if str(name).lower().replace("_", "") in _REGRESSION_LOSS_KEYS else CLASSIFICATION
+
+
+_REGRESSION_LOSS_KEYS = frozenset(n.replace("_", "") for n in REGRESSION_LOSSES)
+
+
 def task_of_model(model: "keras.Model") -> str:
     """The task a compiled model's loss implies: regression for mse, mae, huber, log_cosh...; else classification."""
     loss = getattr(model, "loss", None)
-    name = loss if isinstance(loss, str) else getattr(loss, "name", None) or type(loss).__name__
-    return REGRESSION if str(name).lower().replace("_", "") in {n.replace("_", "") for n in REGRESSION_LOSSES} \
-        else CLASSIFICATION
+    return task_of_loss(loss if isinstance(loss, str) else getattr(loss, "name", None) or type(loss).__name__)
+
+
+def keras_file_task(path: str | Path) -> str | None:
+    """The task of a saved .keras file's compile recipe, read from its config.json without loading the model (no
+    TensorFlow); None when it was saved uncompiled or can't be read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    loss = (config.get("compile_config") or {}).get("loss") if isinstance(config, dict) else None
+    if isinstance(loss, dict):
+        loss = loss.get("class_name") or (loss.get("config") or {}).get("name")
+    return task_of_loss(loss) if isinstance(loss, str) and loss else None
 
 
 def evaluate_keras(model: "keras.Model", x: np.ndarray, y: np.ndarray, batch_size: int = 256,

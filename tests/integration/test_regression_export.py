@@ -143,3 +143,22 @@ def test_exports_deployment_and_serving_of_a_regression(trained, tmp_path: Path)
     assert doc["model"]["task"] == "regression" and len(doc["predictions"]) == 20
     values = np.array([p["value"] for p in doc["predictions"]])
     assert doc["mae"] == pytest.approx(np.abs(values - y_test[:20]).mean(), rel=1e-4)
+
+
+def test_evaluate_prints_a_saved_regressions_errors(trained, tmp_path: Path) -> None:
+    """`python -m coordinator evaluate` on a .keras file compiled with a regression loss, and on its .tflite, with
+    an .npz of test rows: the model's recipe (or --task) makes it MAE and RMSE."""
+    from coordinator.export import export_tflite
+
+    model, x_test, y_test = trained
+    model.save(tmp_path / "regressor.keras")
+    export_tflite(model, tmp_path, "float32", task=REGRESSION)
+    np.savez(tmp_path / "rows.npz", x=x_test, y=y_test.round(), x_test=x_test, y_test=y_test.round())
+    keras_ev = evaluate_keras(model, x_test, y_test.round(), 32, REGRESSION)
+    for model_file, extra in (("regressor.keras", []), ("model.tflite", ["--task", "regression"])):
+        done = subprocess.run([sys.executable, "-m", "coordinator", "evaluate", str(tmp_path / model_file),
+                               "--dataset", str(tmp_path / "rows.npz"), *extra], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert f"test MAE {keras_ev.mae:.4g}, RMSE {keras_ev.rmse:.4g}, loss" in done.stdout, done.stdout
+        assert f"on {len(y_test)} examples of rows" in done.stdout

@@ -19,7 +19,7 @@ from hypothesis.extra.numpy import arrays
 
 from coordinator.baseline import compare_with_federated, result_text
 from coordinator.evaluation import (
-    REGRESSION, Evaluation, evaluate_loaded, regression_errors, task_of_targets,
+    REGRESSION, Evaluation, evaluate_loaded, keras_file_task, regression_errors, task_of_loss, task_of_targets,
 )
 from coordinator.metrics import RoundMetrics, append_metrics, read_metrics, round_metrics_message, to_json_line
 from coordinator.progress import RunProgress
@@ -79,6 +79,28 @@ def test_the_task_of_a_test_split_and_an_evaluation() -> None:
     assert ev.is_regression and ev.final_accuracy is None
     assert ev.describe() == "MAE 43.21, RMSE 54.32, loss 2950.1235"
     assert Evaluation(0.3456, 0.8765, 10).describe() == "accuracy 0.8765, loss 0.3456"
+
+
+def keras_file(path: Path, compile_config: Any) -> Path:
+    """A .keras zip holding only the config.json a saved model has (what keras_file_task reads)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", json.dumps({"class_name": "Sequential", "compile_config": compile_config}))
+    return path
+
+
+def test_the_task_of_a_saved_keras_files_loss(tmp_path: Path) -> None:
+    huber = {"loss": {"module": "keras.losses", "class_name": "Huber", "config": {"name": "huber_loss"}}}
+    assert keras_file_task(keras_file(tmp_path / "a.keras", huber)) == REGRESSION
+    assert keras_file_task(keras_file(tmp_path / "b.keras", {"loss": "mse"})) == REGRESSION
+    assert keras_file_task(keras_file(tmp_path / "c.keras", {"loss": "sparse_categorical_crossentropy"})) == \
+        "classification"
+    assert keras_file_task(keras_file(tmp_path / "d.keras", None)) is None, "saved uncompiled"
+    (tmp_path / "e.keras").write_bytes(b"not a zip")
+    assert keras_file_task(tmp_path / "e.keras") is None and keras_file_task(tmp_path / "missing.keras") is None
+    assert [task_of_loss(n) for n in ("MeanAbsoluteError", "log_cosh", "mean_squared_logarithmic_error",
+                                      "binary_crossentropy")] == [REGRESSION] * 3 + ["classification"]
 
 
 class FakeTFLite:
