@@ -252,13 +252,23 @@ def _cell(value: Any) -> str:
 
 
 def round_table(metrics: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """The standard per-round table of a run, from its metrics.jsonl rows."""
-    headers = ["round", "clients", "examples", "test accuracy", "test loss", "round time (s)",
+    """The standard per-round table of a run, from its metrics.jsonl rows (a regression's: MAE and RMSE where a
+    classification has its accuracy)."""
+    regression = bool(metrics) and metrics[-1].get("test_mae") is not None
+    quality = ["test MAE", "test RMSE"] if regression else ["test accuracy"]
+    headers = ["round", "clients", "examples", *quality, "test loss", "round time (s)",
                "slowest client training (s)", "overhead (s)", "MB in", "MB out"]
-    rows = [[m["round"], m["clients"], m["examples"], f"{m['test_accuracy']:.4f}", f"{m['test_loss']:.4f}",
+    rows = [[m["round"], m["clients"], m["examples"], *_quality_cells(m, regression), f"{m['test_loss']:.4f}",
              f"{m['round_time_s']:.2f}", f"{m['slowest_train_s']:.2f}", f"{m['overhead_s']:.2f}",
              f"{m['bytes_in'] / 1e6:.2f}", f"{m['bytes_out'] / 1e6:.2f}"] for m in metrics]
     return headers, rows
+
+
+def _quality_cells(m: Mapping[str, Any], regression: bool) -> list[str]:
+    def number(key: str, form: str) -> str:
+        return format(m[key], form) if isinstance(m.get(key), (int, float)) else "n/a"
+
+    return [number("test_mae", ".4g"), number("test_rmse", ".4g")] if regression else [number("test_accuracy", ".4f")]
 
 
 def code_version() -> dict[str, Any]:
