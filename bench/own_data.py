@@ -106,7 +106,7 @@ def series_example(folder: Path, args: argparse.Namespace) -> Example:
     }, devices, "accuracy")
 
 
-def dense_regressor(input_shape: tuple[int, ...]) -> Any:
+def dense_regressor(input_shape: tuple[int, ...], outputs: int = 1) -> Any:
     """The regression example's model, for [model] builder = "bench.own_data:dense_regressor"."""
     import keras
     from keras import layers
