@@ -33,6 +33,7 @@ from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
+from federation.protocol.encodings import Encoded, EncodingPlan, encode_model
 from federation.learning.datasets import Dataset, load_dataset
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
@@ -132,9 +133,13 @@ class Coordinator:
         model = build_model(s.model.name, model_info.input_shape, model_info.num_classes)
         compile_model(model)
         specs = weight_specs(model)
+        c = s.compression
         plan = TrainingPlan(s.training.local_epochs, s.training.batch_size, s.training.learning_rate,
-                            s.training.optimizer, s.broker.chunk_bytes)
+                            s.training.optimizer, s.broker.chunk_bytes,
+                            EncodingPlan(c.uplink, c.downlink, c.topk_fraction, c.topk_values, c.int8_block))
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
+        if c.uplink == "topk":  # up to 32 index bits per kept value: at most twice the dense bytes
+            tensor_bytes *= 2
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
         # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,
         # with chunks held at most 2 updates' worth per device and max(64 MiB, 4 updates) in all.
@@ -147,7 +152,7 @@ class Coordinator:
         self.node.admission = admission
         deployer = Deployer(s, self.node.link, self.topics, COORDINATOR_ID, dataset.class_names)
         prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, run_fingerprint(s, specs),
-                            Intake(self.topics, self.rounds, self.drops, receiver, specs, admission),
+                            Intake(self.topics, self.rounds, self.drops, receiver, specs, admission, plan.encoding),
                             deployer, Release(s, self.run_dir, dataset.class_names, deployer))
         checkpoint = self.store.usable_checkpoint(prepared.fingerprint)
         if checkpoint is not None:
@@ -224,8 +229,10 @@ class Coordinator:
     def _run_round(self, r: int) -> str | None:
         """Run round r; return None when it closed, or why the run must stop."""
         self.round = r
-        weights = [w for _, w in named_weights(self.p.model)]
+        # The weights devices load (float16-rounded for a float16 downlink): what their deltas are against.
+        _, weights = encode_model([w for _, w in named_weights(self.p.model)], self.p.plan.encoding.downlink)
         digest = weights_digest(weights)
+        self.p.intake.round_sha256 = digest
         cohort = self.rounds.sample(r)
         messages = self._global_model_messages(r, weights, digest, cohort)
         payload_size = sum(len(part) for _, part in messages)
@@ -356,7 +363,12 @@ class Coordinator:
         if self.rounds.accept(client_id):  # seen offline (or never seen): an update proves it is there
             log.info("client %s sent an update while seen offline; online again", client_id)
             self._publish_state()
-        self.aggregator.add(ClientResult(client_id, update.num_examples, [w for _, w in update.tensors]))
+        tensors = [t.value if isinstance(t, Encoded) else t for _, t in update.tensors]
+        if update.base_sha256:  # a compressed uplink: deltas against this round's weights (checked by the intake)
+            self.aggregator.add(ClientResult(client_id, update.num_examples, deltas=tensors))
+        else:
+            self.aggregator.add(ClientResult(client_id, update.num_examples,
+                                             [t for t in tensors if isinstance(t, np.ndarray)]))
         self.stats.add(client_id, event.size, update.num_examples, update.metrics.get("train_time_s", 0.0))
         tracker = self.rounds.tracker
         assert tracker is not None

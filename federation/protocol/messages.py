@@ -14,9 +14,12 @@ import numpy as np
 
 from federation.protocol.byte_chunks import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
 from federation.protocol.codec import (
-    DecodeError, DecodeLimits, clip_text, decode_tensors, encode_tensors, pack, unpack, wire_repr,
+    DecodeError, DecodeLimits, clip_text, pack, unpack, wire_repr,
 )
 from federation.protocol.deployed_model import DeploymentError, DeploymentInfo
+from federation.protocol.encodings import (
+    Encoded, EncodingPlan, WireTensor, decode_model_tensors, decode_wire_tensors, encode_model, wire_maps,
+)
 from federation.protocol.version import PROTOCOL_VERSION
 
 Tensors = list[tuple[str, np.ndarray]]
@@ -38,10 +41,14 @@ class TrainingPlan:
     learning_rate: float
     optimizer: str = "adam"
     chunk_bytes: int = 0     # updates larger than this must be sent chunked (0: the broker takes any size)
+    encoding: EncodingPlan = EncodingPlan()   # uplink and downlink encodings (optional on the wire)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
+        wire = {"epochs": self.epochs, "batch_size": self.batch_size,
                 "learning_rate": self.learning_rate, "optimizer": self.optimizer, "chunk_bytes": self.chunk_bytes}
+        if self.encoding != EncodingPlan():
+            wire["encoding"] = self.encoding.to_wire()
+        return wire
 
     @classmethod
     def from_wire(cls, raw: Any) -> "TrainingPlan":
@@ -52,6 +59,7 @@ class TrainingPlan:
             learning_rate=float(_get(m, "learning_rate", (int, float), "train")),
             optimizer=_get(m, "optimizer", str, "train"),
             chunk_bytes=_optional_int(m, "chunk_bytes", "train"),
+            encoding=EncodingPlan.from_wire(m.get("encoding")),
         )
         if plan.epochs < 1 or plan.batch_size < 1 or not (0 < plan.learning_rate < 10):
             raise DecodeError(f"train: out-of-range settings {wire_repr(plan, 200)}")
@@ -142,7 +150,7 @@ class GlobalModel(Message):
     TYPE: ClassVar[str] = "global_model"
     model: ModelInfo = None  # type: ignore[assignment]
     train: TrainingPlan = None  # type: ignore[assignment]
-    tensors: Tensors = field(default_factory=list)
+    tensors: Tensors = field(default_factory=list)   # the weights devices load (sent as train.encoding.downlink)
     total_rounds: int = 0
     weights_sha256: str = ""   # weights_digest(tensors): tells a re-sent model from a new one
     cohort: list[str] | None = None   # the clients asked to train this round; None: every online client
@@ -150,10 +158,15 @@ class GlobalModel(Message):
     def body(self) -> dict[str, Any]:
         body = {"model": self.model.to_wire(), "train": self.train.to_wire(),
                 "total_rounds": self.total_rounds, "weights_sha256": self.weights_sha256,
-                "tensors": encode_tensors(self.tensors)}
+                "tensors": self._wire_tensors()}
         if self.cohort is not None:
             body["cohort"] = self.cohort
         return body
+
+    def _wire_tensors(self) -> list[dict[str, Any]]:
+        names = [name for name, _ in self.tensors]
+        wire, _ = encode_model([w for _, w in self.tensors], self.train.encoding.downlink)
+        return wire_maps(list(zip(names, wire)))
 
     def asks(self, client_id: str) -> bool:
         """Whether `client_id` is asked to train this round."""
@@ -167,11 +180,14 @@ class Update(Message):
     TYPE: ClassVar[str] = "update"
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    tensors: Tensors = field(default_factory=list)
+    tensors: list[tuple[str, WireTensor]] = field(default_factory=list)   # arrays, or Encoded (encodings.py)
+    base_sha256: str = ""   # set: the float tensors are deltas against the global model of this weights_sha256
 
     def body(self) -> dict[str, Any]:
-        return {"num_examples": self.num_examples, "metrics": self.metrics,
-                "tensors": encode_tensors(self.tensors)}
+        body = {"num_examples": self.num_examples, "metrics": self.metrics, "tensors": wire_maps(self.tensors)}
+        if self.base_sha256:
+            body["base_sha256"] = self.base_sha256
+        return body
 
 
 @dataclass
@@ -368,7 +384,7 @@ def _decode_global_model(raw: dict[str, Any], env: dict[str, Any]) -> GlobalMode
         **env, model=ModelInfo.from_wire(raw.get("model")), train=TrainingPlan.from_wire(raw.get("train")),
         total_rounds=_get(raw, "total_rounds", int, "global_model"),
         weights_sha256=_str_or(raw.get("weights_sha256"), ""),
-        tensors=decode_tensors(raw.get("tensors")), cohort=_decode_cohort(raw.get("cohort")),
+        tensors=decode_model_tensors(raw.get("tensors")), cohort=_decode_cohort(raw.get("cohort")),
     )
 
 
@@ -401,7 +417,11 @@ def _decode_update(raw: dict[str, Any], env: dict[str, Any]) -> Update:
             raise DecodeError(f"update: metric {key!r} = {value!r} is not a finite number within "
                               f"+-{MAX_METRIC_VALUE:g}", "bad_metrics")
         clean[key] = float(value)
-    return Update(**env, num_examples=num_examples, metrics=clean, tensors=decode_tensors(raw.get("tensors")))
+    base = raw.get("base_sha256", "")
+    if not isinstance(base, str) or (base and not is_sha256_hex(base)):
+        raise DecodeError(f"update: base_sha256 {_short(base)} is not 64 lowercase hex digits")
+    return Update(**env, num_examples=num_examples, metrics=clean, tensors=decode_wire_tensors(raw.get("tensors")),
+                  base_sha256=base)
 
 
 def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientStatus:
@@ -519,9 +539,10 @@ def weights_digest(weights: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def check_finite(tensors: Tensors) -> None:
+def check_finite(tensors: list[tuple[str, WireTensor]] | Tensors) -> None:
     """Raise DecodeError naming the first floating tensor holding NaN or Inf."""
-    for name, arr in tensors:
+    for name, tensor in tensors:
+        arr = tensor.values if isinstance(tensor, Encoded) else tensor
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise DecodeError(f"tensor {wire_repr(name)} holds NaN or Inf", "not_finite")
 
