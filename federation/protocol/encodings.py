@@ -142,7 +142,8 @@ def encode_int8(array: np.ndarray, block: int) -> Encoded:
     lo = np.minimum(blocks.min(axis=1), 0.0)
     hi = np.maximum(blocks.max(axis=1), 0.0)
     scale = ((hi - lo) / 255.0).astype("<f4")
-    scale[scale == 0] = 1.0                 # an all-zero block: any scale, zero point 0 gives exact zeros
+    scale[(scale == 0) & (hi > lo)] = np.finfo(np.float32).smallest_subnormal   # below float32's range
+    scale[hi == lo] = 1.0                   # an all-zero block: any scale, zero point 0 gives exact zeros
     if not np.isfinite(scale).all():
         raise ValueError("int8 encoding: the tensor's range overflows float32")
     s64 = scale.astype(np.float64)[:, None]
@@ -320,7 +321,8 @@ def _decode_dense(item: dict[str, Any], label: str, dtype: np.dtype, shape: tupl
             raise DecodeError(f"{label}: an int8 scale is 0, negative, NaN or Inf", "not_finite")
         zero_point = _bytes(item, "zero_point", blocks, label).view(np.int8).astype(np.float64)
         q = _bytes(item, "data", count, label).view(np.int8).astype(np.float64).reshape(blocks, block)
-        out = (scale[:, None] * (q - zero_point[:, None])).astype(dtype).reshape(shape)
+        with np.errstate(over="ignore"):   # a hostile scale overflows the dtype: refused just below
+            out = (scale[:, None] * (q - zero_point[:, None])).astype(dtype).reshape(shape)
     if not np.isfinite(out).all():
         raise DecodeError(f"{label}: decodes to NaN or Inf", "not_finite")
     return out
