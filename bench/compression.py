@@ -98,7 +98,7 @@ def run_row(row: tuple[str, str, str, str], args: argparse.Namespace, parts: lis
 
     label, uplink, downlink, topk_values = row
     plan = TrainingPlan(1, 32, 0.001, "adam", args.chunk_bytes,
-                        EncodingPlan(uplink, downlink, args.topk_fraction, topk_values, 256))
+                        encoding=EncodingPlan(uplink, downlink, args.topk_fraction, topk_values, 256))
     keras.utils.set_random_seed(0)
     info = ModelInfo("small_cnn", data.input_shape, data.num_classes, tuple(data.class_names))
     model = build_model("small_cnn", info.input_shape, info.num_classes)

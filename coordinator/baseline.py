@@ -47,11 +47,13 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     from coordinator.evaluation import evaluate_keras, test_split
     from federation.learning.datasets import load_dataset
     from federation.learning.models import build_model, compile_model
+    from coordinator.evaluation import table_options
 
     s = settings
     if dataset is None:
         dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
-                               image_size=tuple(s.model.image_size) if s.model.image_size else None)
+                               image_size=tuple(s.model.image_size) if s.model.image_size else None,
+                               table=table_options(s.data))
     if max_train_examples < 0:
         raise ValueError(f"max_train_examples must be >= 0, got {max_train_examples}")
     n = min(max_train_examples or len(dataset.y_train), len(dataset.y_train))

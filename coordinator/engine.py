@@ -17,6 +17,7 @@ import numpy as np
 
 from coordinator.admission import Admission
 from coordinator.aggregation import ClientResult, make_aggregator
+from coordinator.aggregation.deltas import Delta, scaled
 from coordinator.checkpoint import CHECKPOINT_FILE, run_fingerprint
 from coordinator.cohort import SamplingRule
 from coordinator.deploy import Deployer
@@ -31,10 +32,13 @@ from coordinator.quorum import QuorumRule
 from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
+from coordinator.server_optimizers import make_server_optimizer
+from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.protocol.encodings import Encoded, EncodingPlan, encode_model
 from federation.learning.datasets import Dataset, load_dataset
+from coordinator.evaluation import table_options
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.learning.models import build_model, compile_model, named_weights, weight_specs
@@ -97,13 +101,21 @@ class Coordinator:
         self.store = RunStore(settings)
         self.progress = progress or RunProgress(settings.run.name, settings.training.rounds)
         self.aggregator = make_aggregator(settings.aggregation)
-        q, p = settings.quorum, settings.sampling
+        self.server_optimizer = make_server_optimizer(settings.server_optimizer)
+        q, p, a = settings.quorum, settings.sampling, settings.aggregation
+        self.asynchronous = a.mode == "async"
+        # Async (FedBuff): the versions a stale update's delta is measured against, and its weight.
+        self.staleness = StalenessRule(a.max_staleness, a.staleness_weighting, a.staleness_exponent)
+        self.versions = VersionHistory(a.max_staleness + 1)
+        self._staleness_seen: list[int] = []   # the open step's updates' staleness (async)
+        self._run_started: float | None = None
         self.rounds = Rounds(
             QuorumRule(q.min_clients, q.fraction, q.round_deadline_s, q.on_no_quorum),
             SamplingRule(p.fraction_train, p.min_train_clients or q.min_clients, p.max_train_clients,
                          p.min_available_clients or q.min_clients, p.seed),
             settings.run.name, wait_for_clients_s=q.wait_for_clients_s, start_grace_s=q.start_grace_s,
-            poll_s=_POLL_S)
+            poll_s=_POLL_S, max_staleness=a.max_staleness if self.asynchronous else None,
+            buffer_size=a.buffer_size)
         self.stats = RoundStats()
         self.prepared: Prepared | None = None
         self.node = CoordinatorNode(self.topics, BrokerAddress.from_settings(settings.broker),
@@ -124,19 +136,21 @@ class Coordinator:
         if dataset is None:
             image_size = (s.model.image_size[0], s.model.image_size[1]) if s.model.image_size else None
             dataset = self._dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
-                                                   image_size=image_size)
+                                                   image_size=image_size, table=table_options(s.data))
         x_test, y_test = test_split(dataset, s.evaluation.max_examples)
         import keras
 
         keras.utils.set_random_seed(s.model.seed)
-        model_info = ModelInfo(s.model.name, dataset.input_shape, dataset.num_classes, tuple(dataset.class_names))
+        model_info = ModelInfo(s.model.name, dataset.input_shape, dataset.num_classes, tuple(dataset.class_names),
+                               data=dataset.schema)
         model = build_model(s.model.name, model_info.input_shape, model_info.num_classes)
         compile_model(model)
         specs = weight_specs(model)
         c = s.compression
-        plan = TrainingPlan(s.training.local_epochs, s.training.batch_size, s.training.learning_rate,
-                            s.training.optimizer, s.broker.chunk_bytes,
-                            EncodingPlan(c.uplink, c.downlink, c.topk_fraction, c.topk_values, c.int8_block))
+        plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
+                            s.server_optimizer.eta_l or s.training.learning_rate,
+                            s.training.optimizer, s.broker.chunk_bytes, s.aggregation.mode,
+                            encoding=EncodingPlan(c.uplink, c.downlink, c.topk_fraction, c.topk_values, c.int8_block))
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         if c.uplink == "topk":  # up to 32 index bits per kept value: at most twice the dense bytes
             tensor_bytes *= 2
@@ -158,7 +172,12 @@ class Coordinator:
         if checkpoint is not None:
             model.set_weights(checkpoint.weights)
             self.aggregator.resume([m.aggregation for m in self.store.history])  # e.g. DP: privacy already spent
+            if self.server_optimizer is not None:
+                self.server_optimizer.load_state(checkpoint.optimizer_state)
+                log.info("server optimizer %s: resumed its moments after %d steps", self.server_optimizer.name,
+                         self.server_optimizer.rounds)
             prepared.start_round = checkpoint.round + 1
+            self.rounds.oldest_version = prepared.start_round   # async: older versions were not kept
             self.round = checkpoint.round
             last = checkpoint.metrics[-1]
             prepared.last_evaluation = Evaluation(last.test_loss, last.test_accuracy, len(y_test))
@@ -189,7 +208,7 @@ class Coordinator:
                              f"{s.quorum.wait_for_clients_s:g} s")
         self.store.claim(self.p.dataset.class_names)
         for r in range(self.p.start_round, s.training.rounds + 1):
-            if r > self.p.start_round:
+            if r > self.p.start_round and not self.asynchronous:   # async: devices still training go on
                 self._wait_for_clients(first=False)
             stop_detail = self._run_round(r)
             if stop_detail:
@@ -222,7 +241,7 @@ class Coordinator:
         message = GlobalModel(run=self.settings.run.name, round=r, sender=COORDINATOR_ID, model=p.model_info,
                               train=p.plan, tensors=[(spec.name, w) for spec, w in zip(p.specs, weights)],
                               total_rounds=self.settings.training.rounds, weights_sha256=digest,
-                              cohort=sorted(cohort))
+                              cohort=None if self.asynchronous else sorted(cohort))
         return outgoing_messages(self.topics.global_model, message.encode(), self.settings.broker.chunk_bytes,
                                  self.settings.run.name, r, COORDINATOR_ID)
 
@@ -232,7 +251,12 @@ class Coordinator:
         # The weights devices load (float16-rounded for a float16 downlink): what their deltas are against.
         _, weights = encode_model([w for _, w in named_weights(self.p.model)], self.p.plan.encoding.downlink)
         digest = weights_digest(weights)
-        self.p.intake.round_sha256 = digest
+        self.p.intake.version_sha256[r] = digest
+        if self._run_started is None:
+            self._run_started = time.monotonic()
+        if self.asynchronous:
+            self.versions.add(r, weights)
+            self._staleness_seen = []
         cohort = self.rounds.sample(r)
         messages = self._global_model_messages(r, weights, digest, cohort)
         payload_size = sum(len(part) for _, part in messages)
@@ -275,6 +299,23 @@ class Coordinator:
         self._close_round(r, closed.round_time_s, payload_size, closed.cohort_size)
         return None
 
+    def _async_report(self) -> dict[str, object]:
+        """Async: the step's updates by staleness (mean, max, how many were stale); {} in sync mode."""
+        seen = self._staleness_seen
+        if not self.asynchronous:
+            return {}
+        return {"mode": "async", "staleness_mean": round(sum(seen) / len(seen), 4) if seen else 0.0,
+                "staleness_max": max(seen, default=0), "stale_updates": sum(1 for s in seen if s)}
+
+    def _next_weights(self) -> list[np.ndarray]:
+        """The aggregate of the round's updates, or, with a server optimizer, its step along the aggregated delta
+        (trainable tensors only: moving statistics take the aggregate)."""
+        aggregate = self.aggregator.result()
+        if self.server_optimizer is None:
+            return aggregate
+        model = self.p.model
+        return self.server_optimizer.step(model.get_weights(), aggregate, [w.trainable for w in model.weights])
+
     def _no_quorum_detail(self, r: int) -> str:
         rule = self.rounds.quorum
         online = sorted(self.rounds.trainable())
@@ -286,11 +327,15 @@ class Coordinator:
         p = self.p
         self._set_phase("aggregating")
         t0 = time.monotonic()
-        p.model.set_weights(self.aggregator.result())
+        p.model.set_weights(self._next_weights())
         aggregate_s = time.monotonic() - t0
         self._set_phase("evaluating")
         t0 = time.monotonic()
-        ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size)
+        every = self.settings.aggregation.evaluate_every
+        if p.last_evaluation is None or r % every == 0 or r == self.settings.training.rounds:
+            ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size)
+        else:   # [aggregation] evaluate_every: this round keeps the last evaluation's figures
+            ev = p.last_evaluation
         evaluate_s = time.monotonic() - t0
         self.store.save_round_model(p.model, r)
         stats = self.stats
@@ -304,9 +349,11 @@ class Coordinator:
             round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
             overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
             evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats.client_ids), rejected=rejected,
-            aggregation=self.aggregator.report(), cohort=cohort_size, ignored=ignored,
+            aggregation={**self.aggregator.report(), **self._async_report()}, cohort=cohort_size, ignored=ignored,
+            elapsed_s=round(time.monotonic() - (self._run_started or time.monotonic()), 4),
         )
-        self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint)
+        self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint,
+                                self.server_optimizer.state() if self.server_optimizer is not None else None)
         self._publish_metrics()
         self.progress.round_closed(metrics)
         p.last_evaluation = ev
@@ -360,15 +407,18 @@ class Coordinator:
 
     def _aggregate(self, event: UpdateReceived) -> None:
         client_id, update = event.client_id, event.update
-        if self.rounds.accept(client_id):  # seen offline (or never seen): an update proves it is there
+        if self.rounds.accept(client_id, update.round):  # seen offline (or never seen): an update proves it's there
             log.info("client %s sent an update while seen offline; online again", client_id)
             self._publish_state()
         tensors = [t.value if isinstance(t, Encoded) else t for _, t in update.tensors]
-        if update.base_sha256:  # a compressed uplink: deltas against this round's weights (checked by the intake)
-            self.aggregator.add(ClientResult(client_id, update.num_examples, deltas=tensors))
+        if update.base_sha256:  # a compressed uplink: deltas against the version trained on (checked by the intake)
+            deltas = self._scaled_for_staleness(client_id, update.round, tensors) if self.asynchronous else tensors
+            self.aggregator.add(ClientResult(client_id, update.num_examples, deltas=deltas))
         else:
-            self.aggregator.add(ClientResult(client_id, update.num_examples,
-                                             [t for t in tensors if isinstance(t, np.ndarray)]))
+            weights = [t for t in tensors if isinstance(t, np.ndarray)]
+            if self.asynchronous:
+                weights = self._weighted_for_staleness(client_id, update.round, weights)
+            self.aggregator.add(ClientResult(client_id, update.num_examples, weights))
         self.stats.add(client_id, event.size, update.num_examples, update.metrics.get("train_time_s", 0.0))
         tracker = self.rounds.tracker
         assert tracker is not None
@@ -376,6 +426,32 @@ class Coordinator:
         log.info("round %d: update %d/%d from %s (%d examples, local accuracy %.3f)", tracker.round,
                  len(tracker.received), tracker.target, client_id, update.num_examples,
                  update.metrics.get("accuracy", float("nan")))
+
+    def _weighted_for_staleness(self, client_id: str, base: int, weights: list[np.ndarray]) -> list[np.ndarray]:
+        """Async: an update trained on version `base` enters the step as current + weight(staleness) x its delta
+        from that version (FedBuff); a fresh one as it is."""
+        staleness = self.round - base
+        self._staleness_seen.append(staleness)
+        if staleness == 0:
+            return weights
+        base_weights, current = self.versions.get(base), self.versions.get(self.round)
+        assert base_weights is not None and current is not None, "the rounds accept only versions still kept"
+        weight = self.staleness.weight(staleness)
+        log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
+                 client_id, base, staleness, weight)
+        return weighted_update(current, base_weights, weights, weight)
+
+    def _scaled_for_staleness(self, client_id: str, base: int, deltas: list[Delta]) -> list[Delta]:
+        """Async with a compressed uplink: a delta trained on version `base` enters the step as weight(staleness)
+        x that delta against the current version (the same as _weighted_for_staleness; top-k deltas stay sparse)."""
+        staleness = self.round - base
+        self._staleness_seen.append(staleness)
+        if staleness == 0:
+            return deltas
+        weight = self.staleness.weight(staleness)
+        log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
+                 client_id, base, staleness, weight)
+        return [scaled(d, weight) if d.dtype.kind == "f" else d for d in deltas]
 
     # ---- state and end of run -----------------------------------------------------------------------
 
@@ -404,7 +480,8 @@ class Coordinator:
         self.node.closing = True
         p = self.p
         if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
-            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint)
+            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint,
+                                self.server_optimizer.state() if self.server_optimizer is not None else None)
         if result.rounds_completed:
             self._set_phase("exporting")
             assert p.last_evaluation is not None

@@ -72,7 +72,7 @@ class Intake:
         self.specs = specs
         self.admission = admission
         self.encoding = encoding     # the run's uplink encoding: an update in another one is refused
-        self.round_sha256 = ""       # the open round's weights_sha256: what delta updates must be against
+        self.version_sha256: dict[int, str] = {}   # weights_sha256 of each round's model: what deltas are against
 
     def expire(self) -> None:
         """Forget chunks of updates that stopped arriving."""
@@ -151,6 +151,7 @@ class Intake:
             raise DecodeError(f"{update.TYPE} message on an update topic", "wrong_type")
         self._check_envelope(client_id, update)
         check_tensors(update.tensors, self.specs)
-        check_update_encoding(update.tensors, update.base_sha256, self.encoding, self.round_sha256)
+        check_update_encoding(update.tensors, update.base_sha256, self.encoding,
+                              self.version_sha256.get(update.round, ""))
         check_finite(update.tensors)
         return update

@@ -26,7 +26,8 @@ from federation.protocol.messages import ClientStatus, CoordinatorState, decode_
 from federation.transport.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
 from federation.protocol.topics import RunTopics, check_level
 from federation.protocol.version import SOFTWARE_VERSION
-from edge_client.local_data import LocalData
+from edge_client.local_data import LocalData, LocalSource, task_labels
+from federation.learning.datasets import DatasetError
 from edge_client.progress import ClientProgress
 from edge_client.update_encoding import ResidualStore, UpdateEncoder
 
@@ -50,6 +51,7 @@ class ClientSettings:
     chunk_bytes: int = 0   # split larger updates into chunks (0: never)
     seed: int = 0
     state_dir: Path | None = None   # where the error-feedback residual lives (None: in memory only)
+    slowdown: float = 1.0  # simulate a slower device: training takes this many times its real time (tests, benches)
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,12 @@ UpdateTransform = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray
 
 
 class EdgeClient:
-    def __init__(self, settings: ClientSettings, data: LocalData,
+    def __init__(self, settings: ClientSettings, data: LocalSource,
                  transform_update: UpdateTransform | None = None) -> None:
         check_level(settings.client_id, "client id")
         self.settings = settings
-        self.data = data
+        self.source = data   # the device's data; a CSV's examples are made when the model's schema comes
+        self.data: LocalData | None = data if isinstance(data, LocalData) else None
         self.topics = RunTopics(settings.topic_prefix, settings.run)
         self.inbox = Inbox(max(INBOX_BYTES, 2 * int(settings.max_payload_mb * 1024 * 1024)))
         self._latest: GlobalModel | None = None
@@ -145,7 +148,7 @@ class EdgeClient:
     def _status(self, status: str) -> ClientStatus:
         return ClientStatus(run=self.settings.run, round=self.rounds_trained[-1] if self.rounds_trained else 0,
                             sender=self.settings.client_id, status=status, software=f"fedmq {SOFTWARE_VERSION}",
-                            num_examples=len(self.data.y), device=device_info(),
+                            num_examples=self.source.num_examples, device=device_info(),
                             error=getattr(self, "_error", ""))
 
     def _announce(self) -> None:
@@ -252,7 +255,7 @@ class EdgeClient:
     def run(self, max_rounds: int = 0) -> int:
         """Train until the run ends (or `max_rounds` were trained); return the number of rounds trained."""
         log.info("client %s: %d local examples (%s); broker %s, run %r", self.settings.client_id,
-                 len(self.data.y), self.data.name, self.settings.broker, self.settings.run)
+                 self.source.num_examples, self.source.name, self.settings.broker, self.settings.run)
         import keras  # noqa: F401  (import TensorFlow now, not inside the first round)
 
         self.link.start()
@@ -361,6 +364,7 @@ class EdgeClient:
         between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: self._drain())
         history = model.fit(self.data.x, labels, epochs=plan.epochs, batch_size=plan.batch_size,
                             shuffle=True, verbose=0, callbacks=[self.progress.keras_callback(), between_batches])
+        self._simulate_slowdown(time.monotonic() - started)
         train_time = time.monotonic() - started
         metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
                    "train_time_s": round(train_time, 4)}
@@ -368,7 +372,7 @@ class EdgeClient:
         self._drain()
         latest = self._latest
         newer = latest if latest is not None and latest.round > message.round and latest.model == message.model \
-            else None
+            and plan.mode == "sync" else None   # async: a stale update still counts (weighted by its staleness)
         if newer is not None:
             log.info("round %d: trained, but the model of round %d arrived meanwhile; this update would be late, so "
                      "it is dropped", message.round, newer.round)
@@ -398,6 +402,15 @@ class EdgeClient:
                  "published" if ok else "queued until the broker is back")
         return True
 
+    def _simulate_slowdown(self, real_s: float) -> None:
+        """--slowdown N: wait (N - 1) x the real training time, handling messages meanwhile, as a slower device
+        would (uneven fleets in tests and benchmarks; nothing on the wire changes)."""
+        end = time.monotonic() + (self.settings.slowdown - 1.0) * real_s
+        while (left := end - time.monotonic()) > 0:
+            item = self.inbox.get(timeout=min(left, 0.5))
+            if item is not None:
+                self._handle(item)
+
     def _trained_weights(self, model: keras.Model, message: GlobalModel) -> list:
         """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
         trained = [w.numpy() for w in model.weights]
@@ -409,13 +422,28 @@ class EdgeClient:
         """This device's labels as indices of the coordinator's classes (IncompatibleModelError if they differ)."""
         if self._labels is not None and self._labels[0] == (info.class_names, info.num_classes):
             return self._labels[1]
-        used = int(self.data.y.max()) + 1 if self.data.y.size else 0
-        mapping = label_map(tuple(self.data.class_names), info, used)
-        labels = self.data.y if mapping is None else mapping[self.data.y]
+        try:
+            y, names = task_labels(self.data, info)
+        except DatasetError as exc:
+            raise IncompatibleModelError(str(exc)) from None
+        mapping = None if info.task == "regression" else label_map(names, info, int(y.max()) + 1 if y.size else 0)
+        labels = y if mapping is None else mapping[y]
         self._labels = ((info.class_names, info.num_classes), labels)
         return labels
 
+    def _data_for(self, info: ModelInfo) -> LocalData:
+        """This device's examples for `info`'s model (a CSV's are made by its schema); IncompatibleModelError
+        when the data does not fit it."""
+        try:
+            data = self.source.for_model(info)
+        except (DatasetError, ValueError) as exc:  # a column, class or window the file lacks; a bad partition
+            raise IncompatibleModelError(str(exc)) from None
+        if data is not self.data:
+            self.data, self._labels = data, None
+        return data
+
     def _model_for(self, info: ModelInfo) -> keras.Model:
+        self._data_for(info)
         if self._model is not None and self._model_info == info:
             return self._model
         if tuple(info.input_shape) != self.data.input_shape:

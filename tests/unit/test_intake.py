@@ -95,7 +95,7 @@ def test_an_update_in_another_encoding_than_the_runs_is_refused_as_wrong_encodin
     drops = DropLog()
     take = Intake(TOPICS, rounds, drops, ChunkedReceiver(1 << 20, limits=DecodeLimits.for_model(SPECS)), SPECS,
                   encoding=EncodingPlan("int8", int8_block=3))
-    take.round_sha256 = "ab" * 32
+    take.version_sha256[1] = "ab" * 32
     for client in ("a", "b", "c", "d", "e"):
         rounds.client_online(client)
     rounds.open(1, 0.0)
