@@ -251,7 +251,10 @@ class Coordinator:
         # The weights devices load (float16-rounded for a float16 downlink): what their deltas are against.
         _, weights = encode_model([w for _, w in named_weights(self.p.model)], self.p.plan.encoding.downlink)
         digest = weights_digest(weights)
-        self.p.intake.version_sha256[r] = digest
+        known = self.p.intake.version_sha256   # the versions an update may still be trained on: this one (sync)
+        known[r] = digest                      # or the async versions kept
+        for version in [v for v in known if v <= r - (self.versions.keep if self.asynchronous else 1)]:
+            del known[version]
         if self._run_started is None:
             self._run_started = time.monotonic()
         if self.asynchronous:

@@ -62,3 +62,29 @@ def test_topk_updates_chunked_through_a_broker_that_caps_message_size(tmp_path: 
         residual = ResidualStore(tmp_path / f"state-{k}").load()
         assert residual.round == 2 and sum(abs(r).sum() for r in residual.after.values()) > 0, \
             "the unsent 97 % stays on the device"
+
+
+def test_async_topk_deltas_of_a_slow_device_are_checked_against_the_version_they_were_trained_on(
+        tmp_path: Path) -> None:
+    """Asynchronous rounds: the slow device's top-k delta is against an older version (its base_sha256); it is
+    accepted, and weighted by its staleness like a whole update."""
+    versions = 6
+    with LocalFederation(tmp_path / "fed", run_name="as") as fed:
+        fed.start_broker()
+        fed.start_coordinator({"training.rounds": versions, "quorum.min_clients": 2, "quorum.round_deadline_s": 300,
+                               "evaluation.max_examples": 500, "aggregation.mode": "async",
+                               "aggregation.buffer_size": 2, "aggregation.max_staleness": versions,
+                               "compression.uplink": "topk", "compression.topk_fraction": 0.1})
+        data = ["--dataset", "fashion_mnist", "--max-examples", "3000"]
+        for name, part, extra in (("fast-1", "1/3", []), ("fast-2", "2/3", []), ("slow", "3/3", ["--slowdown", "5"])):
+            fed.start_client(name, [*data, "--partition", part, "--state-dir", str(tmp_path / name), *extra])
+        codes = fed.wait_all(420)
+        assert codes == {"coordinator": 0, "fast-1": 0, "fast-2": 0, "slow": 0}, codes
+        rows, log = fed.metrics(), fed.procs["coordinator"].log_path.read_text()
+    assert [r["round"] for r in rows] == list(range(1, versions + 1))
+    assert all(r["rejected"] == {} for r in rows), [r["rejected"] for r in rows]
+    stale = [r for r in rows if r["aggregation"]["stale_updates"] and "slow" in r["client_ids"]]
+    assert stale, "the slow device's delta arrived after the model had moved on, and was accepted"
+    assert "slow's update was trained on version" in log
+    assert all(r["bytes_in"] / r["clients"] < 0.1 * 4 * FLOAT32_UPDATE_BYTES for r in rows)
+    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
