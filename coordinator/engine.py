@@ -149,7 +149,7 @@ class Coordinator:
         c = s.compression
         plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
                             s.server_optimizer.eta_l or s.training.learning_rate,
-                            s.training.optimizer, s.broker.chunk_bytes, s.aggregation.mode,
+                            s.training.optimizer, s.broker.chunk_bytes, s.aggregation.mode, s.training.proximal_mu,
                             encoding=EncodingPlan(c.uplink, c.downlink, c.topk_fraction, c.topk_values, c.int8_block))
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         if c.uplink == "topk":  # up to 32 index bits per kept value: at most twice the dense bytes

@@ -355,6 +355,11 @@ class EdgeClient:
             self._announce()
         plan = message.train
         compile_model(model, plan.optimizer, plan.learning_rate)
+        if plan.proximal_mu:   # FedProx: the loss gains mu/2 ||w - w_global||^2 (federation.learning.proximal)
+            from federation.learning.proximal import with_proximal_term
+
+            anchors = {w.path: t for w, (_, t) in zip(model.weights, message.tensors)}
+            model.optimizer = with_proximal_term(model.optimizer, anchors, plan.proximal_mu)
         keras.utils.set_random_seed(self.settings.seed * 100003 + message.round)
         log.info("round %d/%d: training %d epoch(s) on %d examples", message.round, message.total_rounds,
                  plan.epochs, len(self.data.y))
