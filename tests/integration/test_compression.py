@@ -87,4 +87,4 @@ def test_async_topk_deltas_of_a_slow_device_are_checked_against_the_version_they
     assert stale, "the slow device's delta arrived after the model had moved on, and was accepted"
     assert "slow's update was trained on version" in log
     assert all(r["bytes_in"] / r["clients"] < 0.1 * 4 * FLOAT32_UPDATE_BYTES for r in rows)
-    assert rows[-1]["test_accuracy"] > rows[0]["test_accuracy"]
+    assert rows[-1]["test_accuracy"] > 0.2, "above chance (0.1): the sparse, staleness-weighted deltas train"
