@@ -36,7 +36,9 @@ from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.learning.datasets import Dataset, load_dataset
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
-from federation.learning.models import build_model, compile_model, named_weights, weight_specs
+from federation.learning.compile_recipe import compile_with
+from federation.learning.model_source import ModelChoice, load_model_source
+from federation.learning.models import named_weights, weight_specs
 from federation.transport.mqtt_link import BrokerAddress
 from federation.protocol.topics import RunTopics
 
@@ -128,12 +130,20 @@ class Coordinator:
         import keras
 
         keras.utils.set_random_seed(s.model.seed)
-        model_info = ModelInfo(s.model.name, dataset.input_shape, dataset.num_classes, tuple(dataset.class_names))
-        model = build_model(s.model.name, model_info.input_shape, model_info.num_classes)
-        compile_model(model)
+        source = load_model_source(ModelChoice(s.model.name, s.model.path, s.model.builder), dataset.input_shape,
+                                   dataset.num_classes, optimizer=s.training.optimizer,
+                                   learning_rate=s.training.learning_rate)
+        model, architecture = source.model, source.architecture()
+        regression = source.task == "regression"
+        model_info = ModelInfo(source.label, dataset.input_shape, 0 if regression else dataset.num_classes,
+                               () if regression else tuple(dataset.class_names), task=source.task,
+                               num_outputs=source.outputs if regression else 0, architecture=architecture)
+        # The coordinator evaluates with the recipe's loss, and accuracy for a classifier.
+        compile_with(model, source.recipe, metrics=None if regression else ("accuracy",))
         specs = weight_specs(model)
-        plan = TrainingPlan(s.training.local_epochs, s.training.batch_size, s.training.learning_rate,
-                            s.training.optimizer, s.broker.chunk_bytes)
+        plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
+                            source.recipe.learning_rate or s.training.learning_rate, source.plan_optimizer,
+                            s.broker.chunk_bytes)
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
         # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,
@@ -146,7 +156,8 @@ class Coordinator:
                               max_bytes=16 * max_update_bytes)
         self.node.admission = admission
         deployer = Deployer(s, self.node.link, self.topics, COORDINATOR_ID, dataset.class_names)
-        prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, run_fingerprint(s, specs),
+        fingerprint = run_fingerprint(s, specs, "" if source.from_registry else architecture.sha256)
+        prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, fingerprint,
                             Intake(self.topics, self.rounds, self.drops, receiver, specs, admission),
                             deployer, Release(s, self.run_dir, dataset.class_names, deployer))
         checkpoint = self.store.usable_checkpoint(prepared.fingerprint)
@@ -167,7 +178,7 @@ class Coordinator:
     def run(self) -> RunResult:
         p = self._prepare()
         s = self.settings
-        log.info("run %r: %d rounds of %s on %s; results in %s", s.run.name, s.training.rounds, s.model.name,
+        log.info("run %r: %d rounds of %s on %s; results in %s", s.run.name, s.training.rounds, p.model_info.name,
                  p.dataset.name, self.run_dir)
         self.node.connect()
         self.node.clear_run_end()  # forget a previous run's end
@@ -361,9 +372,8 @@ class Coordinator:
         tracker = self.rounds.tracker
         assert tracker is not None
         self.progress.update_accepted(client_id, len(tracker.received), tracker.target)
-        log.info("round %d: update %d/%d from %s (%d examples, local accuracy %.3f)", tracker.round,
-                 len(tracker.received), tracker.target, client_id, update.num_examples,
-                 update.metrics.get("accuracy", float("nan")))
+        log.info("round %d: update %d/%d from %s (%d examples%s)", tracker.round, len(tracker.received),
+                 tracker.target, client_id, update.num_examples, local_metrics_text(update.metrics))
 
     # ---- state and end of run -----------------------------------------------------------------------
 
@@ -428,3 +438,11 @@ class Coordinator:
             "tflite": result.tflite, "class_names": list(p.dataset.class_names),
             "deployed": result.deployed,
             "aggregation": {"rule": self.settings.aggregation.rule, **self.aggregator.report()}})
+
+
+def local_metrics_text(metrics: dict[str, float], limit: int = 4) -> str:
+    """", local loss 0.3120, accuracy 0.8810": a client's own metrics for the log line of its update, whatever
+    the recipe's metrics are (accuracy, mae...); train_time_s is left out."""
+    shown = [f"{name if name.isidentifier() else repr(name)} {value:.4f}" for name, value in metrics.items()
+             if name != "train_time_s"][:limit]
+    return f", local {', '.join(shown)}" if shown else ""

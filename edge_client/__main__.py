@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-examples", type=int, default=0, help="use only the first N training examples")
     data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="resize image-folder images")
+    model = p.add_argument_group("the coordinator's model (built from its architecture on the wire)")
+    model.add_argument("--custom-objects", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first: it registers this device's custom layers with "
+                            "keras.saving.register_keras_serializable (repeatable); nothing else is loaded")
+    model.add_argument("--max-model-mb", type=float, default=0.0,
+                       help="refuse models whose weights exceed this many MiB (training holds about 4 copies); "
+                            "default: 1/16 of this machine's memory")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
 
     from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError
     from edge_client.local_data import DataChoice, load_local_data
+    from edge_client.model_builder import ModelBuilder, import_custom_objects
     from federation.learning.datasets import DatasetError, DatasetNotFoundError
     from federation.transport.mqtt_link import BrokerRefusedError
     from federation.learning.partition import PartitionError
@@ -92,7 +100,11 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
             run=args.run or cfg.run.name, topic_prefix=args.topic_prefix or cfg.broker.topic_prefix,
             max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed,
             chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes)
-        client = EdgeClient(settings, data, transform_update=transform_update)
+        if args.max_model_mb < 0:
+            raise ValueError(f"--max-model-mb {args.max_model_mb:g}: give a positive size, or 0 for the default")
+        import_custom_objects(args.custom_objects)
+        client = EdgeClient(settings, data, transform_update=transform_update,
+                            model_builder=ModelBuilder(args.max_model_mb))
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

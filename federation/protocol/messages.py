@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from federation.protocol.architecture import ModelArchitecture
 from federation.protocol.byte_chunks import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
 from federation.protocol.codec import (
     DecodeError, DecodeLimits, clip_text, decode_tensors, encode_tensors, pack, unpack, wire_repr,
@@ -74,6 +75,7 @@ class ModelInfo:
     class_names: tuple[str, ...] = ()   # one per output, in order; () when the coordinator has none
     task: str = "classification"
     num_outputs: int = 0                # regression: values predicted per example; classification: 0 (= num_classes)
+    architecture: ModelArchitecture | None = None   # the Keras JSON and compile recipe (None: registry name only)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"name": self.name, "input_shape": list(self.input_shape),
@@ -81,6 +83,8 @@ class ModelInfo:
         if self.task != "classification":  # optional fields go on the wire only when set
             wire["task"] = self.task
             wire["num_outputs"] = self.num_outputs
+        if self.architecture is not None:
+            wire["architecture"] = self.architecture.to_wire()
         return wire
 
     @property
@@ -109,8 +113,10 @@ class ModelInfo:
             raise DecodeError("model: class_names must be a list of str")
         if names and len(names) != num_classes:
             raise DecodeError(f"model: {len(names)} class_names for {num_classes} classes")
+        architecture = ModelArchitecture.from_wire(m["architecture"]) if m.get("architecture") is not None else None
         return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes,
-                   class_names=tuple(names), task=task, num_outputs=num_outputs if task == "regression" else 0)
+                   class_names=tuple(names), task=task, num_outputs=num_outputs if task == "regression" else 0,
+                   architecture=architecture)
 
 
 @dataclass
