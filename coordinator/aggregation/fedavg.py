@@ -1,12 +1,14 @@
 """FedAvg (McMahan et al., 2017): the average of client weights, weighted by their example counts.
 
-Streaming: a float64 running weighted sum, so memory is two model copies whatever the client count."""
+Streaming: a float64 running weighted sum, so memory is two model copies whatever the client count. Float tensors
+are averaged, BatchNormalization's moving statistics included; non-float ones (a Normalization layer's int64
+count) keep the global value: an average of counters or states means nothing."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from coordinator.aggregation.base import Aggregator, ClientResult, Weights
+from coordinator.aggregation.base import Aggregator, ClientResult, Weights, is_float
 
 
 class FedAvg(Aggregator):
@@ -14,13 +16,13 @@ class FedAvg(Aggregator):
 
     def __init__(self) -> None:
         self._sum: Weights = []
-        self._dtypes: list[np.dtype] = []
+        self._global: Weights = []
         self._total = 0
         self._count = 0
 
     def begin(self, global_weights: Weights) -> None:
         self._sum = [np.zeros(w.shape, dtype=np.float64) for w in global_weights]
-        self._dtypes = [w.dtype for w in global_weights]
+        self._global = list(global_weights)
         self._total = 0
         self._count = 0
 
@@ -40,7 +42,8 @@ class FedAvg(Aggregator):
     def result(self) -> Weights:
         if not self._count:
             raise ValueError("FedAvg: no update was added this round")
-        return [(acc / self._total).astype(dtype) for acc, dtype in zip(self._sum, self._dtypes)]
+        return [(acc / self._total).astype(g.dtype) if is_float(g) else np.array(g)
+                for acc, g in zip(self._sum, self._global)]
 
     @property
     def count(self) -> int:
