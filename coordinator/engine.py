@@ -38,7 +38,7 @@ from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInf
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.learning.compile_recipe import compile_with
 from federation.learning.model_source import ModelChoice, load_model_source
-from federation.learning.models import named_weights, weight_specs
+from federation.learning.models import named_weights, set_model_weights, weight_specs
 from federation.transport.mqtt_link import BrokerAddress
 from federation.protocol.topics import RunTopics
 
@@ -162,7 +162,7 @@ class Coordinator:
                             deployer, Release(s, self.run_dir, dataset.class_names, deployer))
         checkpoint = self.store.usable_checkpoint(prepared.fingerprint)
         if checkpoint is not None:
-            model.set_weights(checkpoint.weights)
+            set_model_weights(model, checkpoint.weights)
             self.aggregator.resume([m.aggregation for m in self.store.history])  # e.g. DP: privacy already spent
             prepared.start_round = checkpoint.round + 1
             self.round = checkpoint.round
@@ -290,7 +290,7 @@ class Coordinator:
         p = self.p
         self._set_phase("aggregating")
         t0 = time.monotonic()
-        p.model.set_weights(self.aggregator.result())
+        set_model_weights(p.model, self.aggregator.result())
         aggregate_s = time.monotonic() - t0
         self._set_phase("evaluating")
         t0 = time.monotonic()

@@ -184,12 +184,12 @@ class KerasTrainer(Trainer):
         import keras  # here: start-up speed
 
         from federation.learning.compile_recipe import RecipeError, compile_with
-        from federation.learning.models import compile_model
+        from federation.learning.models import compile_model, set_model_weights
 
         self.check(weights, plan, model)
         net = self.model_for(model)
         labels = self.labels_for(model)
-        net.set_weights(weights)
+        set_model_weights(net, weights)
         try:
             if model.architecture is not None:
                 compile_with(net, model.architecture.compile)

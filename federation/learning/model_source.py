@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -127,7 +128,9 @@ def _from_file(path: str) -> "keras.Model":
     import keras  # here: start-up speed
 
     try:
-        return keras.saving.load_model(file, compile=True, safe_mode=True)
+        with warnings.catch_warnings():  # a compiled, never trained model's optimizer has no state worth a warning
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            return keras.saving.load_model(file, compile=True, safe_mode=True)
     except Exception as exc:  # Keras raises ValueError, TypeError, zipfile errors... for a file it can't read
         raise ModelSourceError(f"[model] path {path}: Keras can't load it in safe mode: {type(exc).__name__}: "
                                f"{str(exc)[:400]}. Save it with model.save() from Keras 3, with built-in layers "
