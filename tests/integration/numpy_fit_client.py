@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Callable
 
 import numpy as np
 
@@ -14,7 +15,8 @@ from edge_client.api import FitResult, ModelInfo, TrainingPlan, start_client
 from federation.learning.datasets import load_dataset
 
 
-def make_fit(x: np.ndarray, y: np.ndarray):  # noqa: ANN201 (a closure over this device's data)
+def make_fit(x: np.ndarray, y: np.ndarray) -> Callable[[list[np.ndarray], TrainingPlan, ModelInfo], FitResult]:
+    """A fit function over this device's data: softmax regression by minibatch gradient descent."""
     features = x.reshape(len(x), -1).astype(np.float32) / 255.0
 
     def fit(weights: list[np.ndarray], plan: TrainingPlan, model: ModelInfo) -> FitResult:
