@@ -337,7 +337,7 @@ class EdgeClient:
                                          ) from None
         train_time = time.monotonic() - started
         metrics = {**result.metrics, "train_time_s": round(train_time, 4)}
-        trained = result.weights if self.transform_update is None else self.transform_update(weights, result.weights)
+        trained = self._update_weights(weights, result.weights)
         update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
                         num_examples=result.num_examples, metrics=metrics,
                         tensors=[(name, w) for (name, _), w in zip(message.tensors, trained)])
@@ -364,3 +364,7 @@ class EdgeClient:
         log.info("round %d: trained in %.1f s (%s); update of %.2f MB %s", message.round, train_time,
                  shown or "no metrics", len(payload) / 1e6, "published" if ok else "queued until the broker is back")
         return True
+
+    def _update_weights(self, global_weights: list[np.ndarray], trained: list[np.ndarray]) -> list[np.ndarray]:
+        """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
+        return trained if self.transform_update is None else self.transform_update(global_weights, trained)

@@ -174,3 +174,12 @@ def test_a_fit_function_may_return_a_tuple() -> None:
     bad = FunctionTrainer(lambda weights, plan, model: "done")
     with pytest.raises(TypeError, match="returned str; return a FitResult"):
         bad.fit([], TrainingPlan(1, 8, 0.01), _info(None), RoundContext(1, 2))
+
+
+def test_the_coordinators_update_line_shows_whatever_metrics_the_recipe_has() -> None:
+    from coordinator.engine import local_metrics_text
+
+    assert local_metrics_text({"loss": 0.5, "mae": 1.25, "train_time_s": 3.0}) == ", local loss 0.5000, mae 1.2500"
+    assert local_metrics_text({"loss": 0.5, "accuracy": 0.75}) == ", local loss 0.5000, accuracy 0.7500"
+    assert local_metrics_text({"a\nb": 1.0}) == ", local 'a\\nb' 1.0000", "a name from the wire can't break the line"
+    assert local_metrics_text({"train_time_s": 1.0}) == ""
