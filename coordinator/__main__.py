@@ -144,11 +144,13 @@ def evaluate_command(argv: list[str]) -> int:
         return 2
     from coordinator.evaluation import evaluate_file
     from federation.learning.datasets import DatasetError, DatasetNotFoundError, load_dataset
+    from coordinator.evaluation import table_options
 
     try:
         dataset = load_dataset(args.dataset or settings.model.dataset,
                                data_dir=args.data_dir or settings.model.data_dir or None,
-                               image_size=tuple(settings.model.image_size) or None)
+                               image_size=tuple(settings.model.image_size) or None,
+                               table=table_options(settings.data))
         ev = evaluate_file(args.model, dataset, args.max_examples)
     except (DatasetNotFoundError, DatasetError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -47,12 +47,14 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     from coordinator.evaluation import evaluate_keras, test_split
     from federation.learning.datasets import load_dataset
     from federation.learning.compile_recipe import compile_with
-    from federation.learning.model_source import ModelChoice, load_model_source
+    from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
+    from coordinator.evaluation import table_options
 
     s = settings
     if dataset is None:
         dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
-                               image_size=tuple(s.model.image_size) if s.model.image_size else None)
+                               image_size=tuple(s.model.image_size) if s.model.image_size else None,
+                               table=table_options(s.data))
     if max_train_examples < 0:
         raise ValueError(f"max_train_examples must be >= 0, got {max_train_examples}")
     n = min(max_train_examples or len(dataset.y_train), len(dataset.y_train))
@@ -72,8 +74,8 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     keras.utils.set_random_seed(s.model.seed)  # the same initial weights as the federated run's round 1
     # The run's model and recipe ([model] path, builder or name), as the federated run's devices train it.
     source = load_model_source(ModelChoice(s.model.name, s.model.path, s.model.builder), dataset.input_shape,
-                               dataset.num_classes, optimizer=s.training.optimizer,
-                               learning_rate=s.training.learning_rate)
+                               dataset_outputs(dataset), optimizer=s.training.optimizer,
+                               learning_rate=s.training.learning_rate, data_task=dataset.task)
     model = source.model
     compile_with(model, source.recipe, metrics=None if source.task == "regression" else ("accuracy",))
     log.info("centralized baseline for run %r: %s on %d training examples of %s, %d x %d epochs, batch %d; "

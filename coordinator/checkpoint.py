@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,10 @@ import numpy as np
 from federation.errors import FedmqError
 from coordinator.metrics import RoundMetrics
 from federation.protocol.codec import TensorSpec
-from federation.config.settings import Settings
+from federation.config.settings import DataSettings, Settings
 
 CHECKPOINT_FILE = "checkpoint.npz"
+_OPTIMIZER_PREFIX = "optimizer/"   # array names of the server optimizer's state (weights are w0, w1, ...)
 
 
 class CheckpointMismatchError(FedmqError, RuntimeError):
@@ -31,6 +32,7 @@ class Checkpoint:
     metrics: list[RoundMetrics]
     fingerprint: str
     finished: bool = False   # the run completed: a restart starts a new run instead of continuing it
+    optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)   # the server optimizer's moments
 
 
 def run_fingerprint(settings: Settings, specs: list[TensorSpec], architecture: str = "") -> str:
@@ -45,8 +47,11 @@ def run_fingerprint(settings: Settings, specs: list[TensorSpec], architecture: s
                   if k != "data_dir" and not (k in ("path", "builder") and not v)},
         "training": {k: v for k, v in asdict(settings.training).items() if k != "rounds"},
         "aggregation": asdict(settings.aggregation),
+        "server_optimizer": asdict(settings.server_optimizer),
         "weights": [(s.name, s.dtype, list(s.shape)) for s in specs],
     }
+    if settings.data != DataSettings():  # tables and series: which columns, scaling and windows (not the default)
+        relevant["data"] = asdict(settings.data)
     if architecture:
         relevant["architecture"] = architecture
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
@@ -57,6 +62,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     meta = {"round": checkpoint.round, "fingerprint": checkpoint.fingerprint, "finished": checkpoint.finished,
             "metrics": [asdict(m) for m in checkpoint.metrics]}
     arrays = {f"w{i}": w for i, w in enumerate(checkpoint.weights)}
+    arrays.update({f"{_OPTIMIZER_PREFIX}{name}": value for name, value in checkpoint.optimizer_state.items()})
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **arrays)  # numbers only: a checkpoint never holds objects
@@ -78,8 +84,9 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
         meta = json.loads(bytes(data["meta"]).decode())
         count = sum(1 for k in data.files if k.startswith("w"))
         weights = [data[f"w{i}"] for i in range(count)]
+        optimizer_state = {k[len(_OPTIMIZER_PREFIX):]: data[k] for k in data.files if k.startswith(_OPTIMIZER_PREFIX)}
     return Checkpoint(meta["round"], weights, [RoundMetrics.from_row(m) for m in meta["metrics"]], meta["fingerprint"],
-                      bool(meta.get("finished", False)))
+                      bool(meta.get("finished", False)), optimizer_state)
 
 
 def check_resumable(checkpoint: Checkpoint, fingerprint: str, run_dir: Path) -> None:

@@ -31,13 +31,16 @@ from coordinator.quorum import QuorumRule
 from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
+from coordinator.server_optimizers import make_server_optimizer
+from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.learning.datasets import Dataset, load_dataset
+from coordinator.evaluation import table_options
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.learning.compile_recipe import compile_with
-from federation.learning.model_source import ModelChoice, load_model_source
+from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
 from federation.learning.models import named_weights, set_model_weights, weight_specs
 from federation.transport.mqtt_link import BrokerAddress
 from federation.protocol.topics import RunTopics
@@ -98,13 +101,21 @@ class Coordinator:
         self.store = RunStore(settings)
         self.progress = progress or RunProgress(settings.run.name, settings.training.rounds)
         self.aggregator = make_aggregator(settings.aggregation)
-        q, p = settings.quorum, settings.sampling
+        self.server_optimizer = make_server_optimizer(settings.server_optimizer)
+        q, p, a = settings.quorum, settings.sampling, settings.aggregation
+        self.asynchronous = a.mode == "async"
+        # Async (FedBuff): the versions a stale update's delta is measured against, and its weight.
+        self.staleness = StalenessRule(a.max_staleness, a.staleness_weighting, a.staleness_exponent)
+        self.versions = VersionHistory(a.max_staleness + 1)
+        self._staleness_seen: list[int] = []   # the open step's updates' staleness (async)
+        self._run_started: float | None = None
         self.rounds = Rounds(
             QuorumRule(q.min_clients, q.fraction, q.round_deadline_s, q.on_no_quorum),
             SamplingRule(p.fraction_train, p.min_train_clients or q.min_clients, p.max_train_clients,
                          p.min_available_clients or q.min_clients, p.seed),
             settings.run.name, wait_for_clients_s=q.wait_for_clients_s, start_grace_s=q.start_grace_s,
-            poll_s=_POLL_S)
+            poll_s=_POLL_S, max_staleness=a.max_staleness if self.asynchronous else None,
+            buffer_size=a.buffer_size)
         self.stats = RoundStats()
         self.prepared: Prepared | None = None
         self.node = CoordinatorNode(self.topics, BrokerAddress.from_settings(settings.broker),
@@ -125,25 +136,27 @@ class Coordinator:
         if dataset is None:
             image_size = (s.model.image_size[0], s.model.image_size[1]) if s.model.image_size else None
             dataset = self._dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
-                                                   image_size=image_size)
+                                                   image_size=image_size, table=table_options(s.data))
         x_test, y_test = test_split(dataset, s.evaluation.max_examples)
         import keras
 
         keras.utils.set_random_seed(s.model.seed)
         source = load_model_source(ModelChoice(s.model.name, s.model.path, s.model.builder), dataset.input_shape,
-                                   dataset.num_classes, optimizer=s.training.optimizer,
-                                   learning_rate=s.training.learning_rate)
+                                   dataset_outputs(dataset), optimizer=s.training.optimizer,
+                                   learning_rate=s.server_optimizer.eta_l or s.training.learning_rate,
+                                   data_task=dataset.task)
         model, architecture = source.model, source.architecture()
         regression = source.task == "regression"
         model_info = ModelInfo(source.label, dataset.input_shape, 0 if regression else dataset.num_classes,
                                () if regression else tuple(dataset.class_names), task=source.task,
-                               num_outputs=source.outputs if regression else 0, architecture=architecture)
+                               num_outputs=source.outputs if regression else 0, data=dataset.schema,
+                               architecture=architecture)
         # The coordinator evaluates with the recipe's loss, and accuracy for a classifier.
         compile_with(model, source.recipe, metrics=None if regression else ("accuracy",))
         specs = weight_specs(model)
         plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
-                            source.recipe.learning_rate or s.training.learning_rate, source.plan_optimizer,
-                            s.broker.chunk_bytes)
+                            source.recipe.learning_rate or s.server_optimizer.eta_l or s.training.learning_rate,
+                            source.plan_optimizer, s.broker.chunk_bytes, s.aggregation.mode)
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
         # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,
@@ -164,7 +177,12 @@ class Coordinator:
         if checkpoint is not None:
             set_model_weights(model, checkpoint.weights)
             self.aggregator.resume([m.aggregation for m in self.store.history])  # e.g. DP: privacy already spent
+            if self.server_optimizer is not None:
+                self.server_optimizer.load_state(checkpoint.optimizer_state)
+                log.info("server optimizer %s: resumed its moments after %d steps", self.server_optimizer.name,
+                         self.server_optimizer.rounds)
             prepared.start_round = checkpoint.round + 1
+            self.rounds.oldest_version = prepared.start_round   # async: older versions were not kept
             self.round = checkpoint.round
             last = checkpoint.metrics[-1]
             prepared.last_evaluation = Evaluation(last.test_loss, last.test_accuracy, len(y_test))
@@ -195,7 +213,7 @@ class Coordinator:
                              f"{s.quorum.wait_for_clients_s:g} s")
         self.store.claim(self.p.dataset.class_names)
         for r in range(self.p.start_round, s.training.rounds + 1):
-            if r > self.p.start_round:
+            if r > self.p.start_round and not self.asynchronous:   # async: devices still training go on
                 self._wait_for_clients(first=False)
             stop_detail = self._run_round(r)
             if stop_detail:
@@ -228,7 +246,7 @@ class Coordinator:
         message = GlobalModel(run=self.settings.run.name, round=r, sender=COORDINATOR_ID, model=p.model_info,
                               train=p.plan, tensors=[(spec.name, w) for spec, w in zip(p.specs, weights)],
                               total_rounds=self.settings.training.rounds, weights_sha256=digest,
-                              cohort=sorted(cohort))
+                              cohort=None if self.asynchronous else sorted(cohort))
         return outgoing_messages(self.topics.global_model, message.encode(), self.settings.broker.chunk_bytes,
                                  self.settings.run.name, r, COORDINATOR_ID)
 
@@ -237,6 +255,11 @@ class Coordinator:
         self.round = r
         weights = [w for _, w in named_weights(self.p.model)]
         digest = weights_digest(weights)
+        if self._run_started is None:
+            self._run_started = time.monotonic()
+        if self.asynchronous:
+            self.versions.add(r, weights)
+            self._staleness_seen = []
         cohort = self.rounds.sample(r)
         messages = self._global_model_messages(r, weights, digest, cohort)
         payload_size = sum(len(part) for _, part in messages)
@@ -279,6 +302,23 @@ class Coordinator:
         self._close_round(r, closed.round_time_s, payload_size, closed.cohort_size)
         return None
 
+    def _async_report(self) -> dict[str, object]:
+        """Async: the step's updates by staleness (mean, max, how many were stale); {} in sync mode."""
+        seen = self._staleness_seen
+        if not self.asynchronous:
+            return {}
+        return {"mode": "async", "staleness_mean": round(sum(seen) / len(seen), 4) if seen else 0.0,
+                "staleness_max": max(seen, default=0), "stale_updates": sum(1 for s in seen if s)}
+
+    def _next_weights(self) -> list[np.ndarray]:
+        """The aggregate of the round's updates, or, with a server optimizer, its step along the aggregated delta
+        (trainable tensors only: moving statistics take the aggregate)."""
+        aggregate = self.aggregator.result()
+        if self.server_optimizer is None:
+            return aggregate
+        model = self.p.model
+        return self.server_optimizer.step(model.get_weights(), aggregate, [w.trainable for w in model.weights])
+
     def _no_quorum_detail(self, r: int) -> str:
         rule = self.rounds.quorum
         online = sorted(self.rounds.trainable())
@@ -290,11 +330,15 @@ class Coordinator:
         p = self.p
         self._set_phase("aggregating")
         t0 = time.monotonic()
-        set_model_weights(p.model, self.aggregator.result())
+        set_model_weights(p.model, self._next_weights())
         aggregate_s = time.monotonic() - t0
         self._set_phase("evaluating")
         t0 = time.monotonic()
-        ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size)
+        every = self.settings.aggregation.evaluate_every
+        if p.last_evaluation is None or r % every == 0 or r == self.settings.training.rounds:
+            ev = evaluate_keras(p.model, p.x_test, p.y_test, self.settings.evaluation.batch_size)
+        else:   # [aggregation] evaluate_every: this round keeps the last evaluation's figures
+            ev = p.last_evaluation
         evaluate_s = time.monotonic() - t0
         self.store.save_round_model(p.model, r)
         stats = self.stats
@@ -308,9 +352,11 @@ class Coordinator:
             round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
             overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
             evaluate_s=round(evaluate_s, 4), client_ids=sorted(stats.client_ids), rejected=rejected,
-            aggregation=self.aggregator.report(), cohort=cohort_size, ignored=ignored,
+            aggregation={**self.aggregator.report(), **self._async_report()}, cohort=cohort_size, ignored=ignored,
+            elapsed_s=round(time.monotonic() - (self._run_started or time.monotonic()), 4),
         )
-        self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint)
+        self.store.round_closed(metrics, p.model.get_weights(), p.fingerprint,
+                                self.server_optimizer.state() if self.server_optimizer is not None else None)
         self._publish_metrics()
         self.progress.round_closed(metrics)
         p.last_evaluation = ev
@@ -364,16 +410,33 @@ class Coordinator:
 
     def _aggregate(self, event: UpdateReceived) -> None:
         client_id, update = event.client_id, event.update
-        if self.rounds.accept(client_id):  # seen offline (or never seen): an update proves it is there
+        if self.rounds.accept(client_id, update.round):  # seen offline (or never seen): an update proves it's there
             log.info("client %s sent an update while seen offline; online again", client_id)
             self._publish_state()
-        self.aggregator.add(ClientResult(client_id, update.num_examples, [w for _, w in update.tensors]))
+        weights = [w for _, w in update.tensors]
+        if self.asynchronous:
+            weights = self._weighted_for_staleness(client_id, update.round, weights)
+        self.aggregator.add(ClientResult(client_id, update.num_examples, weights))
         self.stats.add(client_id, event.size, update.num_examples, update.metrics.get("train_time_s", 0.0))
         tracker = self.rounds.tracker
         assert tracker is not None
         self.progress.update_accepted(client_id, len(tracker.received), tracker.target)
         log.info("round %d: update %d/%d from %s (%d examples%s)", tracker.round, len(tracker.received),
                  tracker.target, client_id, update.num_examples, local_metrics_text(update.metrics))
+
+    def _weighted_for_staleness(self, client_id: str, base: int, weights: list[np.ndarray]) -> list[np.ndarray]:
+        """Async: an update trained on version `base` enters the step as current + weight(staleness) x its delta
+        from that version (FedBuff); a fresh one as it is."""
+        staleness = self.round - base
+        self._staleness_seen.append(staleness)
+        if staleness == 0:
+            return weights
+        base_weights, current = self.versions.get(base), self.versions.get(self.round)
+        assert base_weights is not None and current is not None, "the rounds accept only versions still kept"
+        weight = self.staleness.weight(staleness)
+        log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
+                 client_id, base, staleness, weight)
+        return weighted_update(current, base_weights, weights, weight)
 
     # ---- state and end of run -----------------------------------------------------------------------
 
@@ -402,7 +465,8 @@ class Coordinator:
         self.node.closing = True
         p = self.p
         if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
-            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint)
+            self.store.finished(result.rounds_completed, p.model.get_weights(), p.fingerprint,
+                                self.server_optimizer.state() if self.server_optimizer is not None else None)
         if result.rounds_completed:
             self._set_phase("exporting")
             assert p.last_evaluation is not None

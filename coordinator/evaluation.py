@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from federation.config.settings import DataSettings
 from federation.learning.datasets import Dataset
+from federation.learning.own_data import TableOptions
 from federation.inference.runtime import TFLiteClassifier
 from federation.learning.models import compile_model
 
@@ -44,6 +46,13 @@ def evaluate_classifier(classifier: TFLiteClassifier, x: np.ndarray, y: np.ndarr
     probs = classifier.predict(x)
     picked = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
     return Evaluation(float(-np.log(picked).mean()), float((probs.argmax(1) == y).mean()), len(x))
+
+
+def table_options(data: DataSettings) -> TableOptions:
+    """The [data] settings: how the coordinator makes examples from a CSV [model] dataset."""
+    return TableOptions(kind=data.kind, label=data.label, features=tuple(data.features), scaling=data.scaling,
+                        test_file=data.test_file, test_fraction=data.test_fraction, seed=data.seed,
+                        window=data.window, stride=data.stride, target=data.target, horizon=data.horizon)
 
 
 def test_split(dataset: Dataset, max_examples: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,8 @@ class RoundTracker:
     started_at: float
     expected: frozenset[str]                      # the cohort
     received: set[str] = field(default_factory=set)
+    fixed_target: int = 0      # async: updates that make a step (buffer_size); 0: from the rule's fraction
+    stale: int = 0             # async: stale updates counted (trained on an earlier version; not in `received`)
 
     @property
     def deadline(self) -> float:
@@ -53,6 +55,8 @@ class RoundTracker:
     @property
     def target(self) -> int:
         """Updates that close the round before its deadline."""
+        if self.fixed_target:
+            return self.fixed_target
         # round() first: 0.14 * 100 is 14.000000000000002 in floating point, which ceil makes 15
         return max(self.rule.min_clients, math.ceil(round(self.rule.fraction * len(self.expected), 9)))
 
@@ -72,17 +76,22 @@ class RoundTracker:
 
     def missing_for_quorum(self, online: set[str]) -> int:
         """How many more clients must be asked before a quorum is possible again (0: it is possible)."""
-        return max(0, self.rule.min_clients - len(self.received | (set(self.expected) & online)))
+        return max(0, self.rule.min_clients - self.stale - len(self.received | (set(self.expected) & online)))
 
     def waiting_for(self, online: set[str]) -> set[str]:
         """Cohort members still online that have not answered."""
         return (set(self.expected) & online) - self.received
 
     def quorum_possible(self, online: set[str]) -> bool:
-        return len(self.received | (set(self.expected) & online)) >= self.rule.min_clients
+        return len(self.received | (set(self.expected) & online)) + self.stale >= self.rule.min_clients
+
+    @property
+    def count(self) -> int:
+        """Updates counted: fresh ones (one per client) and stale ones (async)."""
+        return len(self.received) + self.stale
 
     def decide(self, now: float, online: set[str]) -> Decision:
-        have = len(self.received)
+        have = self.count
         if have >= self.rule.min_clients:
             if have >= self.target or not self.waiting_for(online):
                 return Decision.CLOSE

@@ -89,6 +89,9 @@ class Rounds:
     wait_for_clients_s: float = 0.0
     start_grace_s: float = 0.0
     poll_s: float = 0.5
+    max_staleness: int | None = None   # async (FedBuff): accept updates up to this many versions old; None: sync
+    buffer_size: int = 0               # async: updates per step (0: quorum.min_clients)
+    oldest_version: int = 0            # async: the oldest version still known (a resumed run forgot older ones)
     online: set[str] = field(default_factory=set)
     unfit: dict[str, str] = field(default_factory=dict)   # online clients that said why they can't train
     last_closed: int = 0
@@ -96,6 +99,11 @@ class Rounds:
     _wait: _Wait | None = None
     _impossible_said: bool = False
     _overdue_said: bool = False
+    _stale_seen: set[tuple[str, int]] = field(default_factory=set)   # async: (client, version) of stale updates
+
+    @property
+    def asynchronous(self) -> bool:
+        return self.max_staleness is not None
 
     # ---- clients ---------------------------------------------------------------------------------------------
 
@@ -161,7 +169,11 @@ class Rounds:
         """Open round `round_` with `cohort` (by default `sample(round_)`): its deadline counts from `now`."""
         trainable = self.trainable()
         cohort = self.sample(round_) if cohort is None else cohort
-        self.tracker = RoundTracker(self.quorum, round_, now, cohort)
+        self.tracker = RoundTracker(self.quorum, round_, now, cohort,
+                                    fixed_target=(self.buffer_size or self.quorum.min_clients) if self.asynchronous
+                                    else 0)
+        if self.max_staleness is not None:
+            self._stale_seen = {(c, r) for c, r in self._stale_seen if round_ - r <= self.max_staleness}
         self._wait = None
         self._impossible_said = self._overdue_said = False
         return Opened(round_, cohort, len(trainable), self.tracker.target, self.tracker.deadline)
@@ -178,6 +190,8 @@ class Rounds:
             return Drop("sender_mismatch", f"payload names sender {sender_text or sender!r}, topic says {client_id!r}")
         if run != self.run:
             return Drop("wrong_run", f"{type_} for run {run_text or run!r}")
+        if self.max_staleness is not None:
+            return self._check_async(client_id, type_, round_)
         tracker = self.tracker
         if tracker is None or round_ != tracker.round:
             if round_ <= self.last_closed:
@@ -190,12 +204,39 @@ class Rounds:
             return Drop("duplicate", f"second update for round {round_}")
         return None
 
-    def accept(self, client_id: str) -> bool:
-        """Count a validated update of the open round (it passed `check`); True if its sender was seen offline
-        (an update proves it is there: it is online again)."""
+    def _check_async(self, client_id: str, type_: str, round_: int) -> Drop | None:
+        """Async: any online device's update trained on the current version or one at most max_staleness older,
+        once per (device, version)."""
+        assert self.max_staleness is not None
+        current = self.tracker.round if self.tracker else self.last_closed + 1
+        if round_ > current:
+            return Drop("wrong_round", f"{type_} for version {round_}, the newest is {current}")
+        staleness = current - round_
+        if staleness > self.max_staleness:
+            return Drop("stale", f"{type_} trained on version {round_}, {staleness} versions old (at most "
+                                 f"{self.max_staleness} accepted: [aggregation] max_staleness)")
+        if round_ < self.oldest_version:
+            return Drop("stale", f"{type_} trained on version {round_}, from before the coordinator restarted at "
+                                 f"version {self.oldest_version}: the versions its delta is measured against are gone")
+        fresh = staleness == 0
+        if fresh and self.tracker is not None and client_id in self.tracker.received \
+                or not fresh and (client_id, round_) in self._stale_seen:
+            return Drop("duplicate", f"second update trained on version {round_}")
+        return None
+
+    def accept(self, client_id: str, round_: int | None = None) -> bool:
+        """Count a validated update of the open round (it passed `check`; async: `round_` is the version it was
+        trained on); True if its sender was seen offline (an update proves it is there: it is online again)."""
         tracker = self.tracker
         assert tracker is not None, "no open round"
-        added = tracker.add(client_id)
+        if self.asynchronous and round_ is not None and round_ != tracker.round:
+            self._stale_seen.add((client_id, round_))
+            tracker.stale += 1
+            added = True
+        else:
+            if self.asynchronous:
+                tracker.extend({client_id})   # async: any online device trains; it need not be in the cohort
+            added = tracker.add(client_id)
         assert added, f"{client_id} passed no check for round {tracker.round}"
         if client_id in self.online:
             return False
@@ -204,7 +245,7 @@ class Rounds:
 
     @property
     def received(self) -> int:
-        return len(self.tracker.received) if self.tracker else 0
+        return self.tracker.count if self.tracker else 0
 
     def poll(self, now: float) -> Poll:
         """After every event and on a timer: top the cohort up when too few of its members are online for a

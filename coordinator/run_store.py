@@ -73,15 +73,19 @@ class RunStore:
     def save_round_model(self, model: "keras.Model", round_: int) -> None:
         model.save(self.run_dir / "models" / f"round_{round_:03d}.keras")
 
-    def round_closed(self, metrics: RoundMetrics, weights: list[np.ndarray], fingerprint: str) -> None:
-        """Append the round's metrics and write the checkpoint after it."""
+    def round_closed(self, metrics: RoundMetrics, weights: list[np.ndarray], fingerprint: str,
+                     optimizer_state: dict[str, np.ndarray] | None = None) -> None:
+        """Append the round's metrics and write the checkpoint after it (with the server optimizer's moments)."""
         append_metrics(self.metrics_path, metrics)
         self.history.append(metrics)
-        save_checkpoint(self.run_dir, Checkpoint(metrics.round, weights, self.history, fingerprint))
+        save_checkpoint(self.run_dir, Checkpoint(metrics.round, weights, self.history, fingerprint,
+                                                 optimizer_state=optimizer_state or {}))
 
-    def finished(self, rounds: int, weights: list[np.ndarray], fingerprint: str) -> None:
+    def finished(self, rounds: int, weights: list[np.ndarray], fingerprint: str,
+                 optimizer_state: dict[str, np.ndarray] | None = None) -> None:
         """The run completed: a restart starts a new run (a stopped one can still be resumed)."""
-        save_checkpoint(self.run_dir, Checkpoint(rounds, weights, self.history, fingerprint, finished=True))
+        save_checkpoint(self.run_dir, Checkpoint(rounds, weights, self.history, fingerprint, finished=True,
+                                                 optimizer_state=optimizer_state or {}))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))

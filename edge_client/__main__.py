@@ -34,16 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split updates larger than this for brokers that cap message sizes (default: config, 0)")
     data = p.add_argument_group("local data")
     data.add_argument("--dataset", required=True,
-                      help="fashion_mnist, mnist, cifar10, or a folder of images with one sub-folder per class")
+                      help="fashion_mnist, mnist, cifar10, a folder of images with one sub-folder per class, an .npz "
+                           "file (arrays x and y), or a .csv table or sensor series: its columns are read by the "
+                           "names the coordinator sends (extra columns and any order are fine), scaled and "
+                           "windowed as it says")
     data.add_argument("--data-dir", default=None, help="where offline copies of the built-in datasets live")
     data.add_argument("--partition", default=None, help="take part K of N of the training set, e.g. 1/2")
     data.add_argument("--scheme", default="iid", choices=("iid", "dirichlet", "shards"),
-                      help="how the training set is split into parts")
+                      help="how the training set is split into parts (regression targets: iid only)")
     data.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration (scheme dirichlet)")
     data.add_argument("--shards-per-client", type=int, default=2, help="label shards per part (scheme shards)")
     data.add_argument("--seed", type=int, default=0, help="partition and training seed")
     data.add_argument("--index-range", default=None, help="take training examples L:R instead of a part")
-    data.add_argument("--max-examples", type=int, default=0, help="use only the first N training examples")
+    data.add_argument("--max-examples", type=int, default=0,
+                      help="use only the first N training examples (rows of a table, windows of a series)")
     data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="resize image-folder images")
     model = p.add_argument_group("the coordinator's model (built from its architecture on the wire)")
@@ -54,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="refuse models whose weights exceed this many MiB (training holds about 4 copies); "
                             "default: 1/16 of this machine's memory")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
+    p.add_argument("--slowdown", type=float, default=1.0, metavar="N",
+                   help="simulate a device N times slower than this one: after training, wait N - 1 times the "
+                        "training time (tests and benchmarks of uneven fleets; default 1)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -69,6 +76,9 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
 
         return import_module(f"edge_client.{argv[0]}").main(argv[1:])
     args = build_parser().parse_args(argv)
+    if not 1.0 <= args.slowdown <= 1000:
+        print(f"error: --slowdown {args.slowdown:g} is out of range: 1 (this device's speed) to 1000", file=sys.stderr)
+        return 2
     from federation.cli.console import configure_logging, terminal_console
 
     console = terminal_console()  # a live progress panel on a terminal; plain log lines otherwise
@@ -98,7 +108,7 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
             client_id=args.client_id,
             broker=address,
             run=args.run or cfg.run.name, topic_prefix=args.topic_prefix or cfg.broker.topic_prefix,
-            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed,
+            max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed, slowdown=args.slowdown,
             chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes)
         if args.max_model_mb < 0:
             raise ValueError(f"--max-model-mb {args.max_model_mb:g}: give a positive size, or 0 for the default")

@@ -31,7 +31,7 @@ from edge_client.progress import ClientProgress
 from edge_client.trainer import KerasTrainer, RoundContext, Trainer, checked_result
 
 if TYPE_CHECKING:
-    from edge_client.local_data import LocalData
+    from edge_client.local_data import LocalSource
 
 log = logging.getLogger(__name__)
 __all__ = ["ClientSettings", "EdgeClient", "IncompatibleModelError", "label_map"]   # label_map: edge_client.labels
@@ -46,6 +46,7 @@ class ClientSettings:
     max_payload_mb: float = 64.0
     chunk_bytes: int = 0   # split larger updates into chunks (0: never)
     seed: int = 0
+    slowdown: float = 1.0  # simulate a slower device: training takes this many times its real time (tests, benches)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class EdgeClient:
     """One training device in a run. It trains with `trainer` (default: KerasTrainer on `data`, building the
     coordinator's model from the wire with `model_builder`); MQTT, presence, re-sends and chunking are its own."""
 
-    def __init__(self, settings: ClientSettings, data: LocalData | None = None,
+    def __init__(self, settings: ClientSettings, data: LocalSource | None = None,
                  transform_update: UpdateTransform | None = None, *, trainer: Trainer | None = None,
                  model_builder: ModelBuilder | None = None) -> None:
         check_level(settings.client_id, "client id")
@@ -335,6 +336,7 @@ class EdgeClient:
             log.error("round %d: training failed", message.round, exc_info=not isinstance(self.trainer, KerasTrainer))
             raise IncompatibleModelError(f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                                          ) from None
+        self._simulate_slowdown(time.monotonic() - started)
         train_time = time.monotonic() - started
         metrics = {**result.metrics, "train_time_s": round(train_time, 4)}
         trained = self._update_weights(weights, result.weights)
@@ -344,7 +346,7 @@ class EdgeClient:
         self._drain()
         latest = self._latest
         newer = latest if latest is not None and latest.round > message.round and latest.model == message.model \
-            else None
+            and plan.mode == "sync" else None   # async: a stale update still counts (weighted by its staleness)
         if newer is not None:
             log.info("round %d: trained, but the model of round %d arrived meanwhile; this update would be late, so "
                      "it is dropped", message.round, newer.round)
@@ -368,3 +370,12 @@ class EdgeClient:
     def _update_weights(self, global_weights: list[np.ndarray], trained: list[np.ndarray]) -> list[np.ndarray]:
         """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
         return trained if self.transform_update is None else self.transform_update(global_weights, trained)
+
+    def _simulate_slowdown(self, real_s: float) -> None:
+        """--slowdown N: wait (N - 1) x the real training time, handling messages meanwhile, as a slower device
+        would (uneven fleets in tests and benchmarks; nothing on the wire changes)."""
+        end = time.monotonic() + (self.settings.slowdown - 1.0) * real_s
+        while (left := end - time.monotonic()) > 0:
+            item = self.inbox.get(timeout=min(left, 0.5))
+            if item is not None:
+                self._handle(item)

@@ -22,7 +22,7 @@ from federation.protocol.messages import MAX_METRIC_VALUE, MAX_METRICS, ModelInf
 if TYPE_CHECKING:
     import keras
 
-    from edge_client.local_data import LocalData
+    from edge_client.local_data import LocalData, LocalSource
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,11 @@ class Trainer(ABC):
     """One device's training code. Subclass it, or pass a plain function to FunctionTrainer."""
 
     description: str = "own training code"   # what the data is, for the log
-    num_examples: int = 0                      # examples held, announced in the device's status
+
+    @property
+    def num_examples(self) -> int:
+        """Examples held, announced in the device's status (0: not said)."""
+        return 0
 
     def check(self, weights: list[np.ndarray], plan: TrainingPlan, model: ModelInfo) -> None:
         """Before training: raise IncompatibleModelError if this device can't train `model` (the client then
@@ -79,8 +83,12 @@ class FunctionTrainer(Trainer):
             raise TypeError(f"fit must be a function (weights, plan, model_info) -> FitResult, got "
                             f"{type(function).__name__}")
         self.function = function
-        self.num_examples = num_examples
+        self._num_examples = num_examples
         self.description = description or getattr(function, "__name__", "own fit function")
+
+    @property
+    def num_examples(self) -> int:
+        return self._num_examples
 
     def fit(self, weights: list[np.ndarray], plan: TrainingPlan, model: ModelInfo,
             context: RoundContext) -> FitResult:
@@ -122,24 +130,44 @@ def checked_result(result: FitResult, global_weights: list[tuple[str, np.ndarray
 
 class KerasTrainer(Trainer):
     """The default: builds the coordinator's model from its architecture (or the registry, for a coordinator that
-    sends none), compiles it with the recipe and trains it with model.fit on this device's LocalData."""
+    sends none), compiles it with the recipe and trains it with model.fit on this device's data (a LocalSource:
+    examples as they are, or a CSV's made by the model's column schema)."""
 
-    def __init__(self, data: "LocalData", builder: ModelBuilder | None = None) -> None:
-        self.data = data
+    def __init__(self, source: "LocalSource", builder: ModelBuilder | None = None) -> None:
+        from edge_client.local_data import LocalData
+
+        self.source = source
+        self.data: LocalData | None = source if isinstance(source, LocalData) else None
         self.builder = builder or ModelBuilder()
-        self.description = data.name
-        self.num_examples = len(data.y)
+        self.description = source.name
         self._labels: tuple[tuple[tuple[str, ...], int], np.ndarray] | None = None
         self._registered: tuple[ModelInfo, keras.Model] | None = None
 
+    @property
+    def num_examples(self) -> int:
+        return int(self.source.num_examples)
+
+    def data_for(self, info: ModelInfo) -> "LocalData":
+        """This device's examples for `info`'s model (a CSV's are made by its schema); IncompatibleModelError
+        when the data does not fit it."""
+        from federation.learning.datasets import DatasetError
+
+        try:
+            data = self.source.for_model(info)
+        except (DatasetError, ValueError) as exc:  # a column, class or window the file lacks; a bad partition
+            raise IncompatibleModelError(str(exc)) from None
+        if data is not self.data:
+            self.data, self._labels = data, None
+        return data
+
     def model_for(self, info: ModelInfo) -> "keras.Model":
         """The coordinator's model, built here; IncompatibleModelError when it doesn't fit this device."""
-        if tuple(info.input_shape) != self.data.input_shape:
+        data = self.data_for(info)
+        if tuple(info.input_shape) != data.input_shape:
             raise IncompatibleModelError(
                 f"the coordinator's model {info.name} takes inputs of shape {tuple(info.input_shape)}, but this "
-                f"device's data ({self.data.name}) has shape {self.data.input_shape}")
-        if info.task == "classification":
-            self.labels_for(info)
+                f"device's data ({data.name}) has shape {data.input_shape}")
+        self.labels_for(info)
         if info.architecture is not None:
             return self.builder.build(info.architecture, info.name)
         from federation.learning.models import ModelError, build_model
@@ -152,17 +180,22 @@ class KerasTrainer(Trainer):
             raise IncompatibleModelError(f"the coordinator sent no architecture and {exc}") from None
 
     def labels_for(self, info: ModelInfo) -> np.ndarray:
-        """This device's labels as indices of the coordinator's classes (regression: the targets as they are)."""
-        if info.task != "classification":
-            return self.data.y
+        """This device's labels as indices of the coordinator's classes, or regression targets as float32
+        (IncompatibleModelError if they don't fit the model)."""
+        from edge_client.labels import label_map
+        from edge_client.local_data import task_labels
+        from federation.learning.datasets import DatasetError
+
+        data = self.data_for(info)
         key = (info.class_names, info.num_classes)
         if self._labels is not None and self._labels[0] == key:
             return self._labels[1]
-        from edge_client.labels import label_map
-
-        used = int(self.data.y.max()) + 1 if self.data.y.size else 0
-        mapping = label_map(tuple(self.data.class_names), info, used)
-        labels = self.data.y if mapping is None else mapping[self.data.y]
+        try:
+            y, names = task_labels(data, info)
+        except DatasetError as exc:
+            raise IncompatibleModelError(str(exc)) from None
+        mapping = None if info.task == "regression" else label_map(names, info, int(y.max()) + 1 if y.size else 0)
+        labels = y if mapping is None else mapping[y]
         self._labels = (key, labels)
         return labels
 
@@ -199,8 +232,8 @@ class KerasTrainer(Trainer):
             raise IncompatibleModelError(f"can't compile the model {model.name} here: {exc}") from None
         keras.utils.set_random_seed(context.seed * 100003 + context.round)
         between = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: context.between_batches())
-        history = net.fit(self.data.x, labels, epochs=plan.epochs, batch_size=plan.batch_size, shuffle=True,
+        history = net.fit(self.data_for(model).x, labels, epochs=plan.epochs, batch_size=plan.batch_size, shuffle=True,
                           verbose=0, callbacks=[*context.callbacks, between])
         metrics = {name: float(values[-1]) for name, values in history.history.items() if values}
-        return FitResult([w.numpy() for w in net.weights], len(self.data.y), metrics)
+        return FitResult([w.numpy() for w in net.weights], len(labels), metrics)
 

@@ -66,10 +66,30 @@ class ModelSettings:
                          "name")
     builder: str = _opt("", "your own model: a function package.module:function called with (input_shape, "
                             "outputs) that returns a keras.Model, compiled or not; replaces name")
-    dataset: str = _opt("fashion_mnist", "evaluation dataset: fashion_mnist, mnist, cifar10 or an image folder path")
+    dataset: str = _opt("fashion_mnist", "evaluation dataset: fashion_mnist, mnist, cifar10, an image folder path, "
+                                         "a .csv table or series (see [data]) or an .npz file")
     data_dir: str = _opt("", "where offline dataset files live (empty: Keras cache, then Debian's location)")
     image_size: list[int] = _opt([], "resize image-folder images to [height, width] (empty: keep)")
     seed: int = _opt(0, "seed for model initialisation", lo=0)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    kind: str = _opt("table", "a CSV [model] dataset: one example per row (table), or windows of rows (series)",
+                     choices=("table", "series"))
+    label: str = _opt("", "label column of a CSV: classes, or the regression target (empty: the last column)")
+    features: list[str] = _opt([], "feature columns in this order (empty: every other column, in file order)")
+    scaling: str = _opt("none", "standard: scale each feature with the mean and std of the coordinator's training "
+                                "rows (sent to devices)", choices=("none", "standard"))
+    test_file: str = _opt("", "a separate test CSV or .npz file (empty: hold out test_fraction of the dataset)")
+    test_fraction: float = _opt(0.2, "held-out share: random rows of a table (seeded), the last rows of a series",
+                                lo=0.0, hi=0.9)
+    seed: int = _opt(0, "seed of the held-out rows", lo=0)
+    window: int = _opt(16, "series: rows per example", lo=1, hi=100000)
+    stride: int = _opt(1, "series: rows between the starts of two windows", lo=1, hi=100000)
+    target: str = _opt("last", "series: the label of the window's last row, or the label column's value "
+                               "horizon rows after it (future)", choices=("last", "future"))
+    horizon: int = _opt(0, "series, target future: how many rows after the window (>= 1)", lo=0, hi=100000)
 
 
 @dataclass(frozen=True)
@@ -124,6 +144,36 @@ class AggregationSettings:
     dp_delta: float = _opt(1e-5, "the delta of the (epsilon, delta) privacy reported", lo=1e-12, hi=0.1)
     dp_total_clients: int = _opt(0, "population the round's clients are sampled from, for privacy amplification "
                                     "(0: every round may see every client, sampling rate 1)", lo=0)
+    mode: str = _opt("sync", "sync: rounds wait for their cohort; async: buffered asynchronous aggregation (FedBuff): "
+                             "devices train whatever version they have, the model steps every buffer_size updates",
+                     choices=("sync", "async"))
+    buffer_size: int = _opt(0, "async: updates per step of the global model, K (0: quorum.min_clients)", lo=0)
+    max_staleness: int = _opt(5, "async: refuse updates trained on a version more than this many steps old (the "
+                                 "coordinator keeps this many past versions in memory)", lo=0, hi=1000)
+    staleness_weighting: str = _opt("polynomial", "async: how an update's weight falls with its staleness s: "
+                                                  "polynomial (1 + s)^-staleness_exponent, or constant (1)",
+                                    choices=("polynomial", "constant"))
+    staleness_exponent: float = _opt(0.5, "async: the exponent a of the polynomial weighting (0.5: 1/sqrt(1 + s))",
+                                     lo=0.0, hi=10.0)
+    evaluate_every: int = _opt(1, "evaluate the global model every M rounds or async steps (and always at the end)",
+                               lo=1)
+
+
+@dataclass(frozen=True)
+class ServerOptimizerSettings:
+    name: str = _opt("none", "server-side optimizer applied to each round's aggregated delta (Flower's strategies): "
+                             "none (the aggregate is the new model), fedavgm, fedadam, fedyogi, fedadagrad",
+                     choices=("none", "fedavgm", "fedadam", "fedyogi", "fedadagrad"))
+    eta: float = _opt(0.0, "server learning rate of fedadam, fedyogi, fedadagrad (0: Flower's default, 0.1, 0.01 "
+                           "and 0.1)", lo=0.0, hi=100.0)
+    eta_l: float = _opt(0.0, "the clients' learning rate (Flower's name; 0: [training] learning_rate)", lo=0.0,
+                        hi=10.0)
+    beta_1: float = _opt(0.9, "first-moment decay of fedadam and fedyogi", lo=0.0, hi=0.999999)
+    beta_2: float = _opt(0.99, "second-moment decay of fedadam and fedyogi", lo=0.0, hi=0.999999)
+    tau: float = _opt(0.0, "adaptivity of fedadam, fedyogi, fedadagrad (0: Flower's default, 1e-9, 1e-3, 1e-9)",
+                      lo=0.0, hi=10.0)
+    server_learning_rate: float = _opt(1.0, "fedavgm: server learning rate", lo=0.0, hi=100.0)
+    server_momentum: float = _opt(0.0, "fedavgm: server momentum (e.g. 0.9)", lo=0.0, hi=0.999999)
 
 
 @dataclass(frozen=True)
@@ -157,10 +207,12 @@ class Settings:
     run: RunSettings = field(default_factory=RunSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     quorum: QuorumSettings = field(default_factory=QuorumSettings)
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
+    server_optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
@@ -280,6 +332,19 @@ def _check_cross_field(s: Settings, source: str) -> None:
         raise ConfigError(f"{source}: [model] image_size must be [height, width], got {s.model.image_size}")
     _check_sampling(s, source)
     _check_security(s, source)
+    if problem := series_problem(s.data):
+        raise ConfigError(f"{source}: [data] {problem}")
+
+
+def series_problem(d: DataSettings) -> str:
+    """Why [data]'s series keys don't fit together ("" when they do)."""
+    if d.target == "future" and d.horizon < 1:
+        return "target = \"future\" needs horizon >= 1 (rows after the window's last row)"
+    if d.target == "last" and d.horizon:
+        return f"horizon = {d.horizon} applies to target = \"future\" only; set target or horizon = 0"
+    if d.kind == "table" and (d.target != "last"):
+        return "target applies to kind = \"series\" only"
+    return ""
 
 
 def _check_sampling(s: Settings, source: str) -> None:
@@ -312,6 +377,13 @@ def _check_security(s: Settings, source: str) -> None:
                           f"to that (it is {s.quorum.min_clients})")
     if problem := dp_problem(a):
         raise ConfigError(f"{source}: [aggregation] {problem}")
+    if a.mode == "async" and a.dp_noise_multiplier > 0:
+        raise ConfigError(f"{source}: [aggregation] mode = \"async\" can't be combined with dp_noise_multiplier: the "
+                          "privacy accounting assumes one update per client per round, and in async mode a device may "
+                          "add a stale and a fresh update to the same step. Use mode = \"sync\" for central DP")
+    if a.mode == "async" and s.sampling.fraction_train < 1.0:
+        raise ConfigError(f"{source}: [aggregation] mode = \"async\" trains every online device; [sampling] "
+                          f"fraction_train = {s.sampling.fraction_train:g} applies to sync rounds only: set it to 1.0")
 
 
 def tls_problem(tls_cert: str, tls_key: str, tls_ca: str) -> str:

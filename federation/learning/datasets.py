@@ -1,6 +1,7 @@
-"""Training data: the built-in Fashion-MNIST, MNIST and CIFAR-10 sets, or a folder of images.
+"""Training data: the built-in Fashion-MNIST, MNIST and CIFAR-10 sets, a folder of images, or (own_data.py) a CSV
+table, a CSV time series or an .npz file.
 
-Everything comes back as uint8 NHWC images with int64 labels; rescaling to [0, 1] is the model's job."""
+Images come back as uint8 NHWC with int64 labels (rescaling to [0, 1] is the model's job); tables as float32."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 from io import BufferedIOBase
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from federation.errors import FedmqError
+
+if TYPE_CHECKING:
+    from federation.learning.own_data import TableOptions
+    from federation.protocol.data_schema import DataSchema
 
 LOG = logging.getLogger(__name__)
 
@@ -79,7 +85,10 @@ class DatasetError(FedmqError, ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A train/test split of uint8 NHWC images (grayscale has C=1) with 1-D int64 labels."""
+    """A train/test split: uint8 NHWC images (grayscale has C=1), or float32 rows (tables) or windows (series).
+
+    Labels are 1-D int64 class indices (classification), or float32 targets (regression, no class names).
+    `schema` (tables and series only) says how the examples were made from the CSV; devices get it on the wire."""
 
     name: str
     x_train: np.ndarray = field(repr=False)
@@ -87,6 +96,7 @@ class Dataset:
     x_test: np.ndarray = field(repr=False)
     y_test: np.ndarray = field(repr=False)
     class_names: tuple[str, ...]
+    schema: DataSchema | None = None
 
     def __post_init__(self) -> None:
         _check_split(self, "train", self.x_train, self.y_train)
@@ -98,24 +108,33 @@ class Dataset:
             )
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        height, width, channels = self.x_train.shape[1:]
-        return int(height), int(width), int(channels)
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def task(self) -> str:
+        """"regression" when the labels are float targets, else "classification"."""
+        return "regression" if self.y_train.dtype.kind == "f" else "classification"
+
 
 def _check_split(dataset: Dataset, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """Raise DatasetError unless `images` is uint8 NHWC and `labels` are int64 class indices matching it."""
+    """Raise DatasetError unless `images` is uint8 or float32 (N, ...) and `labels` match it: int64 class
+    indices, or float32 targets when there are no class names (regression)."""
     where = f"data set {dataset.name!r}, {split} split"
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise DatasetError(f"{where}: images must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
-    if labels.ndim != 1 or labels.dtype != np.int64:
-        raise DatasetError(f"{where}: labels must be 1-D int64, got {labels.dtype} {labels.shape}")
+    if images.ndim < 2 or images.dtype not in (np.uint8, np.float32):
+        raise DatasetError(f"{where}: inputs must be uint8 or float32 (N, ...), got {images.dtype} {images.shape}")
     if len(images) != len(labels):
-        raise DatasetError(f"{where}: {len(images)} images but {len(labels)} labels")
+        what = "images" if images.ndim == 4 else "examples"
+        raise DatasetError(f"{where}: {len(images)} {what} but {len(labels)} labels")
+    if labels.dtype == np.float32 and not dataset.class_names and labels.ndim in (1, 2):
+        return  # regression targets
+    if labels.ndim != 1 or labels.dtype != np.int64:
+        raise DatasetError(f"{where}: labels must be 1-D int64 (or float32 targets without class names), got "
+                           f"{labels.dtype} {labels.shape}")
     if len(labels) and (labels.min() < 0 or labels.max() >= len(dataset.class_names)):
         raise DatasetError(
             f"{where}: labels span {labels.min()}..{labels.max()}"
@@ -159,13 +178,19 @@ def candidate_locations(name: str, data_dir: str | Path | None = None) -> list[S
 
 
 def load_dataset(
-    name: str, data_dir: str | Path | None = None, image_size: Sequence[int] | None = None
+    name: str, data_dir: str | Path | None = None, image_size: Sequence[int] | None = None,
+    table: TableOptions | None = None, task: str = "classification",
 ) -> Dataset:
-    """Load a built-in data set by name, or an image folder by path.
+    """Load a built-in data set by name, an image folder by path, or a .csv / .npz file (own_data.py).
 
     Built-ins are searched in candidate_locations() and, failing those, downloaded by keras.datasets.
     A folder that happens to be called like a built-in is loaded as a folder when given as './mnist'.
-    image_size is (height, width); images of another size are resized."""
+    image_size is (height, width); images of another size are resized. `table` says how a CSV becomes examples
+    and how much of a file is held out for testing; `task` how its labels are read (classes or float targets)."""
+    from federation.learning import own_data  # here: own_data imports this module
+
+    if own_data.is_own_data_file(name):
+        return own_data.load_own_dataset(name, table or own_data.TableOptions(), task)
     size = _check_image_size(image_size)
     key = _builtin_key(name)
     if key is None:

@@ -73,12 +73,21 @@ class SourcedModel:
         return plan_optimizer(self.recipe, "adam")
 
 
+def dataset_outputs(dataset: Any) -> int:
+    """What a model for `dataset` (federation.learning.datasets.Dataset) must output: one unit per class, or per
+    regression target."""
+    if getattr(dataset, "task", "classification") == REGRESSION:
+        return int(dataset.y_train.shape[1]) if dataset.y_train.ndim > 1 else 1
+    return int(dataset.num_classes)
+
+
 def load_model_source(choice: ModelChoice, input_shape: tuple[int, ...], outputs: int, *, optimizer: str = "adam",
-                      learning_rate: float = 1e-3) -> SourcedModel:
+                      learning_rate: float = 1e-3, data_task: str | None = None) -> SourcedModel:
     """Build or load the model for data of `input_shape` with `outputs` classes (or regression targets).
 
-    A compiled model keeps its recipe; an uncompiled one, and a registry model, gets the task's default with
-    [training]'s `optimizer` and `learning_rate`."""
+    A compiled model keeps its recipe; an uncompiled one, and a registry model, gets the default recipe of the
+    data's task (`data_task`; without it, a softmax output is a classifier) with [training]'s `optimizer` and
+    `learning_rate`."""
     choice.check()
     if choice.path:
         model, label, registry = _from_file(choice.path), Path(choice.path).stem, False
@@ -95,7 +104,7 @@ def load_model_source(choice: ModelChoice, input_shape: tuple[int, ...], outputs
     try:
         recipe = None if registry else recipe_of(model)
         if recipe is None:  # the task follows the output: a softmax classifier, else values
-            recipe = default_recipe(_guess_task(model), optimizer, learning_rate)
+            recipe = default_recipe(data_task or _guess_task(model), optimizer, learning_rate)
         else:
             log.info("%s: its own compile recipe (loss %s, metrics %s, optimizer %s, learning rate %s); "
                      "[training] optimizer and learning_rate apply to uncompiled models only", where,

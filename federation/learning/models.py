@@ -56,6 +56,43 @@ def small_cnn(input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":
     )
 
 
+@register_model("dense_classifier")
+def dense_classifier(input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":
+    """A small Dense network for tables: inputs (features,), best scaled ([data] scaling = "standard")."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, name="features"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(64, activation="relu", name="dense1"),
+            layers.Dense(32, activation="relu", name="dense2"),
+            layers.Dense(num_classes, activation="softmax", name="probabilities"),
+        ],
+        name="dense_classifier",
+    )
+
+
+@register_model("conv1d_classifier")
+def conv1d_classifier(input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":
+    """A small 1-D CNN for sensor series: inputs (window, features), best scaled ([data] scaling = "standard")."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape, name="window"),
+            layers.Conv1D(32, 5, padding="same", activation="relu", name="conv1"),
+            layers.Conv1D(32, 3, padding="same", activation="relu", name="conv2"),
+            layers.GlobalAveragePooling1D(name="pool"),
+            layers.Dense(32, activation="relu", name="dense"),
+            layers.Dense(num_classes, activation="softmax", name="probabilities"),
+        ],
+        name="conv1d_classifier",
+    )
+
+
 def build_model(name: str, input_shape: tuple[int, ...], num_classes: int) -> "keras.Model":
     if name not in MODEL_REGISTRY:
         raise ModelError(f"unknown model {name!r}; registered: {', '.join(sorted(MODEL_REGISTRY))}")

@@ -76,7 +76,15 @@ def partition_indices(
 ) -> list[np.ndarray]:
     """Split range(len(labels)) into num_parts disjoint, complete, sorted int64 index arrays.
 
-    The same arguments always give the same parts; every part gets at least one example."""
+    The same arguments always give the same parts; every part gets at least one example. Float labels are
+    regression targets: they have no classes, so only the iid scheme splits them."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind == "f" and labels.ndim == 1:
+        if scheme != "iid":
+            raise PartitionError(
+                f"the {scheme} scheme splits by class, but these labels are regression targets (floats); use "
+                "--scheme iid or --index-range, or bin the targets into classes first")
+        labels = np.zeros(len(labels), dtype=np.int64)  # iid needs only the count
     labels = _label_vector(labels)
     _check_options(num_parts, scheme, seed, alpha, shards_per_client)
     _check_enough_examples(len(labels), num_parts, scheme, shards_per_client)

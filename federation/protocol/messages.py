@@ -17,6 +17,7 @@ from federation.protocol.byte_chunks import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkEr
 from federation.protocol.codec import (
     DecodeError, DecodeLimits, clip_text, decode_tensors, encode_tensors, pack, unpack, wire_repr,
 )
+from federation.protocol.data_schema import DataSchema
 from federation.protocol.deployed_model import DeploymentError, DeploymentInfo
 from federation.protocol.version import PROTOCOL_VERSION
 
@@ -28,6 +29,7 @@ MAX_METRICS = 64                  # metrics of one update
 MAX_METRIC_VALUE = 1e15           # larger metric values are rejected (JSON-safe, plot-safe)
 MAX_CHUNK_BYTES = 256 * 1024 * 1024
 TASKS = ("classification", "regression")   # ModelInfo.task
+AGGREGATION_MODES = ("sync", "async")      # TrainingPlan.mode
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,15 @@ class TrainingPlan:
     learning_rate: float
     optimizer: str = "adam"
     chunk_bytes: int = 0     # updates larger than this must be sent chunked (0: the broker takes any size)
+    mode: str = "sync"       # "async": send the update even when a newer version came meanwhile (FedBuff)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "optimizer": self.optimizer, "chunk_bytes": self.chunk_bytes}
+        wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
+                                "learning_rate": self.learning_rate, "optimizer": self.optimizer,
+                                "chunk_bytes": self.chunk_bytes}
+        if self.mode != "sync":   # optional fields go on the wire only when set
+            wire["mode"] = self.mode
+        return wire
 
     @classmethod
     def from_wire(cls, raw: Any) -> "TrainingPlan":
@@ -53,7 +60,10 @@ class TrainingPlan:
             learning_rate=float(_get(m, "learning_rate", (int, float), "train")),
             optimizer=_get(m, "optimizer", str, "train"),
             chunk_bytes=_optional_int(m, "chunk_bytes", "train"),
+            mode=m.get("mode", "sync"),
         )
+        if plan.mode not in AGGREGATION_MODES:
+            raise DecodeError(f"train: unknown mode {_short(plan.mode)} (one of {', '.join(AGGREGATION_MODES)})")
         if plan.epochs < 1 or plan.batch_size < 1 or not (0 < plan.learning_rate < 10):
             raise DecodeError(f"train: out-of-range settings {wire_repr(plan, 200)}")
         if plan.chunk_bytes and not MIN_CHUNK_BYTES <= plan.chunk_bytes <= MAX_CHUNK_BYTES:
@@ -75,6 +85,7 @@ class ModelInfo:
     class_names: tuple[str, ...] = ()   # one per output, in order; () when the coordinator has none
     task: str = "classification"
     num_outputs: int = 0                # regression: values predicted per example; classification: 0 (= num_classes)
+    data: DataSchema | None = None      # tables and series: how a device makes inputs from its CSV (data_schema.py)
     architecture: ModelArchitecture | None = None   # the Keras JSON and compile recipe (None: registry name only)
 
     def to_wire(self) -> dict[str, Any]:
@@ -83,6 +94,8 @@ class ModelInfo:
         if self.task != "classification":  # optional fields go on the wire only when set
             wire["task"] = self.task
             wire["num_outputs"] = self.num_outputs
+        if self.data is not None:
+            wire["data"] = self.data.to_wire()
         if self.architecture is not None:
             wire["architecture"] = self.architecture.to_wire()
         return wire
@@ -116,7 +129,8 @@ class ModelInfo:
         architecture = ModelArchitecture.from_wire(m["architecture"]) if m.get("architecture") is not None else None
         return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes,
                    class_names=tuple(names), task=task, num_outputs=num_outputs if task == "regression" else 0,
-                   architecture=architecture)
+                   architecture=architecture,
+                   data=DataSchema.from_wire(m["data"]) if m.get("data") is not None else None)
 
 
 @dataclass
@@ -258,11 +272,12 @@ class RoundResults:
     aggregation: dict[str, Any] = field(default_factory=dict)  # the rule's report: clipped clients, DP epsilon...
     cohort: int = 0                                            # clients asked to train (optional on the wire)
     ignored: dict[str, int] = field(default_factory=dict)      # honest leftovers: late, duplicate (optional)
+    elapsed_s: float = 0.0         # wall-clock seconds from the run's first round to this one's end (optional)
 
 
 # RoundResults' scalar fields by type, as the wire checks them (cohort is optional on the wire: checked apart).
 _RESULT_INTS = tuple(f.name for f in fields(RoundResults) if f.type == "int" and f.name != "cohort")
-_RESULT_FLOATS = tuple(f.name for f in fields(RoundResults) if f.type == "float")
+_RESULT_FLOATS = tuple(f.name for f in fields(RoundResults) if f.type == "float" and f.name != "elapsed_s")
 
 
 @dataclass
@@ -282,7 +297,7 @@ class RoundMetricsMessage(RoundResults, Message):
     def body(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.INT_FIELDS + self.FLOAT_FIELDS},
                 "client_ids": self.client_ids, "rejected": self.rejected, "history": self.history,
-                "cohort": self.cohort, "ignored": self.ignored,
+                "cohort": self.cohort, "ignored": self.ignored, "elapsed_s": self.elapsed_s,
                 "aggregation": self.aggregation}
 
 
@@ -473,7 +488,8 @@ def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetr
         raise DecodeError(f"{what}: ignored must map str to int")
     return RoundMetricsMessage(**env, **values, client_ids=list(client_ids), rejected=dict(rejected), history=points,
                                aggregation=dict(aggregation), cohort=_optional_int(raw, "cohort", what),
-                               ignored=dict(ignored))
+                               ignored=dict(ignored),
+                               elapsed_s=float(_get_number(raw, "elapsed_s", what)) if "elapsed_s" in raw else 0.0)
 
 
 def _decode_deployed_model(raw: dict[str, Any], env: dict[str, Any]) -> DeployedModel:

@@ -162,3 +162,21 @@ def test_moving_the_dataset_folder_does_not_refuse_a_resume() -> None:
     base = load_settings(None)
     moved = with_overrides(base, model={"data_dir": "/mnt/elsewhere/datasets"})
     assert run_fingerprint(moved, SPECS) == run_fingerprint(base, SPECS)
+
+
+def test_the_server_optimizers_moments_survive_a_checkpoint(tmp_path) -> None:
+    """FedAdam's moments are saved beside the weights and come back as they were (a resume continues them)."""
+    from coordinator.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from coordinator.server_optimizers import FedAdam
+
+    opt = FedAdam()
+    current = [np.zeros((2, 3), np.float32), np.zeros(4, np.float32)]
+    opt.step(current, [np.ones((2, 3), np.float32), np.full(4, -1.0, np.float32)])
+    save_checkpoint(tmp_path, Checkpoint(1, current, [], "f" * 64, optimizer_state=opt.state()))
+    loaded = load_checkpoint(tmp_path)
+    assert loaded is not None and len(loaded.weights) == 2
+    assert set(loaded.optimizer_state) == {"rounds", "m.0", "m.1", "v.0", "v.1"}
+    resumed = FedAdam()
+    resumed.load_state(loaded.optimizer_state)
+    assert resumed.rounds == 1
+    np.testing.assert_array_equal(resumed.state()["v.1"], opt.state()["v.1"])

@@ -226,3 +226,73 @@ def test_sampling_is_reproducible_and_the_fraction_sets_the_target() -> None:
     r = rounds(min_clients=2, fraction_train=0.4, seed=3)
     online(r, *ids)
     assert r.open(5, T0).cohort != cohorts[0] or r.open(6, T0).cohort != cohorts[0], "cohorts change by round"
+
+
+# ---- asynchronous buffered aggregation (FedBuff) ------------------------------------------------------------------
+
+def async_rounds(buffer_size: int = 3, max_staleness: int = 2, min_clients: int = 2) -> Rounds:
+    return Rounds(QuorumRule(min_clients, 1.0, DEADLINE), SamplingRule(1.0, min_clients, 0, min_clients, 0), "run-1",
+                  max_staleness=max_staleness, buffer_size=buffer_size)
+
+
+def test_async_steps_after_buffer_size_updates_fresh_or_stale() -> None:
+    r = async_rounds(buffer_size=3)
+    online(r, "fast", "slow", "mid", "late")
+    assert r.open(1, T0).target == 3
+    for cid in ("fast", "mid"):
+        assert r.check(cid, "update", cid, "run-1", 1) is None
+        r.accept(cid, 1)
+    assert r.poll(T0).decision is Decision.OPEN, "2 of the buffer's 3 updates"
+    r.close(T0 + 1)
+    r.open(2, T0 + 1)
+    # slow trained version 1: one version stale, still counted; fast trains version 2.
+    assert r.check("slow", "update", "slow", "run-1", 1) is None
+    r.accept("slow", 1)
+    assert r.check("fast", "update", "fast", "run-1", 2) is None
+    r.accept("fast", 2)
+    assert r.received == 2 and r.poll(T0 + 2).decision is Decision.OPEN
+    assert r.check("late", "update", "late", "run-1", 2) is None   # a device that joined after the step trains too
+    r.accept("late", 2)
+    assert r.poll(T0 + 3).decision is Decision.CLOSE
+
+
+def test_async_refuses_too_stale_future_and_repeated_updates() -> None:
+    r = async_rounds(buffer_size=5, max_staleness=2)
+    online(r, "a", "b")
+    for v in (1, 2, 3, 4):
+        r.open(v, T0 + v)
+        if v < 4:
+            r.close(T0 + v + 0.5)
+    assert r.check("a", "update", "a", "run-1", 2) is None           # 2 versions old: accepted
+    drop = r.check("a", "update", "a", "run-1", 1)                    # 3 versions old
+    assert drop is not None and drop.reason == "stale" and "max_staleness" in drop.detail
+    assert r.check("a", "update", "a", "run-1", 5).reason == "wrong_round"
+    r.accept("a", 2)
+    assert r.check("a", "update", "a", "run-1", 2).reason == "duplicate"
+    r.accept("a", 4)
+    assert r.check("a", "update", "a", "run-1", 4).reason == "duplicate"
+    assert r.check("b", "update", "b", "run-1", 3) is None            # another device, another version: fine
+    assert r.received == 2
+
+
+def test_async_between_steps_checks_against_the_next_version() -> None:
+    """Chunks of an update keep arriving while the coordinator aggregates: they are checked against the version
+    about to be published, so a one-step-stale update is not dropped as late."""
+    r = async_rounds(max_staleness=1)
+    online(r, "a", "b")
+    r.open(1, T0)
+    r.close(T0 + 1)
+    assert r.check("a", "update", "a", "run-1", 1) is None
+    assert r.check("a", "update", "a", "run-1", 0).reason == "stale"
+
+
+def test_async_after_a_restart_refuses_versions_it_no_longer_knows() -> None:
+    """A resumed coordinator knows only the version it resumed at: an update trained on an older one can't be
+    turned into a delta, so it is refused as stale with the reason (its device trains the current version next)."""
+    r = async_rounds(max_staleness=5)
+    r.oldest_version = r.last_closed = 4
+    online(r, "a")
+    r.open(5, T0)
+    drop = r.check("a", "update", "a", "run-1", 3)
+    assert drop is not None and drop.reason == "stale" and "before the coordinator restarted" in drop.detail
+    assert r.check("a", "update", "a", "run-1", 5) is None
