@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         allow_abbrev=False, prog="python bench/cifar10_own_model.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Run from the repository root. Exit code: 0 PASS, 1 FAIL, 2 missing data or a failed run. "
-               "--quick: 1 round of 1 epoch on 2,000 images per device, evaluated on 1,000: checks the set-up.")
+               "--quick: 1 round of 1 local epoch (and 1 central epoch): checks the set-up.")
     p.add_argument("--cifar-tar", type=Path, default=DEFAULT_TAR, help="the shared cifar10-jpg.tar.gz")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="extraction folder (reused)")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help=f"federated rounds (default {DEFAULT_ROUNDS})")
@@ -46,16 +46,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"the model's own Adam learning rate, saved in the .keras file (default "
                         f"{DEFAULT_LEARNING_RATE:g})")
     p.add_argument("--max-examples", type=int, default=0,
-                   help="use the first N training images (devices take halves of them; 0: all 50,000)")
-    p.add_argument("--eval-examples", type=int, default=0, help="test images evaluated (0: all 10,000)")
+                   help="use the first N training images (devices take halves of them; 0: all 50,000). The "
+                        "folder lists images class by class: a subset is a few classes only")
+    p.add_argument("--eval-examples", type=int, default=0,
+                   help="the first N test images evaluated (0: all 10,000; also listed class by class)")
     p.add_argument("--no-central", action="store_true", help="skip the centralized training")
     p.add_argument("--quick", action="store_true", help="a 1-round smoke run (see below)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results", help="output folder")
     p.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds before the run is stopped")
     args = p.parse_args(argv)
-    if args.quick:
+    if args.quick:  # all images: the folder lists them class by class, so the first N would be one class
         args.rounds, args.local_epochs = 1, 1
-        args.max_examples, args.eval_examples = args.max_examples or 4000, args.eval_examples or 1000
     return args
 
 
