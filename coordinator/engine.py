@@ -156,7 +156,7 @@ class Coordinator:
         specs = weight_specs(model)
         plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
                             source.recipe.learning_rate or s.server_optimizer.eta_l or s.training.learning_rate,
-                            source.plan_optimizer, s.broker.chunk_bytes, s.aggregation.mode)
+                            source.plan_optimizer, s.broker.chunk_bytes, s.aggregation.mode, s.training.proximal_mu)
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
         # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,

@@ -230,6 +230,11 @@ class KerasTrainer(Trainer):
                 compile_model(net, plan.optimizer, plan.learning_rate)
         except RecipeError as exc:
             raise IncompatibleModelError(f"can't compile the model {model.name} here: {exc}") from None
+        if plan.proximal_mu:   # FedProx: the loss gains mu/2 ||w - w_global||^2 (federation.learning.proximal)
+            from federation.learning.proximal import with_proximal_term
+
+            anchors = {w.path: t for w, t in zip(net.weights, weights)}
+            net.optimizer = with_proximal_term(net.optimizer, anchors, plan.proximal_mu)
         keras.utils.set_random_seed(context.seed * 100003 + context.round)
         between = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: context.between_batches())
         history = net.fit(self.data_for(model).x, labels, epochs=plan.epochs, batch_size=plan.batch_size, shuffle=True,

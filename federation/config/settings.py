@@ -99,6 +99,9 @@ class TrainingSettings:
     batch_size: int = _opt(32, "client batch size", lo=1, hi=65536)
     learning_rate: float = _opt(0.001, "client learning rate", lo=1e-7, hi=10.0)
     optimizer: str = _opt("adam", "client optimizer", choices=("adam", "sgd"))
+    proximal_mu: float = _opt(0.0, "FedProx: devices add mu/2 ||w - w_global||^2 to their local loss, keeping "
+                                   "skewed devices near the global model (Flower's name; e.g. 0.01 to 1; 0: off)",
+                              lo=0.0, hi=1000.0)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ MAX_METRIC_VALUE = 1e15           # larger metric values are rejected (JSON-safe
 MAX_CHUNK_BYTES = 256 * 1024 * 1024
 TASKS = ("classification", "regression")   # ModelInfo.task
 AGGREGATION_MODES = ("sync", "async")      # TrainingPlan.mode
+MAX_PROXIMAL_MU = 1000.0                   # TrainingPlan.proximal_mu
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class TrainingPlan:
     optimizer: str = "adam"
     chunk_bytes: int = 0     # updates larger than this must be sent chunked (0: the broker takes any size)
     mode: str = "sync"       # "async": send the update even when a newer version came meanwhile (FedBuff)
+    proximal_mu: float = 0.0  # FedProx: add mu/2 ||w - w_global||^2 to the local loss (0: plain FedAvg training)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -49,6 +51,8 @@ class TrainingPlan:
                                 "chunk_bytes": self.chunk_bytes}
         if self.mode != "sync":   # optional fields go on the wire only when set
             wire["mode"] = self.mode
+        if self.proximal_mu:
+            wire["proximal_mu"] = self.proximal_mu
         return wire
 
     @classmethod
@@ -61,7 +65,10 @@ class TrainingPlan:
             optimizer=_get(m, "optimizer", str, "train"),
             chunk_bytes=_optional_int(m, "chunk_bytes", "train"),
             mode=m.get("mode", "sync"),
+            proximal_mu=float(_get(m, "proximal_mu", (int, float), "train")) if "proximal_mu" in m else 0.0,
         )
+        if not 0 <= plan.proximal_mu <= MAX_PROXIMAL_MU:
+            raise DecodeError(f"train: proximal_mu {plan.proximal_mu!r} is out of range (0..{MAX_PROXIMAL_MU:g})")
         if plan.mode not in AGGREGATION_MODES:
             raise DecodeError(f"train: unknown mode {_short(plan.mode)} (one of {', '.join(AGGREGATION_MODES)})")
         if plan.epochs < 1 or plan.batch_size < 1 or not (0 < plan.learning_rate < 10):
