@@ -45,16 +45,13 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     import keras
 
     from coordinator.evaluation import evaluate_keras, test_split
-    from federation.learning.datasets import load_dataset
+    from coordinator.run_data import load_run_dataset
     from federation.learning.compile_recipe import compile_with
     from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
-    from coordinator.evaluation import table_options
 
     s = settings
     if dataset is None:
-        dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
-                               image_size=tuple(s.model.image_size) if s.model.image_size else None,
-                               table=table_options(s.data))
+        dataset = load_run_dataset(s)  # labels read for the model's task, as in the run
     if max_train_examples < 0:
         raise ValueError(f"max_train_examples must be >= 0, got {max_train_examples}")
     n = min(max_train_examples or len(dataset.y_train), len(dataset.y_train))

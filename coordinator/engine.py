@@ -37,8 +37,8 @@ from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.protocol.encodings import Encoded, EncodingPlan, encode_model
-from federation.learning.datasets import Dataset, load_dataset
-from coordinator.evaluation import table_options
+from federation.learning.datasets import Dataset
+from coordinator.run_data import load_run_dataset
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.learning.compile_recipe import compile_with
@@ -138,9 +138,7 @@ class Coordinator:
         s = self.settings
         dataset = self._dataset
         if dataset is None:
-            image_size = (s.model.image_size[0], s.model.image_size[1]) if s.model.image_size else None
-            dataset = self._dataset = load_dataset(s.model.dataset, data_dir=s.model.data_dir or None,
-                                                   image_size=image_size, table=table_options(s.data))
+            dataset = self._dataset = load_run_dataset(s)  # labels read for the model's task
         x_test, y_test = test_split(dataset, s.evaluation.max_examples)
         import keras
 

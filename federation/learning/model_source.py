@@ -225,3 +225,18 @@ def _all_layers(model: Any) -> list[Any]:
         found.extend(_all_layers(layer))
     return found
 
+
+
+def model_task(choice: ModelChoice, input_shape: tuple[int, ...]) -> str | None:
+    """The task a user's model fixes by itself ([model] path or builder: its compile recipe's loss, or for an
+    uncompiled one its output layer), known before the data's labels are read, so that a table's labels can be read
+    as classes or as regression targets; None for a registry model (the data decides). Problems with the model are
+    left for load_model_source to report."""
+    if not (choice.path or choice.builder):
+        return None
+    model = _from_file(choice.path) if choice.path else _from_builder(choice.builder, input_shape, 1)
+    try:
+        recipe = recipe_of(model)
+        return task_of(recipe) if recipe is not None else _guess_task(model)
+    except (RecipeError, AttributeError, IndexError):
+        return None
