@@ -162,3 +162,33 @@ def test_evaluate_prints_a_saved_regressions_errors(trained, tmp_path: Path) -> 
         assert done.returncode == 0, done.stderr[-2000:]
         assert f"test MAE {keras_ev.mae:.4g}, RMSE {keras_ev.rmse:.4g}, loss" in done.stdout, done.stdout
         assert f"on {len(y_test)} examples of rows" in done.stdout
+
+
+def test_the_centralized_baseline_of_a_regression_and_its_report(tmp_path: Path) -> None:
+    """`baseline` trains a regression model ([model] path, compiled with mse) on an .npz of float targets: rows
+    with MAE and RMSE and no accuracy, a summary that says regression, and a report of its errors."""
+    import keras
+
+    from coordinator.baseline import run_baseline
+    from coordinator.report import REGRESSION_PLOTS, write_report
+    from federation.config.settings import settings_from_dict
+
+    x, y, x_test, y_test = diabetes()
+    np.savez(tmp_path / "diabetes.npz", x=x, y=y, x_test=x_test, y_test=y_test)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
+    model.save(tmp_path / "regressor.keras")
+    settings = settings_from_dict({"run": {"name": "reg", "output_dir": tmp_path / "runs"},
+                                   "model": {"path": tmp_path / "regressor.keras",
+                                             "dataset": tmp_path / "diabetes.npz"},
+                                   "training": {"rounds": 3, "local_epochs": 10, "batch_size": 32}})
+    result = run_baseline(settings)
+    rmse = [row.test_rmse for row in result.rows]
+    assert all(row.is_regression and np.isnan(row.test_accuracy) for row in result.rows)
+    assert rmse[-1] < rmse[0] and rmse[-1] < float(np.sqrt(((y_test - y_test.mean()) ** 2).mean())), rmse
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["task"] == "regression" and summary["keras"]["accuracy"] is None
+    assert summary["keras"]["rmse"] == pytest.approx(rmse[-1])
+    files = write_report(result.run_dir)
+    assert set(files.plots) == set(REGRESSION_PLOTS) and "| final test RMSE |" in files.markdown.read_text()
