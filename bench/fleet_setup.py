@@ -52,8 +52,8 @@ def data_source(name: str, shared_data: Path = SHARED_DATA) -> DataSource:
         return DataSource("cifar10", str(folder))
     if name == "fashion_mnist":
         debian = Path("/usr/share/datasets/fashion-mnist")
-        folder = "" if debian.is_dir() else str(shared_data / "fashion_mnist")
-        return DataSource("fashion_mnist", "fashion_mnist", folder)
+        fashion_dir = "" if debian.is_dir() else str(shared_data / "fashion_mnist")
+        return DataSource("fashion_mnist", "fashion_mnist", fashion_dir)
     if name == "mnist":
         folder = shared_data / "mnist"
         if not (folder / "train-images-idx3-ubyte.gz").is_file():

@@ -106,7 +106,7 @@ def client(args: argparse.Namespace) -> None:
     import keras
     import numpy as np
 
-    from edge_client.local_data import DataChoice, load_local_data
+    from edge_client.local_data import DataChoice, LocalData, load_local_data
     from federation.learning.models import build_model, compile_model
     from federation.learning.proximal import with_proximal_term
 
@@ -114,12 +114,15 @@ def client(args: argparse.Namespace) -> None:
     local = load_local_data(DataChoice(args.dataset, data_dir=args.data_dir or None, partition=args.partition,
                                        scheme="dirichlet", alpha=args.alpha, seed=args.seed,
                                        max_examples=args.max_examples))
+    assert isinstance(local, LocalData), "an image data set gives LocalData"
     x, y = local.x, np.asarray(local.y, dtype=np.int64)
     model = build_model(MODEL, tuple(x.shape[1:]), len(local.class_names))
     index = int(args.partition.split("/")[0])
     fit_round = [0]
 
-    class FleetClient(fl.client.NumPyClient):
+    numpy_client: Any = fl.client.NumPyClient
+
+    class FleetClient(numpy_client):
         def get_parameters(self, config: dict[str, Any]) -> list[Any]:
             return [w.numpy() for w in model.weights]
 

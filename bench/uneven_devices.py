@@ -98,16 +98,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def mode_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, str]]]:
+def mode_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     """(label, coordinator overrides) of each mode, in the order they alternate."""
-    common = {
+    common: dict[str, Any] = {
         "training.local_epochs": str(args.local_epochs), "training.batch_size": str(args.batch_size),
         "training.learning_rate": str(args.learning_rate), "training.optimizer": "adam",
         "evaluation.max_examples": str(args.eval_examples), "export.tflite": [], "deploy.enabled": "false",
         "quorum.wait_for_clients_s": "600", "quorum.start_grace_s": "5",
         "sampling.min_available_clients": str(args.clients),   # every mode starts with the whole fleet online
     }
-    plan: list[tuple[str, dict[str, str]]] = []
+    plan: list[tuple[str, dict[str, Any]]] = []
     for mode in args.modes:
         if mode == "sync":
             plan.append(("sync FedAvg", {**common, "training.rounds": str(args.sync_rounds),
