@@ -110,7 +110,8 @@ def fedmq_run(args: argparse.Namespace, strategy: str) -> list[dict[str, Any]] |
     else:
         method = {"training.proximal_mu": str(args.mu)}
     overrides = {**source.coordinator_overrides(), **training_overrides(args, args.rounds, args.clients), **method}
-    outcome = run_for_bench(fleet, overrides, args.out / NAME, f"{NAME}-fedmq-{strategy}", args.timeout)
+    run_name = f"{NAME}-fedmq-{strategy}"
+    outcome = run_for_bench(fleet, overrides, args.out / NAME / run_name, run_name, args.timeout)
     return None if outcome is None else outcome[0].metrics
 
 

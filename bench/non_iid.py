@@ -140,7 +140,7 @@ def one_run(args: argparse.Namespace, dataset: str, scheme: str, alpha: float, c
     print(f"[bench] {run_name}: {dataset}, {clients} devices, {scheme}"
           f"{f' alpha {alpha:g}' if scheme == 'dirichlet' else ''}, {method.name} ({method.setting}); "
           f"load {load_average()}", file=sys.stderr)
-    outcome = run_for_bench(fleet, overrides, args.out / NAME, run_name, args.timeout)
+    outcome = run_for_bench(fleet, overrides, args.out / NAME / run_name, run_name, args.timeout)
     if outcome is None:
         return None
     report, wall_s = outcome

@@ -65,9 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to reach (default 0.85)")
     p.add_argument("--sync-rounds", type=int, default=5, help="rounds of the sync and deadline runs (default 5)")
     p.add_argument("--async-steps", type=int, default=20, help="versions (steps) of an async run (default 20)")
-    p.add_argument("--async", dest="async_settings", type=parse_async_settings, default=parse_async_settings("5:20"),
+    p.add_argument("--async", dest="async_settings", type=parse_async_settings, default=parse_async_settings("5:20,8:20"),
                    help="FedBuff settings K:S (buffer_size:max_staleness), comma-separated; each is a mode of its "
-                        "own in the alternation (default 5:20)")
+                        "own in the alternation (default 5:20,8:20)")
     p.add_argument("--deadline-s", type=float, default=120.0,
                    help="deadline mode: quorum.round_deadline_s, with min_clients 8 and fraction 0.8 (default 120)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {', '.join(MODES)}")
@@ -126,6 +126,13 @@ def mode_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
     return plan
 
 
+def run_slug(label: str) -> str:
+    """A mode's label as a folder name: "async K=5 S=20" -> "async-K5-S20"."""
+    if label.startswith("sync deadline"):
+        return "deadline"
+    return "-".join(label.replace("=", "").split()[:3]).replace("sync-FedAvg", "sync")
+
+
 def fleet(args: argparse.Namespace, client_args: list[str]) -> list[list[str]]:
     """The devices' extra arguments: IID parts; the last --slow-clients devices slowed down."""
     clients = []
@@ -164,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for repeat in range(1, args.repeats + 1):
         for label, overrides in plan:
-            run_name = f"{NAME}-{label.split()[0]}-{len(runs) + 1}"
+            run_name = f"{NAME}-{run_slug(label)}-{repeat}"
             print(f"[bench] repeat {repeat}: {label} ({run_name}); load {load_average()}", file=sys.stderr)
-            outcome = run_for_bench(clients, {**source.coordinator_overrides(), **overrides}, out / NAME,
-                                    run_name, args.timeout)
+            outcome = run_for_bench(clients, {**source.coordinator_overrides(), **overrides},
+                                    out / NAME / run_name, run_name, args.timeout)   # its own logs/ folder
             if outcome is None:
                 return 2
             report, _ = outcome
@@ -181,10 +188,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.local_epochs} local epoch(s), batch {args.batch_size}, Adam lr {args.learning_rate:g}. "
           f"Load average at start: {load_start}; at end: {load_end}.\n")
     print_table(["repeat", "mode", "time to target (s)", "rounds/steps", "final accuracy", "run time (s)",
-                 "updates used", "from slow devices", "stale used", "stale refused", "staleness max"],
+                 "updates used", "from slow devices", "stale used", "stale refused", "late (ignored)",
+                 "staleness max"],
                 [[r["repeat"], r["mode"], seconds(r["time_to_target_s"]), r["rounds"], f"{r['final_accuracy']:.4f}",
                   f"{r['final_elapsed_s']:.1f}", r["updates_used"], r["slow_updates_used"], r["stale_updates_used"],
-                  r["stale_refused"], r["staleness_max"]] for r in rows])
+                  r["stale_refused"], r["late_or_ignored"], r["staleness_max"]] for r in rows])
 
     ratios = speedups(rows, [label for label, _ in plan])
     print()
