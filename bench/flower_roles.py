@@ -57,6 +57,7 @@ def server(args: argparse.Namespace) -> None:
 
     fl = importlib.import_module("flwr")
     strategies = importlib.import_module("flwr.server.strategy")
+    managers: Any = importlib.import_module("flwr.server.client_manager")
     data = load_dataset(args.dataset, data_dir=args.data_dir or None)
     x_test, y_test = data.x_test, data.y_test
     if args.eval_examples:
@@ -71,9 +72,7 @@ def server(args: argparse.Namespace) -> None:
         model.set_weights(parameters)
         loss, accuracy = model.evaluate(x_test, y_test, batch_size=256, verbose=0)
         now = time.monotonic()
-        if server_round == 0:
-            started.append(now)          # round 1 starts now, as fedmq's elapsed_s counts from round 1's start
-        else:
+        if server_round > 0:
             rounds.append({"round": server_round, "test_accuracy": float(accuracy), "test_loss": float(loss),
                            "elapsed_s": round(now - started[0], 4)})
             print(f"[flower] round {server_round}: test accuracy {accuracy:.4f}", file=sys.stderr, flush=True)
@@ -81,6 +80,16 @@ def server(args: argparse.Namespace) -> None:
 
     def fit_config(server_round: int) -> dict[str, Any]:
         return {"epochs": args.local_epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate}
+
+    class TimedClientManager(managers.SimpleClientManager):
+        """Notes when the whole fleet is connected: round 1 starts then, as fedmq's elapsed_s counts from its
+        round 1, which starts once every client is online (both sides' clients load data and TensorFlow first)."""
+
+        def register(self, client: Any) -> bool:
+            added = bool(super().register(client))
+            if not started and self.num_available() >= args.clients:
+                started.append(time.monotonic())
+            return added
 
     initial = fl.common.ndarrays_to_parameters(model.get_weights())
     common = {"fraction_fit": 1.0, "fraction_evaluate": 0.0, "min_fit_clients": args.clients,
@@ -94,7 +103,7 @@ def server(args: argparse.Namespace) -> None:
     else:
         strategy = strategies.FedAvg(**common)
     fl.server.start_server(server_address=args.address, config=fl.server.ServerConfig(num_rounds=args.rounds),
-                           strategy=strategy)
+                           strategy=strategy, client_manager=TimedClientManager())
     if args.result:
         args.result.write_text(json.dumps({"strategy": args.strategy, "rounds": rounds}, indent=2) + "\n",
                                encoding="utf-8")
