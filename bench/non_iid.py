@@ -58,12 +58,12 @@ METHODS: dict[str, Method] = {
                                   "server_optimizer.server_learning_rate": "0.3"},
                       "server_optimizer.server_momentum", ("0.5", "0.9"),
                       {"0.5": {"server_optimizer.server_learning_rate": "1.0"}}),
-    "fedadam": Method("FedAdam", {"server_optimizer.name": "fedadam", "server_optimizer.eta": "0.003",
+    "fedadam": Method("FedAdam", {"server_optimizer.name": "fedadam", "server_optimizer.eta": "0.01",
                                   "server_optimizer.tau": "0.001"},
-                      "server_optimizer.eta", ("0.001", "0.003", "0.01")),
-    "fedyogi": Method("FedYogi", {"server_optimizer.name": "fedyogi", "server_optimizer.eta": "0.003",
+                      "server_optimizer.eta", ("0.003", "0.01", "0.03")),
+    "fedyogi": Method("FedYogi", {"server_optimizer.name": "fedyogi", "server_optimizer.eta": "0.01",
                                   "server_optimizer.tau": "0.001"},
-                      "server_optimizer.eta", ("0.001", "0.003", "0.01")),
+                      "server_optimizer.eta", ("0.003", "0.01", "0.03")),
 }
 
 
@@ -110,7 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             args.report_rounds = "2,3"
         args.max_examples = args.max_examples or 10000
         args.eval_examples = args.eval_examples or 2000
-        args.tune_rounds = min(args.tune_rounds, 2)
+        if "--tune-rounds" not in explicit:
+            args.tune_rounds = 2
     args.datasets = [d.strip() for d in args.dataset.split(",") if d.strip()]
     args.alphas = [float(a) for a in args.alpha.split(",") if a.strip()]
     args.method_keys = [m.strip() for m in args.methods.split(",") if m.strip()]
