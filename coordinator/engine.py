@@ -17,6 +17,7 @@ import numpy as np
 
 from coordinator.admission import Admission
 from coordinator.aggregation import ClientResult, make_aggregator
+from coordinator.aggregation.deltas import Delta, scaled
 from coordinator.checkpoint import CHECKPOINT_FILE, run_fingerprint
 from coordinator.cohort import SamplingRule
 from coordinator.deploy import Deployer
@@ -35,6 +36,7 @@ from coordinator.server_optimizers import make_server_optimizer
 from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
 from federation.protocol.codec import DecodeLimits, TensorSpec
+from federation.protocol.encodings import Encoded, EncodingPlan, encode_model
 from federation.learning.datasets import Dataset, load_dataset
 from coordinator.evaluation import table_options
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
@@ -144,10 +146,14 @@ class Coordinator:
         model = build_model(s.model.name, model_info.input_shape, model_info.num_classes)
         compile_model(model)
         specs = weight_specs(model)
+        c = s.compression
         plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
                             s.server_optimizer.eta_l or s.training.learning_rate,
-                            s.training.optimizer, s.broker.chunk_bytes, s.aggregation.mode, s.training.proximal_mu)
+                            s.training.optimizer, s.broker.chunk_bytes, s.aggregation.mode, s.training.proximal_mu,
+                            encoding=EncodingPlan(c.uplink, c.downlink, c.topk_fraction, c.topk_values, c.int8_block))
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
+        if c.uplink == "topk":  # up to 32 index bits per kept value: at most twice the dense bytes
+            tensor_bytes *= 2
         max_update_bytes = min(self.max_payload, tensor_bytes + _UPDATE_SLACK_BYTES + 256 * len(specs))
         # One receiver for updates: whole ones and chunked ones, decoded within limits derived from the model,
         # with chunks held at most 2 updates' worth per device and max(64 MiB, 4 updates) in all.
@@ -160,7 +166,7 @@ class Coordinator:
         self.node.admission = admission
         deployer = Deployer(s, self.node.link, self.topics, COORDINATOR_ID, dataset.class_names)
         prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, run_fingerprint(s, specs),
-                            Intake(self.topics, self.rounds, self.drops, receiver, specs, admission),
+                            Intake(self.topics, self.rounds, self.drops, receiver, specs, admission, plan.encoding),
                             deployer, Release(s, self.run_dir, dataset.class_names, deployer))
         checkpoint = self.store.usable_checkpoint(prepared.fingerprint)
         if checkpoint is not None:
@@ -242,8 +248,13 @@ class Coordinator:
     def _run_round(self, r: int) -> str | None:
         """Run round r; return None when it closed, or why the run must stop."""
         self.round = r
-        weights = [w for _, w in named_weights(self.p.model)]
+        # The weights devices load (float16-rounded for a float16 downlink): what their deltas are against.
+        _, weights = encode_model([w for _, w in named_weights(self.p.model)], self.p.plan.encoding.downlink)
         digest = weights_digest(weights)
+        known = self.p.intake.version_sha256   # the versions an update may still be trained on: this one (sync)
+        known[r] = digest                      # or the async versions kept
+        for version in [v for v in known if v <= r - (self.versions.keep if self.asynchronous else 1)]:
+            del known[version]
         if self._run_started is None:
             self._run_started = time.monotonic()
         if self.asynchronous:
@@ -402,10 +413,15 @@ class Coordinator:
         if self.rounds.accept(client_id, update.round):  # seen offline (or never seen): an update proves it's there
             log.info("client %s sent an update while seen offline; online again", client_id)
             self._publish_state()
-        weights = [w for _, w in update.tensors]
-        if self.asynchronous:
-            weights = self._weighted_for_staleness(client_id, update.round, weights)
-        self.aggregator.add(ClientResult(client_id, update.num_examples, weights))
+        tensors = [t.value if isinstance(t, Encoded) else t for _, t in update.tensors]
+        if update.base_sha256:  # a compressed uplink: deltas against the version trained on (checked by the intake)
+            deltas = self._scaled_for_staleness(client_id, update.round, tensors) if self.asynchronous else tensors
+            self.aggregator.add(ClientResult(client_id, update.num_examples, deltas=deltas))
+        else:
+            weights = [t for t in tensors if isinstance(t, np.ndarray)]
+            if self.asynchronous:
+                weights = self._weighted_for_staleness(client_id, update.round, weights)
+            self.aggregator.add(ClientResult(client_id, update.num_examples, weights))
         self.stats.add(client_id, event.size, update.num_examples, update.metrics.get("train_time_s", 0.0))
         tracker = self.rounds.tracker
         assert tracker is not None
@@ -427,6 +443,18 @@ class Coordinator:
         log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
                  client_id, base, staleness, weight)
         return weighted_update(current, base_weights, weights, weight)
+
+    def _scaled_for_staleness(self, client_id: str, base: int, deltas: list[Delta]) -> list[Delta]:
+        """Async with a compressed uplink: a delta trained on version `base` enters the step as weight(staleness)
+        x that delta against the current version (the same as _weighted_for_staleness; top-k deltas stay sparse)."""
+        staleness = self.round - base
+        self._staleness_seen.append(staleness)
+        if staleness == 0:
+            return deltas
+        weight = self.staleness.weight(staleness)
+        log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
+                 client_id, base, staleness, weight)
+        return [scaled(d, weight) if d.dtype.kind == "f" else d for d in deltas]
 
     # ---- state and end of run -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from coordinator.drops import DropLog
 from coordinator.rounds import Rounds
 from federation.protocol.chunked_transfer import ChunkedReceiver, base_topic
 from federation.protocol.codec import DecodeError, TensorSpec, check_tensors, wire_repr
+from federation.protocol.encodings import EncodingPlan, check_update_encoding
 from federation.transport.inbox import Inbound
 from federation.protocol.messages import ClientStatus, Message, Update, check_finite, decode_message
 from federation.protocol.topics import RunTopics, check_level
@@ -62,13 +63,16 @@ class Intake:
     """Decodes and validates the inbox's client messages into events, recording every drop in `drops`."""
 
     def __init__(self, topics: RunTopics, rounds: Rounds, drops: DropLog, receiver: ChunkedReceiver,
-                 specs: list[TensorSpec], admission: Admission | None = None) -> None:
+                 specs: list[TensorSpec], admission: Admission | None = None,
+                 encoding: EncodingPlan = EncodingPlan()) -> None:
         self.topics = topics
         self.rounds = rounds
         self.drops = drops
         self.receiver = receiver
         self.specs = specs
         self.admission = admission
+        self.encoding = encoding     # the run's uplink encoding: an update in another one is refused
+        self.version_sha256: dict[int, str] = {}   # weights_sha256 of each round's model: what deltas are against
 
     def expire(self) -> None:
         """Forget chunks of updates that stopped arriving."""
@@ -147,5 +151,7 @@ class Intake:
             raise DecodeError(f"{update.TYPE} message on an update topic", "wrong_type")
         self._check_envelope(client_id, update)
         check_tensors(update.tensors, self.specs)
+        check_update_encoding(update.tensors, update.base_sha256, self.encoding,
+                              self.version_sha256.get(update.round, ""))
         check_finite(update.tensors)
         return update

@@ -9,9 +9,10 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_client.cli_common import unique_client_id
+from edge_client.cli_common import default_state_dir, unique_client_id
 from federation.cli.broker_flags import add_broker_flags, device_address
 from federation.config.settings import ConfigError, load_settings
 
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="use only the first N training examples (rows of a table, windows of a series)")
     data.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                       help="resize image-folder images")
+    p.add_argument("--state-dir", default=None,
+                   help="where this device keeps state across restarts: the error-feedback residual of a compressed "
+                        "uplink (default: $FEDMQ_STATE_DIR/<run>/<client id> or ~/.fedmq/state/<run>/<client id>)")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
     p.add_argument("--slowdown", type=float, default=1.0, metavar="N",
                    help="simulate a device N times slower than this one: after training, wait N - 1 times the "
@@ -101,7 +105,9 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
             broker=address,
             run=args.run or cfg.run.name, topic_prefix=args.topic_prefix or cfg.broker.topic_prefix,
             max_payload_mb=cfg.broker.max_payload_mb, seed=args.seed, slowdown=args.slowdown,
-            chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes)
+            chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes,
+            state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(args.run or cfg.run.name,
+                                                                                    args.client_id))
         client = EdgeClient(settings, data, transform_update=transform_update)
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -21,6 +21,13 @@ def default_model_dir(run: str) -> Path:
     return (Path(base) if base else Path.home() / ".fedmq" / "models") / run
 
 
+def default_state_dir(run: str, client_id: str) -> Path:
+    """Where a training device keeps its state (the error-feedback residual) unless told otherwise:
+    $FEDMQ_STATE_DIR/<run>/<client id> or ~/.fedmq/state/<run>/<client id>."""
+    base = os.environ.get("FEDMQ_STATE_DIR")
+    return (Path(base) if base else Path.home() / ".fedmq" / "state") / run / client_id
+
+
 def add_broker_args(parser: argparse.ArgumentParser, default_client_id: str) -> None:
     """The broker and run flags every command shares (federation/cli/broker_flags.py); TLS and login come with
     edge_client.security_flags.add_security_flags."""

@@ -13,6 +13,7 @@ import secrets
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -28,6 +29,7 @@ from federation.protocol.version import SOFTWARE_VERSION
 from edge_client.local_data import LocalData, LocalSource, task_labels
 from federation.learning.datasets import DatasetError
 from edge_client.progress import ClientProgress
+from edge_client.update_encoding import ResidualStore, UpdateEncoder
 
 if TYPE_CHECKING:
     import keras
@@ -48,6 +50,7 @@ class ClientSettings:
     max_payload_mb: float = 64.0
     chunk_bytes: int = 0   # split larger updates into chunks (0: never)
     seed: int = 0
+    state_dir: Path | None = None   # where the error-feedback residual lives (None: in memory only)
     slowdown: float = 1.0  # simulate a slower device: training takes this many times its real time (tests, benches)
 
 
@@ -140,6 +143,7 @@ class EdgeClient:
         )
         self.link.on_refused = self._on_refused
         self.transform_update = transform_update
+        self.encoder = UpdateEncoder(ResidualStore(settings.state_dir))   # used when the uplink is compressed
 
     def _status(self, status: str) -> ClientStatus:
         return ClientStatus(run=self.settings.run, round=self.rounds_trained[-1] if self.rounds_trained else 0,
@@ -369,9 +373,7 @@ class EdgeClient:
         train_time = time.monotonic() - started
         metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
                    "train_time_s": round(train_time, 4)}
-        update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
-                        num_examples=int(len(self.data.y)), metrics=metrics,
-                        tensors=[(spec.name, w) for spec, w in zip(specs, self._trained_weights(model, message))])
+        trained = self._trained_weights(model, message)
         self._drain()
         latest = self._latest
         newer = latest if latest is not None and latest.round > message.round and latest.model == message.model \
@@ -381,6 +383,15 @@ class EdgeClient:
                      "it is dropped", message.round, newer.round)
             self.progress.set_phase(f"round {message.round} closed while training; dropped the update")
             return False
+        update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
+                        num_examples=int(len(self.data.y)), metrics=metrics,
+                        tensors=[(spec.name, w) for spec, w in zip(specs, trained)])
+        encoding = plan.encoding
+        if encoding.sends_deltas:  # the encode step (edge_client/update_encoding.py): deltas, error feedback
+            update.tensors = self.encoder.encode(self.settings.run, message.round, message.weights_sha256,
+                                                 [spec.name for spec in specs], [w for _, w in message.tensors],
+                                                 trained, encoding)
+            update.base_sha256 = message.weights_sha256
         payload = update.encode()
         chunk = min((c for c in (self.settings.chunk_bytes, plan.chunk_bytes) if c), default=0)
         messages = outgoing_messages(self.topics.update(self.settings.client_id), payload, chunk,

@@ -5,21 +5,31 @@ Streaming rules keep O(model) memory whatever the number of clients; rules needi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from coordinator.aggregation.deltas import Delta, dense_weights
 
 Weights = list[np.ndarray]
 
 
 @dataclass(frozen=True)
 class ClientResult:
-    """One validated update as the aggregator sees it."""
+    """One validated update as the aggregator sees it: whole `weights`, or `deltas` against the round's global
+    weights (a compressed uplink; coordinator.aggregation.deltas), a top-k one sparse."""
 
     client_id: str
     num_examples: int
-    weights: Weights
+    weights: Weights = field(default_factory=list)
+    deltas: list[Delta] | None = None
+
+    def dense(self, global_weights: Weights) -> "ClientResult":
+        """The same update as whole weights (rules that need them: median, trimmed mean, Multi-Krum)."""
+        if self.deltas is None:
+            return self
+        return ClientResult(self.client_id, self.num_examples, dense_weights(self.deltas, global_weights))
 
 
 class Aggregator(ABC):
@@ -59,12 +69,13 @@ def check_result(result: ClientResult, global_weights: Weights) -> None:
     """ValueError naming the client when its update does not fit the round's global weights."""
     if result.num_examples <= 0:
         raise ValueError(f"update from {result.client_id}: num_examples must be positive")
-    if len(result.weights) != len(global_weights):
-        raise ValueError(f"update from {result.client_id}: {len(result.weights)} tensors, "
+    tensors = result.weights if result.deltas is None else result.deltas
+    if len(tensors) != len(global_weights):
+        raise ValueError(f"update from {result.client_id}: {len(tensors)} tensors, "
                          f"expected {len(global_weights)}")
-    for w, g in zip(result.weights, global_weights):
-        if np.shape(w) != np.shape(g):
-            raise ValueError(f"update from {result.client_id}: shape {np.shape(w)}, expected {np.shape(g)}")
+    for w, g in zip(tensors, global_weights):
+        if tuple(w.shape) != np.shape(g):
+            raise ValueError(f"update from {result.client_id}: shape {tuple(w.shape)}, expected {np.shape(g)}")
 
 
 def is_float(array: np.ndarray) -> bool:

@@ -30,6 +30,7 @@ class BufferedAggregator(Aggregator):
 
     def add(self, result: ClientResult) -> None:
         check_result(result, self._global)
+        result = result.dense(self._global)  # a delta update becomes whole weights: these rules compare values
         self._updates.append(result)  # kept by reference: the contract allows it for non-streaming rules
 
     @property

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.aggregation.base import Aggregator, ClientResult, Weights, check_result, is_float
+from coordinator.aggregation.deltas import scaled, squared_norm
 
 
 def delta_norm(weights: Weights, global_weights: Weights) -> float:
@@ -40,6 +41,20 @@ def clip_to_norm(weights: Weights, global_weights: Weights, clip_norm: float) ->
     return out, norm, True
 
 
+def clip_result(result: ClientResult, global_weights: Weights, clip_norm: float) -> tuple[ClientResult, float, bool]:
+    """clip_to_norm for either form of update: a delta update (top-k ones stay sparse) is scaled in place of
+    its weights. (the clipped update, the delta's norm before clipping, whether it was clipped)"""
+    if result.deltas is None:
+        weights, norm, clipped = clip_to_norm(result.weights, global_weights, clip_norm)
+        return ClientResult(result.client_id, result.num_examples, weights), norm, clipped
+    floats = [is_float(g) for g in global_weights]
+    norm = math.sqrt(sum(squared_norm(d) for d, f in zip(result.deltas, floats) if f))
+    if clip_norm <= 0 or norm <= clip_norm:
+        return result, norm, False
+    deltas = [scaled(d, clip_norm / norm) if f else d for d, f in zip(result.deltas, floats)]
+    return ClientResult(result.client_id, result.num_examples, deltas=deltas), norm, True
+
+
 class NormClipping(Aggregator):
     """Clip every delta to `clip_norm` (0: only measure the norms), then hand the update to `inner`.
 
@@ -66,8 +81,8 @@ class NormClipping(Aggregator):
 
     def add(self, result: ClientResult) -> None:
         check_result(result, self._global)
-        weights, norm, clipped = clip_to_norm(result.weights, self._global, self.clip_norm)
-        self.inner.add(ClientResult(result.client_id, result.num_examples, weights))
+        clipped_result, norm, clipped = clip_result(result, self._global, self.clip_norm)
+        self.inner.add(clipped_result)
         self._norms.append(norm)
         if clipped:
             self._clipped.append(result.client_id)

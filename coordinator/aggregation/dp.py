@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from coordinator.aggregation.base import Aggregator, ClientResult, Weights, check_result, is_float
-from coordinator.aggregation.clipping import clip_to_norm
+from coordinator.aggregation.clipping import clip_result
+from coordinator.aggregation.deltas import add_into
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,15 @@ class GaussianDP(Aggregator):
         if self._result is not None:
             raise ValueError("GaussianDP: the round was already aggregated; call begin() first")
         check_result(result, self._global)
-        clipped, _, was_clipped = clip_to_norm(result.weights, self._global, self.clip_norm)
-        for acc, w, g in zip(self._sum, clipped, self._global):
-            if is_float(g):
-                acc += np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64)
+        clipped, _, was_clipped = clip_result(result, self._global, self.clip_norm)
+        if clipped.deltas is not None:   # a compressed uplink: decoded deltas, a top-k one added sparsely
+            for acc, d, g in zip(self._sum, clipped.deltas, self._global):
+                if is_float(g):
+                    add_into(acc, d)
+        else:
+            for acc, w, g in zip(self._sum, clipped.weights, self._global):
+                if is_float(g):
+                    acc += np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64)
         self._count += 1
         if was_clipped:
             self._clipped.append(result.client_id)

@@ -175,6 +175,20 @@ class ServerOptimizerSettings:
 
 
 @dataclass(frozen=True)
+class CompressionSettings:
+    uplink: str = _opt("float32", "how devices send updates: float32 (whole weights, raw), or deltas against the "
+                                  "round's model as float16, int8 or topk (README \"Smaller updates\")",
+                       choices=("float32", "float16", "int8", "topk"))
+    downlink: str = _opt("float32", "how the global model goes out: float32 or float16 (devices train in float32 "
+                                    "either way)", choices=("float32", "float16"))
+    topk_fraction: float = _opt(0.01, "topk: the fraction of each tensor's delta sent (largest magnitudes); the "
+                                      "rest stays on the device as its residual", lo=1e-6, hi=1.0)
+    topk_values: str = _opt("float16", "topk: how the kept values are sent", choices=("float32", "float16", "int8"))
+    int8_block: int = _opt(256, "int8: elements per block, each with its own scale and zero point (a tensor whose "
+                                "size it does not divide is one block)", lo=1, hi=1 << 24)
+
+
+@dataclass(frozen=True)
 class EvaluationSettings:
     max_examples: int = _opt(0, "evaluate on the first N test examples (0: the whole test set)", lo=0)
     batch_size: int = _opt(256, "evaluation batch size", lo=1)
@@ -211,6 +225,7 @@ class Settings:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     aggregation: AggregationSettings = field(default_factory=AggregationSettings)
     server_optimizer: ServerOptimizerSettings = field(default_factory=ServerOptimizerSettings)
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)

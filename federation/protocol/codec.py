@@ -166,8 +166,9 @@ def decode_tensors(items: Any) -> list[tuple[str, np.ndarray]]:
     return [decode_tensor(item) for item in items]
 
 
-def check_tensors(received: Sequence[tuple[str, np.ndarray]], expected: Sequence[TensorSpec]) -> None:
-    """Raise DecodeError naming the first tensor whose name, dtype or shape differs from `expected`."""
+def check_tensors(received: Sequence[tuple[str, Any]], expected: Sequence[TensorSpec]) -> None:
+    """Raise DecodeError naming the first tensor whose name, dtype or shape differs from `expected`. A received
+    tensor is an array, or anything with a numpy `dtype` and a `shape` (an encodings.Encoded)."""
     if len(received) != len(expected):
         raise DecodeError(f"{len(received)} tensors received, the model has {len(expected)}", "bad_tensors")
     for (name, arr), spec in zip(received, expected):

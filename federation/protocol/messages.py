@@ -14,10 +14,13 @@ import numpy as np
 
 from federation.protocol.byte_chunks import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
 from federation.protocol.codec import (
-    DecodeError, DecodeLimits, clip_text, decode_tensors, encode_tensors, pack, unpack, wire_repr,
+    DecodeError, DecodeLimits, clip_text, pack, unpack, wire_repr,
 )
 from federation.protocol.data_schema import DataSchema
 from federation.protocol.deployed_model import DeploymentError, DeploymentInfo
+from federation.protocol.encodings import (
+    Encoded, EncodingPlan, WireTensor, decode_model_tensors, decode_wire_tensors, encode_model, wire_maps,
+)
 from federation.protocol.version import PROTOCOL_VERSION
 
 Tensors = list[tuple[str, np.ndarray]]
@@ -43,6 +46,7 @@ class TrainingPlan:
     chunk_bytes: int = 0     # updates larger than this must be sent chunked (0: the broker takes any size)
     mode: str = "sync"       # "async": send the update even when a newer version came meanwhile (FedBuff)
     proximal_mu: float = 0.0  # FedProx: add mu/2 ||w - w_global||^2 to the local loss (0: plain FedAvg training)
+    encoding: EncodingPlan = EncodingPlan()   # uplink and downlink encodings (optional on the wire)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"epochs": self.epochs, "batch_size": self.batch_size,
@@ -52,6 +56,8 @@ class TrainingPlan:
             wire["mode"] = self.mode
         if self.proximal_mu:
             wire["proximal_mu"] = self.proximal_mu
+        if self.encoding != EncodingPlan():
+            wire["encoding"] = self.encoding.to_wire()
         return wire
 
     @classmethod
@@ -65,6 +71,7 @@ class TrainingPlan:
             chunk_bytes=_optional_int(m, "chunk_bytes", "train"),
             mode=m.get("mode", "sync"),
             proximal_mu=float(_get(m, "proximal_mu", (int, float), "train")) if "proximal_mu" in m else 0.0,
+            encoding=EncodingPlan.from_wire(m.get("encoding")),
         )
         if not 0 <= plan.proximal_mu <= MAX_PROXIMAL_MU:
             raise DecodeError(f"train: proximal_mu {plan.proximal_mu!r} is out of range (0..{MAX_PROXIMAL_MU:g})")
@@ -163,7 +170,7 @@ class GlobalModel(Message):
     TYPE: ClassVar[str] = "global_model"
     model: ModelInfo = None  # type: ignore[assignment]
     train: TrainingPlan = None  # type: ignore[assignment]
-    tensors: Tensors = field(default_factory=list)
+    tensors: Tensors = field(default_factory=list)   # the weights devices load (sent as train.encoding.downlink)
     total_rounds: int = 0
     weights_sha256: str = ""   # weights_digest(tensors): tells a re-sent model from a new one
     cohort: list[str] | None = None   # the clients asked to train this round; None: every online client
@@ -171,10 +178,15 @@ class GlobalModel(Message):
     def body(self) -> dict[str, Any]:
         body = {"model": self.model.to_wire(), "train": self.train.to_wire(),
                 "total_rounds": self.total_rounds, "weights_sha256": self.weights_sha256,
-                "tensors": encode_tensors(self.tensors)}
+                "tensors": self._wire_tensors()}
         if self.cohort is not None:
             body["cohort"] = self.cohort
         return body
+
+    def _wire_tensors(self) -> list[dict[str, Any]]:
+        names = [name for name, _ in self.tensors]
+        wire, _ = encode_model([w for _, w in self.tensors], self.train.encoding.downlink)
+        return wire_maps(list(zip(names, wire)))
 
     def asks(self, client_id: str) -> bool:
         """Whether `client_id` is asked to train this round."""
@@ -188,11 +200,14 @@ class Update(Message):
     TYPE: ClassVar[str] = "update"
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    tensors: Tensors = field(default_factory=list)
+    tensors: list[tuple[str, WireTensor]] = field(default_factory=list)   # arrays, or Encoded (encodings.py)
+    base_sha256: str = ""   # set: the float tensors are deltas against the global model of this weights_sha256
 
     def body(self) -> dict[str, Any]:
-        return {"num_examples": self.num_examples, "metrics": self.metrics,
-                "tensors": encode_tensors(self.tensors)}
+        body = {"num_examples": self.num_examples, "metrics": self.metrics, "tensors": wire_maps(self.tensors)}
+        if self.base_sha256:
+            body["base_sha256"] = self.base_sha256
+        return body
 
 
 @dataclass
@@ -390,7 +405,7 @@ def _decode_global_model(raw: dict[str, Any], env: dict[str, Any]) -> GlobalMode
         **env, model=ModelInfo.from_wire(raw.get("model")), train=TrainingPlan.from_wire(raw.get("train")),
         total_rounds=_get(raw, "total_rounds", int, "global_model"),
         weights_sha256=_str_or(raw.get("weights_sha256"), ""),
-        tensors=decode_tensors(raw.get("tensors")), cohort=_decode_cohort(raw.get("cohort")),
+        tensors=decode_model_tensors(raw.get("tensors")), cohort=_decode_cohort(raw.get("cohort")),
     )
 
 
@@ -423,7 +438,11 @@ def _decode_update(raw: dict[str, Any], env: dict[str, Any]) -> Update:
             raise DecodeError(f"update: metric {key!r} = {value!r} is not a finite number within "
                               f"+-{MAX_METRIC_VALUE:g}", "bad_metrics")
         clean[key] = float(value)
-    return Update(**env, num_examples=num_examples, metrics=clean, tensors=decode_tensors(raw.get("tensors")))
+    base = raw.get("base_sha256", "")
+    if not isinstance(base, str) or (base and not is_sha256_hex(base)):
+        raise DecodeError(f"update: base_sha256 {_short(base)} is not 64 lowercase hex digits")
+    return Update(**env, num_examples=num_examples, metrics=clean, tensors=decode_wire_tensors(raw.get("tensors")),
+                  base_sha256=base)
 
 
 def _decode_client_status(raw: dict[str, Any], env: dict[str, Any]) -> ClientStatus:
@@ -542,9 +561,10 @@ def weights_digest(weights: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def check_finite(tensors: Tensors) -> None:
+def check_finite(tensors: list[tuple[str, WireTensor]] | Tensors) -> None:
     """Raise DecodeError naming the first floating tensor holding NaN or Inf."""
-    for name, arr in tensors:
+    for name, tensor in tensors:
+        arr = tensor.values if isinstance(tensor, Encoded) else tensor
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise DecodeError(f"tensor {wire_repr(name)} holds NaN or Inf", "not_finite")
 

@@ -5,37 +5,17 @@ The tests of test_progress.py that start processes or import TensorFlow (the uni
 
 from __future__ import annotations
 
-import io
 import os
 import pty
 import subprocess
 import sys
 
 import numpy as np
-from rich.console import Console
 
-from coordinator.metrics import RoundMetrics
 from edge_client.progress import ClientProgress
 from tests.support import REPO_ROOT
 
 
-
-def text_of(renderable: object, width: int = 120) -> str:
-    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
-    console.print(renderable)
-    return console.file.getvalue()  # type: ignore[attr-defined]
-
-
-def metrics(round_: int, accuracy: float, loss: float) -> RoundMetrics:
-    return RoundMetrics(round=round_, clients=2, examples=1200, test_loss=loss, test_accuracy=accuracy,
-                        bytes_in=1_800_000, bytes_out=900_000, round_time_s=12.5, slowest_train_s=11.0,
-                        overhead_s=1.5, aggregate_s=0.01, evaluate_s=0.5, client_ids=["a", "b"])
-
-
-# ---- coordinator --------------------------------------------------------------------------------------
-
-
-# ---- edge client --------------------------------------------------------------------------------------
 
 
 def test_keras_callback_reports_every_batch_and_epoch(caplog) -> None:

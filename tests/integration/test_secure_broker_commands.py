@@ -21,15 +21,6 @@ from broker.secure import (
 )
 
 
-@pytest.fixture(scope="module")
-def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("secure") / "broker"
-    init_secure(root, hostnames=["broker.lan", "10.1.2.3"], topic_prefix="org/fedmq")
-    add_device(root, "pi-1")
-    add_device(root, "pi-2", client_cert=True)
-    return root
-
-
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 

@@ -4,59 +4,19 @@ The tests of test_settings.py that start processes or import TensorFlow (the uni
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from federation.config.settings import (
-    ConfigError,
-    Settings,
-    add_override_flags,
-    load_settings,
-)
 from tests.support import REPO_ROOT
 
 DEFAULT_TOML = REPO_ROOT / "config" / "default.toml"
-
-# Keys where config/default.toml deliberately differs from the dataclass default: none today.
-DELIBERATE_DIFFERENCES: dict[str, object] = {}
 
 
 def write(tmp_path: Path, text: str, name: str = "fedmq.toml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def load_text(tmp_path: Path, text: str) -> Settings:
-    return load_settings(write(tmp_path, text))
-
-
-def config_error(tmp_path: Path, text: str) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_text(tmp_path, text)
-    return str(info.value)
-
-
-# ---- the default file -------------------------------------------------------------------------------
-
-
-# ---- errors -----------------------------------------------------------------------------------------
-
-
-# ---- overrides --------------------------------------------------------------------------------------
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser()
-    add_override_flags(p)
-    return p
-
-
-# ---- the coordinator's command line -----------------------------------------------------------------
 
 
 def test_coordinator_cli_exits_2_naming_the_bad_key(tmp_path: Path) -> None:

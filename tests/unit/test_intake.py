@@ -86,3 +86,23 @@ def test_a_client_id_outside_the_protocol_is_dropped() -> None:
     assert take.decode(Inbound("fedmq/r1/update/.x", b"x", False)) is None
     assert drops.rejected == {"bad_client_id": 1}
     assert take.decode(Inbound("elsewhere/topic", b"x", False)) is None
+
+
+def test_an_update_in_another_encoding_than_the_runs_is_refused_as_wrong_encoding() -> None:
+    from federation.protocol.encodings import EncodingPlan, encode_int8, encode_topk
+
+    rounds = Rounds(QuorumRule(1, 1.0, 60.0), SamplingRule(), "r1")
+    drops = DropLog()
+    take = Intake(TOPICS, rounds, drops, ChunkedReceiver(1 << 20, limits=DecodeLimits.for_model(SPECS)), SPECS,
+                  encoding=EncodingPlan("int8", int8_block=3))
+    take.version_sha256[1] = "ab" * 32
+    for client in ("a", "b", "c", "d", "e"):
+        rounds.client_online(client)
+    rounds.open(1, 0.0)
+    delta = np.array([0.5, -0.25, 0.0], np.float32)
+    event = take.decode(update("a", tensors=[("w", encode_int8(delta, 3))], base_sha256="ab" * 32))
+    assert isinstance(event, UpdateReceived) and event.update.base_sha256 == "ab" * 32
+    assert take.decode(update("b")) is None, "whole float32 weights"
+    assert take.decode(update("c", tensors=[("w", encode_topk(delta, 0.5))], base_sha256="ab" * 32)) is None
+    assert take.decode(update("d", tensors=[("w", encode_int8(delta, 3))], base_sha256="cd" * 32)) is None
+    assert drops.rejected == {"wrong_encoding": 3}
