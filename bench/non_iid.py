@@ -7,9 +7,10 @@ on every data set, or the table says where it does not. --tune runs a short grid
 server momentum, eta) first and uses the best value of the grid for the main runs.
 
 Method defaults (METHODS below) are starting points inside the papers' ranges (FedProx: mu 0.001..1; FedAvgM:
-server momentum 0.9 at server learning rate 0.3; FedAdam and FedYogi: eta 0.01 with tau 10^-3; Flower's eta
-0.1 with tau 1e-9 moves every weight by about 0.1 in round 1). In a 3-round smoke run (MNIST, alpha 0.1) FedAdam at
-eta 0.003 trailed FedAvg by 32 points, so the default is 0.01. Only --tune measures them at full scale."""
+server momentum 0.9 at server learning rate 0.3; FedAdam and FedYogi: tau 10^-3 as in Reddi et al. 2021). FedAdam's
+eta was measured on 3-round smoke runs (MNIST, alpha 0.1, 10,000 training images, 2,000 test images; FedAvg 67.5%):
+eta 0.003 35.2%, 0.01 42.1%, 0.03 70.0%, hence 0.03 for FedAdam and FedYogi. Only --tune measures them at full
+scale (grids: mu 0.01/0.1/1, momentum 0.5 at lr 1 or 0.9 at lr 0.3, eta 0.01/0.03/0.1)."""
 
 from __future__ import annotations
 
@@ -59,12 +60,12 @@ METHODS: dict[str, Method] = {
                                   "server_optimizer.server_learning_rate": "0.3"},
                       "server_optimizer.server_momentum", ("0.5", "0.9"),
                       {"0.5": {"server_optimizer.server_learning_rate": "1.0"}}),
-    "fedadam": Method("FedAdam", {"server_optimizer.name": "fedadam", "server_optimizer.eta": "0.01",
+    "fedadam": Method("FedAdam", {"server_optimizer.name": "fedadam", "server_optimizer.eta": "0.03",
                                   "server_optimizer.tau": "0.001"},
-                      "server_optimizer.eta", ("0.003", "0.01", "0.03")),
-    "fedyogi": Method("FedYogi", {"server_optimizer.name": "fedyogi", "server_optimizer.eta": "0.01",
+                      "server_optimizer.eta", ("0.01", "0.03", "0.1")),
+    "fedyogi": Method("FedYogi", {"server_optimizer.name": "fedyogi", "server_optimizer.eta": "0.03",
                                   "server_optimizer.tau": "0.001"},
-                      "server_optimizer.eta", ("0.003", "0.01", "0.03")),
+                      "server_optimizer.eta", ("0.01", "0.03", "0.1")),
 }
 
 
