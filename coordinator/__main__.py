@@ -95,6 +95,7 @@ def run_command(argv: list[str]) -> int:
     from coordinator.engine import Coordinator
     from coordinator.final_publish import FinalPublishError
     from federation.learning.datasets import DatasetError, DatasetNotFoundError
+    from federation.learning.model_source import ModelSourceError
     from federation.transport.mqtt_link import BrokerRefusedError, CredentialsError
 
     try:
@@ -103,6 +104,9 @@ def run_command(argv: list[str]) -> int:
             progress.finished("done" if result.reason == "completed" else "stopped", result.detail)
     except (DatasetNotFoundError, DatasetError) as exc:
         print(f"data error: {exc}", file=sys.stderr)
+        return 2
+    except ModelSourceError as exc:  # [model] path, builder or name that gives no trainable model
+        print(f"model error: {exc}", file=sys.stderr)
         return 2
     except (CredentialsError, BrokerRefusedError) as exc:
         print(f"broker login error: {exc}", file=sys.stderr)

@@ -46,7 +46,8 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
 
     from coordinator.evaluation import evaluate_keras, test_split
     from federation.learning.datasets import load_dataset
-    from federation.learning.models import build_model, compile_model
+    from federation.learning.compile_recipe import compile_with
+    from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
     from coordinator.evaluation import table_options
 
     s = settings
@@ -71,10 +72,14 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
 
     keras.utils.set_random_seed(s.model.seed)  # the same initial weights as the federated run's round 1
-    model = build_model(s.model.name, dataset.input_shape, dataset.num_classes)
-    compile_model(model, s.training.optimizer, s.training.learning_rate)
+    # The run's model and recipe ([model] path, builder or name), as the federated run's devices train it.
+    source = load_model_source(ModelChoice(s.model.name, s.model.path, s.model.builder), dataset.input_shape,
+                               dataset_outputs(dataset), optimizer=s.training.optimizer,
+                               learning_rate=s.training.learning_rate, data_task=dataset.task)
+    model = source.model
+    compile_with(model, source.recipe, metrics=None if source.task == "regression" else ("accuracy",))
     log.info("centralized baseline for run %r: %s on %d training examples of %s, %d x %d epochs, batch %d; "
-             "evaluated on %d test examples; results in %s", s.run.name, s.model.name, n, dataset.name,
+             "evaluated on %d test examples; results in %s", s.run.name, source.label, n, dataset.name,
              s.training.rounds, epochs, s.training.batch_size, len(y_test), run_dir)
     rows: list[RoundMetrics] = []
     for r in range(1, s.training.rounds + 1):

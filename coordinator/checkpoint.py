@@ -35,13 +35,16 @@ class Checkpoint:
     optimizer_state: dict[str, np.ndarray] = field(default_factory=dict)   # the server optimizer's moments
 
 
-def run_fingerprint(settings: Settings, specs: list[TensorSpec]) -> str:
+def run_fingerprint(settings: Settings, specs: list[TensorSpec], architecture: str = "") -> str:
     """Hash of what a resumed run must share with the interrupted one: model, data, training rule.
 
     Broker address, output folder, round count, deadlines, export options and where the dataset's files live
-    (`data_dir`: the data is the same wherever it sits) may change."""
-    relevant = {
-        "model": {k: v for k, v in asdict(settings.model).items() if k != "data_dir"},
+    (`data_dir`: the data is the same wherever it sits) may change. `architecture` (the sha256 of the Keras JSON
+    of a model from a file or a builder) ties the run to that architecture: an edited model file refuses the
+    resume. Unset model sources are left out, so that runs from before they existed still resume."""
+    relevant: dict[str, object] = {
+        "model": {k: v for k, v in asdict(settings.model).items()
+                  if k != "data_dir" and not (k in ("path", "builder") and not v)},
         "training": {k: v for k, v in asdict(settings.training).items() if k != "rounds"},
         "aggregation": asdict(settings.aggregation),
         "server_optimizer": asdict(settings.server_optimizer),
@@ -49,6 +52,8 @@ def run_fingerprint(settings: Settings, specs: list[TensorSpec]) -> str:
     }
     if settings.data != DataSettings():  # tables and series: which columns, scaling and windows (not the default)
         relevant["data"] = asdict(settings.data)
+    if architecture:
+        relevant["architecture"] = architecture
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
 
 

@@ -41,7 +41,9 @@ from federation.learning.datasets import Dataset, load_dataset
 from coordinator.evaluation import table_options
 from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
-from federation.learning.models import build_model, compile_model, named_weights, weight_specs
+from federation.learning.compile_recipe import compile_with
+from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
+from federation.learning.models import named_weights, set_model_weights, weight_specs
 from federation.transport.mqtt_link import BrokerAddress
 from federation.protocol.topics import RunTopics
 
@@ -141,15 +143,23 @@ class Coordinator:
         import keras
 
         keras.utils.set_random_seed(s.model.seed)
-        model_info = ModelInfo(s.model.name, dataset.input_shape, dataset.num_classes, tuple(dataset.class_names),
-                               data=dataset.schema)
-        model = build_model(s.model.name, model_info.input_shape, model_info.num_classes)
-        compile_model(model)
+        source = load_model_source(ModelChoice(s.model.name, s.model.path, s.model.builder), dataset.input_shape,
+                                   dataset_outputs(dataset), optimizer=s.training.optimizer,
+                                   learning_rate=s.server_optimizer.eta_l or s.training.learning_rate,
+                                   data_task=dataset.task)
+        model, architecture = source.model, source.architecture()
+        regression = source.task == "regression"
+        model_info = ModelInfo(source.label, dataset.input_shape, 0 if regression else dataset.num_classes,
+                               () if regression else tuple(dataset.class_names), task=source.task,
+                               num_outputs=source.outputs if regression else 0, data=dataset.schema,
+                               architecture=architecture)
+        # The coordinator evaluates with the recipe's loss, and accuracy for a classifier.
+        compile_with(model, source.recipe, metrics=None if regression else ("accuracy",))
         specs = weight_specs(model)
         c = s.compression
         plan = TrainingPlan(s.training.local_epochs, s.training.batch_size,
-                            s.server_optimizer.eta_l or s.training.learning_rate,
-                            s.training.optimizer, s.broker.chunk_bytes, s.aggregation.mode, s.training.proximal_mu,
+                            source.recipe.learning_rate or s.server_optimizer.eta_l or s.training.learning_rate,
+                            source.plan_optimizer, s.broker.chunk_bytes, s.aggregation.mode, s.training.proximal_mu,
                             encoding=EncodingPlan(c.uplink, c.downlink, c.topk_fraction, c.topk_values, c.int8_block))
         tensor_bytes = sum(math.prod(spec.shape) * np.dtype(spec.dtype).itemsize for spec in specs)
         if c.uplink == "topk":  # up to 32 index bits per kept value: at most twice the dense bytes
@@ -165,12 +175,13 @@ class Coordinator:
                               max_bytes=16 * max_update_bytes)
         self.node.admission = admission
         deployer = Deployer(s, self.node.link, self.topics, COORDINATOR_ID, dataset.class_names)
-        prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, run_fingerprint(s, specs),
+        fingerprint = run_fingerprint(s, specs, "" if source.from_registry else architecture.sha256)
+        prepared = Prepared(dataset, x_test, y_test, model_info, model, specs, plan, fingerprint,
                             Intake(self.topics, self.rounds, self.drops, receiver, specs, admission, plan.encoding),
                             deployer, Release(s, self.run_dir, dataset.class_names, deployer))
         checkpoint = self.store.usable_checkpoint(prepared.fingerprint)
         if checkpoint is not None:
-            model.set_weights(checkpoint.weights)
+            set_model_weights(model, checkpoint.weights)
             self.aggregator.resume([m.aggregation for m in self.store.history])  # e.g. DP: privacy already spent
             if self.server_optimizer is not None:
                 self.server_optimizer.load_state(checkpoint.optimizer_state)
@@ -191,7 +202,7 @@ class Coordinator:
     def run(self) -> RunResult:
         p = self._prepare()
         s = self.settings
-        log.info("run %r: %d rounds of %s on %s; results in %s", s.run.name, s.training.rounds, s.model.name,
+        log.info("run %r: %d rounds of %s on %s; results in %s", s.run.name, s.training.rounds, p.model_info.name,
                  p.dataset.name, self.run_dir)
         self.node.connect()
         self.node.clear_run_end()  # forget a previous run's end
@@ -330,7 +341,7 @@ class Coordinator:
         p = self.p
         self._set_phase("aggregating")
         t0 = time.monotonic()
-        p.model.set_weights(self._next_weights())
+        set_model_weights(p.model, self._next_weights())
         aggregate_s = time.monotonic() - t0
         self._set_phase("evaluating")
         t0 = time.monotonic()
@@ -426,9 +437,8 @@ class Coordinator:
         tracker = self.rounds.tracker
         assert tracker is not None
         self.progress.update_accepted(client_id, len(tracker.received), tracker.target)
-        log.info("round %d: update %d/%d from %s (%d examples, local accuracy %.3f)", tracker.round,
-                 len(tracker.received), tracker.target, client_id, update.num_examples,
-                 update.metrics.get("accuracy", float("nan")))
+        log.info("round %d: update %d/%d from %s (%d examples%s)", tracker.round, len(tracker.received),
+                 tracker.target, client_id, update.num_examples, local_metrics_text(update.metrics))
 
     def _weighted_for_staleness(self, client_id: str, base: int, weights: list[np.ndarray]) -> list[np.ndarray]:
         """Async: an update trained on version `base` enters the step as current + weight(staleness) x its delta
@@ -520,3 +530,11 @@ class Coordinator:
             "tflite": result.tflite, "class_names": list(p.dataset.class_names),
             "deployed": result.deployed,
             "aggregation": {"rule": self.settings.aggregation.rule, **self.aggregator.report()}})
+
+
+def local_metrics_text(metrics: dict[str, float], limit: int = 4) -> str:
+    """", local loss 0.3120, accuracy 0.8810": a client's own metrics for the log line of its update, whatever
+    the recipe's metrics are (accuracy, mae...); train_time_s is left out."""
+    shown = [f"{name if name.isidentifier() else repr(name)} {value:.4f}" for name, value in metrics.items()
+             if name != "train_time_s"][:limit]
+    return f", local {', '.join(shown)}" if shown else ""

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", default=None,
                    help="where this device keeps state across restarts: the error-feedback residual of a compressed "
                         "uplink (default: $FEDMQ_STATE_DIR/<run>/<client id> or ~/.fedmq/state/<run>/<client id>)")
+    model = p.add_argument_group("the coordinator's model (built from its architecture on the wire)")
+    model.add_argument("--custom-objects", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first: it registers this device's custom layers with "
+                            "keras.saving.register_keras_serializable (repeatable); nothing else is loaded")
+    model.add_argument("--max-model-mb", type=float, default=0.0,
+                       help="refuse models whose weights exceed this many MiB (training holds about 4 copies); "
+                            "default: 1/16 of this machine's memory")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after training this many rounds (0: all)")
     p.add_argument("--slowdown", type=float, default=1.0, metavar="N",
                    help="simulate a device N times slower than this one: after training, wait N - 1 times the "
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
 
     from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError
     from edge_client.local_data import DataChoice, load_local_data
+    from edge_client.model_builder import ModelBuilder, import_custom_objects
     from federation.learning.datasets import DatasetError, DatasetNotFoundError
     from federation.transport.mqtt_link import BrokerRefusedError
     from federation.learning.partition import PartitionError
@@ -108,7 +116,11 @@ def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | N
             chunk_bytes=cfg.broker.chunk_bytes if args.chunk_bytes is None else args.chunk_bytes,
             state_dir=Path(args.state_dir) if args.state_dir else default_state_dir(args.run or cfg.run.name,
                                                                                     args.client_id))
-        client = EdgeClient(settings, data, transform_update=transform_update)
+        if args.max_model_mb < 0:
+            raise ValueError(f"--max-model-mb {args.max_model_mb:g}: give a positive size, or 0 for the default")
+        import_custom_objects(args.custom_objects)
+        client = EdgeClient(settings, data, transform_update=transform_update,
+                            model_builder=ModelBuilder(args.max_model_mb))
     except (DatasetNotFoundError, DatasetError, PartitionError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

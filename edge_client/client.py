@@ -18,27 +18,25 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from federation.errors import FedmqError
-from federation.protocol.codec import DecodeError, check_tensors
+from federation.protocol.codec import DecodeError
 from federation.transport.inbox import Inbound, Inbox
 from federation.protocol.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
-from federation.protocol.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, ModelInfo, RunEnd, Update, check_finite
+from federation.protocol.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, RunEnd, Update, check_finite
 from federation.transport.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
 from federation.protocol.topics import RunTopics, check_level
 from federation.protocol.version import SOFTWARE_VERSION
-from edge_client.local_data import LocalData, LocalSource, task_labels
-from federation.learning.datasets import DatasetError
+from edge_client.errors import IncompatibleModelError
+from edge_client.labels import label_map
+from edge_client.model_builder import ModelBuilder
 from edge_client.progress import ClientProgress
+from edge_client.trainer import KerasTrainer, RoundContext, Trainer, checked_result
 from edge_client.update_encoding import ResidualStore, UpdateEncoder
 
 if TYPE_CHECKING:
-    import keras
+    from edge_client.local_data import LocalSource
 
 log = logging.getLogger(__name__)
-
-
-class IncompatibleModelError(FedmqError, RuntimeError):
-    """The coordinator's model can't be trained on this device's data."""
+__all__ = ["ClientSettings", "EdgeClient", "IncompatibleModelError", "label_map"]   # label_map: edge_client.labels
 
 
 @dataclass(frozen=True)
@@ -76,44 +74,26 @@ def device_info() -> dict[str, object]:
             "instance": INSTANCE}
 
 
-def label_map(local: tuple[str, ...], info: ModelInfo, num_labels_used: int) -> np.ndarray | None:
-    """How this device's label indices map to the coordinator's classes, by name: None for the identity.
-
-    Raises IncompatibleModelError when the local classes are not the coordinator's (by count, or by a name it
-    does not have). A device holding a subset of the classes, named the same, is the normal non-IID case."""
-    if not info.class_names:  # a coordinator that sends no names: only the count can be checked
-        if num_labels_used > info.num_classes:
-            raise IncompatibleModelError(
-                f"the coordinator's model has {info.num_classes} classes, but local labels go up to "
-                f"{num_labels_used - 1}")
-        return None
-    if tuple(local) == tuple(info.class_names):
-        return None
-    unknown = [name for name in local if name not in info.class_names]
-    if unknown or not local:
-        shown = ", ".join(repr(n) for n in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise IncompatibleModelError(
-            f"this device's classes do not match the coordinator's: {len(local)} local classes "
-            f"({shown or 'none'} not among the coordinator's {info.num_classes}: "
-            f"{', '.join(repr(n) for n in info.class_names[:10])}{', ...' if info.num_classes > 10 else ''}). "
-            "Rename the local class folders to the coordinator's class names (a subset is fine), or join a run "
-            "of this data's classes")
-    index = {name: i for i, name in enumerate(info.class_names)}
-    return np.array([index[name] for name in local], dtype=np.int64)
-
-
 # (the round's global weights, the trained weights) -> the weights to send: a hook for tests and benchmarks
 # (bench/attacks.py poisons updates through it); None sends the trained weights.
 UpdateTransform = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
 
 
 class EdgeClient:
-    def __init__(self, settings: ClientSettings, data: LocalSource,
-                 transform_update: UpdateTransform | None = None) -> None:
+    """One training device in a run. It trains with `trainer` (default: KerasTrainer on `data`, building the
+    coordinator's model from the wire with `model_builder`); MQTT, presence, re-sends and chunking are its own."""
+
+    def __init__(self, settings: ClientSettings, data: LocalSource | None = None,
+                 transform_update: UpdateTransform | None = None, *, trainer: Trainer | None = None,
+                 model_builder: ModelBuilder | None = None) -> None:
         check_level(settings.client_id, "client id")
+        if trainer is None:
+            if data is None:
+                raise ValueError("EdgeClient needs this device's data (LocalData) or a trainer")
+            trainer = KerasTrainer(data, model_builder)
         self.settings = settings
-        self.source = data   # the device's data; a CSV's examples are made when the model's schema comes
-        self.data: LocalData | None = data if isinstance(data, LocalData) else None
+        self.data = data
+        self.trainer = trainer
         self.topics = RunTopics(settings.topic_prefix, settings.run)
         self.inbox = Inbox(max(INBOX_BYTES, 2 * int(settings.max_payload_mb * 1024 * 1024)))
         self._latest: GlobalModel | None = None
@@ -121,11 +101,8 @@ class EdgeClient:
         self._coordinator: CoordinatorState | None = None
         self._seen_run_model = False
         self._error = ""                  # why the last model could not be trained here ("" when it could)
-        self._labels: tuple[tuple[str, ...], np.ndarray] | None = None   # (coordinator's names, labels mapped)
         self._birth_fixed_at = 0.0
         self._leaving = False
-        self._model = None
-        self._model_info: ModelInfo | None = None
         self.rounds_trained: list[int] = []
         self._last_update: SentUpdate | None = None
         self._id_clashes: set[str] = set()  # instances of other processes seen online with our client id
@@ -148,7 +125,7 @@ class EdgeClient:
     def _status(self, status: str) -> ClientStatus:
         return ClientStatus(run=self.settings.run, round=self.rounds_trained[-1] if self.rounds_trained else 0,
                             sender=self.settings.client_id, status=status, software=f"fedmq {SOFTWARE_VERSION}",
-                            num_examples=self.source.num_examples, device=device_info(),
+                            num_examples=self.trainer.num_examples, device=device_info(),
                             error=getattr(self, "_error", ""))
 
     def _announce(self) -> None:
@@ -255,8 +232,9 @@ class EdgeClient:
     def run(self, max_rounds: int = 0) -> int:
         """Train until the run ends (or `max_rounds` were trained); return the number of rounds trained."""
         log.info("client %s: %d local examples (%s); broker %s, run %r", self.settings.client_id,
-                 self.source.num_examples, self.source.name, self.settings.broker, self.settings.run)
-        import keras  # noqa: F401  (import TensorFlow now, not inside the first round)
+                 self.trainer.num_examples, self.trainer.description, self.settings.broker, self.settings.run)
+        if isinstance(self.trainer, KerasTrainer):
+            import keras  # noqa: F401  (import TensorFlow now, not inside the first round)
 
         self.link.start()
         handled: GlobalModel | None = None
@@ -336,44 +314,36 @@ class EdgeClient:
     def _train_and_publish(self, message: GlobalModel) -> bool:
         """Train on `message`'s model and publish the update; False if a newer model came meanwhile (then the
         update would be late, so it is dropped and the newer model is trained next)."""
-        import keras
-
-        from federation.learning.models import compile_model, weight_specs
-
-        model = self._model_for(message.model)
-        labels = self._labels_for(message.model)
-        specs = weight_specs(model)
         try:
-            check_tensors(message.tensors, specs)
             check_finite(message.tensors)
         except DecodeError as exc:
-            raise IncompatibleModelError(f"global model of round {message.round} does not fit the "
-                                         f"{message.model.name} built here: {exc}") from None
-        model.set_weights([w for _, w in message.tensors])
+            raise IncompatibleModelError(f"global model of round {message.round}: {exc}") from None
+        weights = [w for _, w in message.tensors]
+        plan = message.train
+        self.trainer.check(weights, plan, message.model)   # builds the model: a refusal comes before training
         if self._error:
             self._error = ""
             self._announce()
-        plan = message.train
-        compile_model(model, plan.optimizer, plan.learning_rate)
-        if plan.proximal_mu:   # FedProx: the loss gains mu/2 ||w - w_global||^2 (federation.learning.proximal)
-            from federation.learning.proximal import with_proximal_term
-
-            anchors = {w.path: t for w, (_, t) in zip(model.weights, message.tensors)}
-            model.optimizer = with_proximal_term(model.optimizer, anchors, plan.proximal_mu)
-        keras.utils.set_random_seed(self.settings.seed * 100003 + message.round)
         log.info("round %d/%d: training %d epoch(s) on %d examples", message.round, message.total_rounds,
-                 plan.epochs, len(self.data.y))
+                 plan.epochs, self.trainer.num_examples)
         self.progress.training_started(message.round, message.total_rounds, plan.epochs)
-        started = time.monotonic()
         # Messages that arrive while training are handled between batches, on this thread.
-        between_batches = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: self._drain())
-        history = model.fit(self.data.x, labels, epochs=plan.epochs, batch_size=plan.batch_size,
-                            shuffle=True, verbose=0, callbacks=[self.progress.keras_callback(), between_batches])
+        context = RoundContext(message.round, message.total_rounds, self.settings.seed, self._drain,
+                               [self.progress.keras_callback()] if isinstance(self.trainer, KerasTrainer) else [])
+        started = time.monotonic()
+        try:
+            result = checked_result(self.trainer.fit(weights, plan, message.model, context), message.tensors,
+                                    self.trainer.description)
+        except IncompatibleModelError:
+            raise
+        except Exception as exc:  # the training code failed: the device says why and waits for the next model
+            log.error("round %d: training failed", message.round, exc_info=not isinstance(self.trainer, KerasTrainer))
+            raise IncompatibleModelError(f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+                                         ) from None
         self._simulate_slowdown(time.monotonic() - started)
         train_time = time.monotonic() - started
-        metrics = {"loss": float(history.history["loss"][-1]), "accuracy": float(history.history["accuracy"][-1]),
-                   "train_time_s": round(train_time, 4)}
-        trained = self._trained_weights(model, message)
+        metrics = {**result.metrics, "train_time_s": round(train_time, 4)}
+        trained = self._update_weights(weights, result.weights)
         self._drain()
         latest = self._latest
         newer = latest if latest is not None and latest.round > message.round and latest.model == message.model \
@@ -383,14 +353,13 @@ class EdgeClient:
                      "it is dropped", message.round, newer.round)
             self.progress.set_phase(f"round {message.round} closed while training; dropped the update")
             return False
+        names = [name for name, _ in message.tensors]
         update = Update(run=self.settings.run, round=message.round, sender=self.settings.client_id,
-                        num_examples=int(len(self.data.y)), metrics=metrics,
-                        tensors=[(spec.name, w) for spec, w in zip(specs, trained)])
+                        num_examples=result.num_examples, metrics=metrics, tensors=list(zip(names, trained)))
         encoding = plan.encoding
         if encoding.sends_deltas:  # the encode step (edge_client/update_encoding.py): deltas, error feedback
             update.tensors = self.encoder.encode(self.settings.run, message.round, message.weights_sha256,
-                                                 [spec.name for spec in specs], [w for _, w in message.tensors],
-                                                 trained, encoding)
+                                                 names, weights, trained, encoding)
             update.base_sha256 = message.weights_sha256
         payload = update.encode()
         chunk = min((c for c in (self.settings.chunk_bytes, plan.chunk_bytes) if c), default=0)
@@ -401,11 +370,15 @@ class EdgeClient:
             self.link.publish(topic, part, qos=1)
         ok = self.link.publish_and_wait(*messages[-1], qos=1, timeout=120)
         self.rounds_trained.append(message.round)
-        self.progress.round_done(message.round, metrics["loss"], metrics["accuracy"], train_time, ok)
-        log.info("round %d: trained in %.1f s (loss %.4f, accuracy %.4f); update of %.2f MB %s", message.round,
-                 train_time, metrics["loss"], metrics["accuracy"], len(payload) / 1e6,
-                 "published" if ok else "queued until the broker is back")
+        self.progress.round_done(message.round, result.metrics, train_time, ok)
+        shown = ", ".join(f"{name} {value:.4f}" for name, value in list(result.metrics.items())[:4])
+        log.info("round %d: trained in %.1f s (%s); update of %.2f MB %s", message.round, train_time,
+                 shown or "no metrics", len(payload) / 1e6, "published" if ok else "queued until the broker is back")
         return True
+
+    def _update_weights(self, global_weights: list[np.ndarray], trained: list[np.ndarray]) -> list[np.ndarray]:
+        """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
+        return trained if self.transform_update is None else self.transform_update(global_weights, trained)
 
     def _simulate_slowdown(self, real_s: float) -> None:
         """--slowdown N: wait (N - 1) x the real training time, handling messages meanwhile, as a slower device
@@ -415,49 +388,3 @@ class EdgeClient:
             item = self.inbox.get(timeout=min(left, 0.5))
             if item is not None:
                 self._handle(item)
-
-    def _trained_weights(self, model: keras.Model, message: GlobalModel) -> list:
-        """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
-        trained = [w.numpy() for w in model.weights]
-        if self.transform_update is None:
-            return trained
-        return self.transform_update([w for _, w in message.tensors], trained)
-
-    def _labels_for(self, info: ModelInfo) -> np.ndarray:
-        """This device's labels as indices of the coordinator's classes (IncompatibleModelError if they differ)."""
-        if self._labels is not None and self._labels[0] == (info.class_names, info.num_classes):
-            return self._labels[1]
-        try:
-            y, names = task_labels(self.data, info)
-        except DatasetError as exc:
-            raise IncompatibleModelError(str(exc)) from None
-        mapping = None if info.task == "regression" else label_map(names, info, int(y.max()) + 1 if y.size else 0)
-        labels = y if mapping is None else mapping[y]
-        self._labels = ((info.class_names, info.num_classes), labels)
-        return labels
-
-    def _data_for(self, info: ModelInfo) -> LocalData:
-        """This device's examples for `info`'s model (a CSV's are made by its schema); IncompatibleModelError
-        when the data does not fit it."""
-        try:
-            data = self.source.for_model(info)
-        except (DatasetError, ValueError) as exc:  # a column, class or window the file lacks; a bad partition
-            raise IncompatibleModelError(str(exc)) from None
-        if data is not self.data:
-            self.data, self._labels = data, None
-        return data
-
-    def _model_for(self, info: ModelInfo) -> keras.Model:
-        self._data_for(info)
-        if self._model is not None and self._model_info == info:
-            return self._model
-        if tuple(info.input_shape) != self.data.input_shape:
-            raise IncompatibleModelError(
-                f"the coordinator's model {info.name} takes inputs of shape {tuple(info.input_shape)}, but this "
-                f"device's data ({self.data.name}) has shape {self.data.input_shape}")
-        self._labels_for(info)
-        from federation.learning.models import build_model
-
-        self._model = build_model(info.name, info.input_shape, info.num_classes)
-        self._model_info = info
-        return self._model

@@ -86,12 +86,14 @@ class ClientProgress(LivePanel):
                 "round %d: epoch %d/%d done after %.1f s (loss %s, accuracy %s)", round_, epoch, epochs, elapsed,
                 _fmt(loss), _fmt(acc))
 
-    def round_done(self, round_: int, loss: float, accuracy: float, train_time_s: float, published: bool) -> None:
+    def round_done(self, round_: int, metrics: dict[str, float], train_time_s: float, published: bool) -> None:
+        """A round trained: `metrics` are the trainer's (loss and the recipe's metrics, e.g. accuracy or mae)."""
+        shown = "".join(f"{name} {value:.4f}, " for name, value in list(metrics.items())[:3])
         with self._lock:
             s = self._state
             s.phase, s.epoch, s.started = "waiting for the next round's model", 0, None
             s.rounds_trained += 1
-            s.last_summary = (f"round {round_}: loss {loss:.4f}, accuracy {accuracy:.4f}, {train_time_s:.1f} s; "
+            s.last_summary = (f"round {round_}: {shown}{train_time_s:.1f} s; "
                               f"update {'published' if published else 'queued until the broker is back'}")
 
     def set_phase(self, phase: str) -> None:

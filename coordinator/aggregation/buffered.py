@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.aggregation.base import Aggregator, ClientResult, Weights, check_result
+from coordinator.aggregation.base import Aggregator, ClientResult, Weights, check_result, is_float
 
 
 class BufferedAggregator(Aggregator):
@@ -48,6 +48,9 @@ class BufferedAggregator(Aggregator):
         self._require_updates()
         out = []
         for i, g in enumerate(self._global):
+            if not is_float(g):  # a counter or a state (Normalization's count): keep the global value
+                out.append(np.array(g))
+                continue
             stack = np.stack([np.asarray(u.weights[i], dtype=np.float64) for u in self._updates])
             out.append(self.combine(stack).astype(g.dtype))
         return out

@@ -2,7 +2,9 @@
 
 Streaming: a float64 running weighted sum, so memory is two model copies whatever the client count. A delta update
 (compressed uplink) is added as n x delta, a top-k one sparsely; the global weights are added once at the end,
-weighted by the example counts of the delta updates."""
+weighted by the example counts of the delta updates. Float tensors are averaged, BatchNormalization's moving
+statistics included; non-float ones (a Normalization layer's int64 count) keep the global value: an average of
+counters or states means nothing."""
 
 from __future__ import annotations
 
@@ -61,6 +63,9 @@ class FedAvg(Aggregator):
             raise ValueError("FedAvg: no update was added this round")
         out = []
         for acc, g, dtype in zip(self._sum, self._global, self._dtypes):
+            if not is_float(g):
+                out.append(np.array(g))
+                continue
             total = acc + self._delta_examples * np.asarray(g, dtype=np.float64) if is_float(g) and \
                 self._delta_examples else acc
             out.append((total / self._total).astype(dtype))

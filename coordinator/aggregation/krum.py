@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coordinator.aggregation.base import Weights
+from coordinator.aggregation.base import Weights, is_float
 from coordinator.aggregation.buffered import BufferedAggregator
 from federation.config.settings import krum_min_updates
 
@@ -27,6 +27,8 @@ class MultiKrum(BufferedAggregator):
         n, f = len(self._updates), self.byzantine
         distances = np.zeros((n, n))
         for i, g in enumerate(self._global):  # on deltas: same distances, smaller magnitudes, less rounding
+            if not is_float(g):
+                continue  # counters and states are not aggregated, so they don't score
             base = np.asarray(g, dtype=np.float64).ravel()
             x = np.stack([np.asarray(u.weights[i], dtype=np.float64).ravel() - base for u in self._updates])
             sq = np.einsum("ij,ij->i", x, x)
@@ -49,6 +51,9 @@ class MultiKrum(BufferedAggregator):
         kept = [self._updates[i] for i in sorted(chosen)]
         out = []
         for i, g in enumerate(self._global):
+            if not is_float(g):  # a counter or a state: keep the global value
+                out.append(np.array(g))
+                continue
             total = np.zeros(np.shape(g), dtype=np.float64)
             for u in kept:
                 total += np.asarray(u.weights[i], dtype=np.float64)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -61,6 +62,10 @@ class BrokerSettings:
 @dataclass(frozen=True)
 class ModelSettings:
     name: str = _opt("small_cnn", "model builder from the registry (federation.learning.models)")
+    path: str = _opt("", "your own model: a .keras file (architecture, initial weights, compiled or not); replaces "
+                         "name")
+    builder: str = _opt("", "your own model: a function package.module:function called with (input_shape, "
+                            "outputs) that returns a keras.Model, compiled or not; replaces name")
     dataset: str = _opt("fashion_mnist", "evaluation dataset: fashion_mnist, mnist, cifar10, an image folder path, "
                                          "a .csv table or series (see [data]) or an .npz file")
     data_dir: str = _opt("", "where offline dataset files live (empty: Keras cache, then Debian's location)")
@@ -333,6 +338,14 @@ def _check_cross_field(s: Settings, source: str) -> None:
         if variant not in TFLITE_VARIANTS:
             raise ConfigError(f"{source}: [export] tflite: unknown variant {variant!r}"
                               f" (choose from {', '.join(TFLITE_VARIANTS)})")
+    given = [f"{key} = {value!r}" for key, value in (("path", s.model.path), ("builder", s.model.builder)) if value]
+    if given and s.model.name != ModelSettings.name:
+        given.insert(0, f"name = {s.model.name!r}")
+    if len(given) > 1:
+        raise ConfigError(f"{source}: [model] {' and '.join(given)}: give one model source, a .keras file (path), a "
+                          "builder (package.module:function) or a registry name (name)")
+    if s.model.builder and not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", s.model.builder):
+        raise ConfigError(f"{source}: [model] builder = {s.model.builder!r}: write it as package.module:function")
     if s.model.image_size and len(s.model.image_size) != 2:
         raise ConfigError(f"{source}: [model] image_size must be [height, width], got {s.model.image_size}")
     _check_sampling(s, source)

@@ -108,6 +108,17 @@ def named_weights(model: "keras.Model") -> list[tuple[str, "np.ndarray"]]:
     return [(w.path, w.numpy()) for w in model.weights]
 
 
+def set_model_weights(model: "keras.Model", weights: list["np.ndarray"]) -> None:
+    """model.set_weights, then let every layer recompute what it derives from its state: a Normalization layer
+    divides by tensors made from its mean and variance variables when it is loaded or adapted, not when its
+    variables are assigned (Keras's finalize_state), so a plain set_weights would leave it using the old ones."""
+    model.set_weights(weights)
+    for layer in model._flatten_layers(include_self=False):
+        finalize = getattr(layer, "finalize_state", None)
+        if callable(finalize) and layer.built:
+            finalize()
+
+
 def compile_model(model: "keras.Model", optimizer: str = "adam", learning_rate: float = 1e-3) -> None:
     """Compile for classification with integer labels; clients and coordinator use the same setup."""
     import keras  # here, not at the top: start-up speed (see small_cnn)

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from federation.protocol.architecture import ModelArchitecture
 from federation.protocol.byte_chunks import MAX_CHUNKS, MIN_CHUNK_BYTES, ChunkError, ChunkManifest, is_sha256_hex
 from federation.protocol.codec import (
     DecodeError, DecodeLimits, clip_text, pack, unpack, wire_repr,
@@ -99,6 +100,7 @@ class ModelInfo:
     task: str = "classification"
     num_outputs: int = 0                # regression: values predicted per example; classification: 0 (= num_classes)
     data: DataSchema | None = None      # tables and series: how a device makes inputs from its CSV (data_schema.py)
+    architecture: ModelArchitecture | None = None   # the Keras JSON and compile recipe (None: registry name only)
 
     def to_wire(self) -> dict[str, Any]:
         wire: dict[str, Any] = {"name": self.name, "input_shape": list(self.input_shape),
@@ -108,6 +110,8 @@ class ModelInfo:
             wire["num_outputs"] = self.num_outputs
         if self.data is not None:
             wire["data"] = self.data.to_wire()
+        if self.architecture is not None:
+            wire["architecture"] = self.architecture.to_wire()
         return wire
 
     @property
@@ -136,8 +140,10 @@ class ModelInfo:
             raise DecodeError("model: class_names must be a list of str")
         if names and len(names) != num_classes:
             raise DecodeError(f"model: {len(names)} class_names for {num_classes} classes")
+        architecture = ModelArchitecture.from_wire(m["architecture"]) if m.get("architecture") is not None else None
         return cls(name=_get(m, "name", str, "model"), input_shape=tuple(shape), num_classes=num_classes,
                    class_names=tuple(names), task=task, num_outputs=num_outputs if task == "regression" else 0,
+                   architecture=architecture,
                    data=DataSchema.from_wire(m["data"]) if m.get("data") is not None else None)
 
 

@@ -14,6 +14,7 @@ pytestmark = pytest.mark.timeout(400)
 
 FLOAT32_UPDATE_BYTES = 900_136 + 656   # the reference CNN's update, raw (PROTOCOL.md "Sizes")
 FLOAT32_MODEL_BYTES = 900_136 + 926
+ARCHITECTURE_BYTES = 5_590   # the model's architecture in every global model, small_cnn's (PROTOCOL.md "Sizes")
 
 
 def _run(fed: LocalFederation, tmp_path: Path, overrides: dict[str, object], client_args: list[str]) -> list[dict]:
@@ -38,7 +39,7 @@ def test_int8_updates_and_a_float16_global_model(tmp_path: Path) -> None:
         per_update = row["bytes_in"] / row["clients"]
         assert per_update < 0.26 * FLOAT32_UPDATE_BYTES, per_update
         assert 0.25 * 900_136 < per_update, "every weight was sent"
-        assert row["bytes_out"] < 0.501 * FLOAT32_MODEL_BYTES, row["bytes_out"]
+        assert row["bytes_out"] < 0.501 * FLOAT32_MODEL_BYTES + ARCHITECTURE_BYTES, row["bytes_out"]
     assert rows[-1]["test_accuracy"] > 0.6
     for k in (1, 2):
         residual = ResidualStore(tmp_path / f"state-{k}").load()
@@ -68,7 +69,7 @@ def test_async_topk_deltas_of_a_slow_device_are_checked_against_the_version_they
         tmp_path: Path) -> None:
     """Asynchronous rounds: the slow device's top-k delta is against an older version (its base_sha256); it is
     accepted, and weighted by its staleness like a whole update."""
-    versions = 6
+    versions = 10   # the slow device (5x) sends its first update around version 5: room to spare under load
     with LocalFederation(tmp_path / "fed", run_name="as") as fed:
         fed.start_broker()
         fed.start_coordinator({"training.rounds": versions, "quorum.min_clients": 2, "quorum.round_deadline_s": 300,

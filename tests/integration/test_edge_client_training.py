@@ -21,21 +21,21 @@ def _client(x: np.ndarray, y: np.ndarray) -> EdgeClient:
 def test_input_shape_mismatch_names_both_shapes() -> None:
     client = _client(np.zeros((4, 32, 32, 3), np.uint8), np.zeros(4, np.int64))
     with pytest.raises(IncompatibleModelError, match=r"\(28, 28, 1\).*\(32, 32, 3\)"):
-        client._model_for(ModelInfo("small_cnn", (28, 28, 1), 10))
+        client.trainer.model_for(ModelInfo("small_cnn", (28, 28, 1), 10))
 
 
 def test_labels_beyond_the_models_classes_are_refused() -> None:
     client = _client(np.zeros((4, 28, 28, 1), np.uint8), np.array([0, 1, 2, 11]))
     with pytest.raises(IncompatibleModelError, match="10 classes.*11"):
-        client._model_for(ModelInfo("small_cnn", (28, 28, 1), 10))
+        client.trainer.model_for(ModelInfo("small_cnn", (28, 28, 1), 10))
 
 
 def test_matching_model_is_built_once_and_reused() -> None:
     client = _client(np.zeros((4, 28, 28, 1), np.uint8), np.zeros(4, np.int64))
     info = ModelInfo("small_cnn", (28, 28, 1), 10)
-    model = client._model_for(info)
+    model = client.trainer.model_for(info)
     assert model.input_shape == (None, 28, 28, 1) and model.output_shape == (None, 10)
-    assert client._model_for(info) is model
+    assert client.trainer.model_for(info) is model
 
 
 FASHION = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
@@ -45,7 +45,7 @@ def test_client_trains_on_labels_mapped_to_the_coordinators_classes() -> None:
     data = LocalData("bags and trousers", np.zeros((3, 28, 28, 1), np.uint8), np.array([0, 1, 1]),
                      ("Bag", "Trouser"))
     client = EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1)), data)
-    labels = client._labels_for(ModelInfo("small_cnn", (28, 28, 1), 10, FASHION))
+    labels = client.trainer.labels_for(ModelInfo("small_cnn", (28, 28, 1), 10, FASHION))
     assert list(labels) == [8, 1, 1]
 
 
@@ -60,7 +60,7 @@ def test_training_handles_the_inbox_between_batches_and_drops_an_update_a_newer_
 
     client = _plain_client()
     info = ModelInfo("small_cnn", (28, 28, 1), 10, FASHION)
-    named = named_weights(client._model_for(info))
+    named = named_weights(client.trainer.model_for(info))
 
     def model(round_: int) -> GlobalModel:
         weights = [w for _, w in named]

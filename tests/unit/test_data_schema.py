@@ -120,13 +120,13 @@ def _csv_client(tmp_path: Path, text: str, **choice: Any) -> EdgeClient:
 def test_a_csv_device_makes_its_examples_from_the_schema_and_counts_rows_until_then(tmp_path: Path) -> None:
     rows = "".join(f"{i % 2},{i},{2 * i},note\n" for i in range(10))
     client = _csv_client(tmp_path, "y,b,a,extra\n" + rows, partition="1/2")
-    assert client.source.num_examples == 10 and client.data is None
+    assert client.trainer.num_examples == 10 and client.trainer.data is None
     info = ModelInfo("dense_classifier", (2,), 2, ("0", "1"), data=TABLE)
-    data = client._data_for(info)
-    assert data.x.shape == (5, 2) and client.source.num_examples == 5
-    labels = client._labels_for(info)
+    data = client.trainer.data_for(info)
+    assert data.x.shape == (5, 2) and client.trainer.num_examples == 5
+    labels = client.trainer.labels_for(info)
     assert labels.dtype == np.int64 and set(labels.tolist()) <= {0, 1}
-    assert client._data_for(info) is data  # made once per model schema
+    assert client.trainer.data_for(info) is data  # made once per model schema
 
 
 @pytest.mark.parametrize("info, message", [
@@ -140,27 +140,27 @@ def test_a_csv_device_makes_its_examples_from_the_schema_and_counts_rows_until_t
 def test_a_csv_device_refuses_a_model_its_file_does_not_fit(tmp_path: Path, info: ModelInfo, message: str) -> None:
     client = _csv_client(tmp_path, "y,b,a\n" + "".join(f"{i % 2},{i},{2 * i}\n" for i in range(10)))
     with pytest.raises(IncompatibleModelError, match=message):
-        client._model_for(info)
+        client.trainer.model_for(info)
 
 
 def test_a_model_whose_input_shape_disagrees_with_its_schema_is_refused(tmp_path: Path) -> None:
     client = _csv_client(tmp_path, "y,b,a\n" + "".join(f"{i % 2},{i},{2 * i}\n" for i in range(10)))
     with pytest.raises(IncompatibleModelError, match=r"takes inputs of shape \(3,\).*has shape \(2,\)"):
-        client._model_for(ModelInfo("m", (3,), 2, ("0", "1"), data=TABLE))
+        client.trainer.model_for(ModelInfo("m", (3,), 2, ("0", "1"), data=TABLE))
 
 
 def test_text_in_a_feature_column_is_refused_when_the_model_names_it(tmp_path: Path) -> None:
     client = _csv_client(tmp_path, "y,b,a\n0,1,2\n1,x,3\n")
     with pytest.raises(IncompatibleModelError, match="line 3, column 'b': 'x' is not a number"):
-        client._model_for(ModelInfo("m", (2,), 2, ("0", "1"), data=TABLE))
+        client.trainer.model_for(ModelInfo("m", (2,), 2, ("0", "1"), data=TABLE))
 
 
 def test_a_regression_model_on_a_csv_reads_float_targets_and_refuses_a_class_partition(tmp_path: Path) -> None:
     text = "y,b,a\n" + "".join(f"{i * 0.5},{i},{2 * i}\n" for i in range(10))
     info = ModelInfo("m", (2,), 0, task="regression", num_outputs=1, data=TABLE)
     client = _csv_client(tmp_path, text, index_range="0:4")
-    assert len(client._data_for(info).y) == 4
-    assert client._labels_for(info).dtype == np.float32
+    assert len(client.trainer.data_for(info).y) == 4
+    assert client.trainer.labels_for(info).dtype == np.float32
     skewed = _csv_client(tmp_path, text, partition="1/2", scheme="shards")
     with pytest.raises(IncompatibleModelError, match="the shards scheme splits by class"):
-        skewed._data_for(info)
+        skewed.trainer.data_for(info)

@@ -110,8 +110,6 @@ def test_a_refused_login_wakes_the_loop() -> None:
 
 
 def test_the_transform_update_hook_decides_what_is_sent() -> None:
-    from types import SimpleNamespace
-
     seen: list[tuple[list, list]] = []
 
     def double_delta(global_weights: list[np.ndarray], trained: list[np.ndarray]) -> list[np.ndarray]:
@@ -120,12 +118,11 @@ def test_the_transform_update_hook_decides_what_is_sent() -> None:
 
     data = LocalData("test data", np.zeros((2, 28, 28, 1), np.uint8), np.array([0, 1]), tuple(FASHION))
     client = EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1)), data, transform_update=double_delta)
-    model = SimpleNamespace(weights=[SimpleNamespace(numpy=lambda: np.array([3.0]))])
-    message = SimpleNamespace(tensors=[("w", np.array([1.0]))])
-    assert client._trained_weights(model, message)[0].tolist() == [5.0]
+    global_weights, trained = [np.array([1.0])], [np.array([3.0])]
+    assert client._update_weights(global_weights, trained)[0].tolist() == [5.0]
     assert len(seen) == 1
     plain = _plain_client()
-    assert plain._trained_weights(model, message)[0].tolist() == [3.0], "no hook: the trained weights"
+    assert plain._update_weights(global_weights, trained)[0].tolist() == [3.0], "no hook: the trained weights"
 
 
 def test_the_attacking_client_wraps_the_edge_client_with_its_hook(monkeypatch: pytest.MonkeyPatch) -> None:

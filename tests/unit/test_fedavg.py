@@ -89,7 +89,24 @@ def test_result_dtypes_equal_the_global_dtypes(dtype: str) -> None:
                (2, [np.full((2, 2), 8, dtype), np.ones(3, np.float32)])]
     result = run_fedavg(g, clients)
     assert [r.dtype for r in result] == [np.dtype(dtype), np.dtype(np.float32)]
-    assert np.array_equal(result[0], np.full((2, 2), 6, dtype))
+    if np.dtype(dtype).kind == "f":
+        assert np.array_equal(result[0], np.full((2, 2), 6, dtype))
+    else:  # a counter or a state (a Normalization layer's int64 count): the global value, not an average
+        assert np.array_equal(result[0], g[0])
+
+
+@pytest.mark.parametrize("rule", ["fedavg", "median", "trimmed_mean", "multi_krum"])
+def test_every_rule_averages_float_state_and_keeps_non_float_tensors_global(rule: str) -> None:
+    """BatchNormalization's moving statistics are float weights: averaged like any other. An int64 count is not."""
+    from coordinator.aggregation import make_aggregator
+
+    g = [np.zeros(2, np.float32), np.array(7, np.int64)]
+    agg = make_aggregator(rule)
+    agg.begin(g)
+    for k in range(5):
+        agg.add(ClientResult(f"c{k}", 10, [np.full(2, 1.0, np.float32), np.array(100 + k, np.int64)]))
+    moving_mean, count = agg.result()
+    assert np.allclose(moving_mean, 1.0) and count.dtype == np.int64 and int(count) == 7
 
 
 def test_accumulates_in_float64_so_float16_does_not_overflow() -> None:

@@ -104,7 +104,7 @@ def test_client_panel_shows_connection_round_and_batches() -> None:
     assert "fedmq client pi-kitchen" in text and "mqtt://broker.lan:1883 (MQTT 3.1.1)  connected" in text
     assert "3 / 5  (0 trained here)" in text and "training" in text
     assert "epoch 2/2, batch 10/40" in text and "loss 0.5000, accuracy 0.7500" in text
-    progress.round_done(3, 0.41, 0.85, 12.34, published=True)
+    progress.round_done(3, {"loss": 0.41, "accuracy": 0.85}, 12.34, published=True)
     text = text_of(progress.render())
     assert "waiting for the next round's model" in text and "batch" not in text
     assert "round 3: loss 0.4100, accuracy 0.8500, 12.3 s; update published" in text
