@@ -141,8 +141,13 @@ def encode_int8(array: np.ndarray, block: int) -> Encoded:
     blocks = arr.astype(np.float64).reshape(count // block, block)
     lo = np.minimum(blocks.min(axis=1), 0.0)
     hi = np.maximum(blocks.max(axis=1), 0.0)
-    scale = ((hi - lo) / 255.0).astype("<f4")
-    scale[(scale == 0) & (hi > lo)] = np.finfo(np.float32).smallest_subnormal   # below float32's range
+    exact = (hi - lo) / 255.0
+    scale = exact.astype("<f4")
+    # The float32 scale must not be below the exact one, or 255 steps no longer span the block and its extremes
+    # are clipped: round up where float32 rounded down (this matters for subnormal ranges, whose float32
+    # spacing is coarse; elsewhere it is at most one ulp).
+    with np.errstate(over="ignore"):
+        scale = np.where(scale.astype(np.float64) < exact, np.nextafter(scale, np.float32(np.inf)), scale).astype("<f4")
     scale[hi == lo] = 1.0                   # an all-zero block: any scale, zero point 0 gives exact zeros
     if not np.isfinite(scale).all():
         raise ValueError("int8 encoding: the tensor's range overflows float32")
