@@ -29,8 +29,9 @@ class RoundMetrics(RoundResults):
         return cls(**row)
 
 
-# Every round's row has these (the lists and maps, and cohort, came later and may be missing in older files).
-_REQUIRED = ("round", *(f.name for f in fields(RoundResults) if f.type in ("int", "float") and f.name != "cohort"))
+# Every round's row has these (the lists and maps, cohort and elapsed_s came later and may be missing in older files).
+_REQUIRED = ("round", *(f.name for f in fields(RoundResults) if f.type in ("int", "float")
+                         and f.name not in ("cohort", "elapsed_s")))
 
 
 @dataclass

@@ -28,10 +28,12 @@ PLOTS = {
     "bytes": "bytes per round",
     "round_time": "round time: training and overhead",
     "clients": "clients per round",
+    "over_time": "test accuracy over wall-clock time",
 }
 # A regression run's plots: its errors where a classification has its accuracy.
 REGRESSION_PLOTS = {"errors_loss": "test MAE, RMSE and loss per round",
-                    **{name: title for name, title in PLOTS.items() if name != "accuracy_loss"}}
+                    **{name: title for name, title in PLOTS.items() if name not in ("accuracy_loss", "over_time")},
+                    "over_time": "test RMSE over wall-clock time"}
 PLOT_TITLES = {**PLOTS, **REGRESSION_PLOTS}
 _FED_STYLE = {"color": "#1f77b4", "marker": "o", "linestyle": "-"}
 _CENTRAL_STYLE = {"color": "#d62728", "marker": "s", "linestyle": "--"}
@@ -164,7 +166,29 @@ def plot_all(fed: RunMetrics, central: RunMetrics | None, out: Path) -> dict[str
     _finish_bars(ax)
     _integer_ticks(ax.yaxis)
     _save(fig, paths["clients"])
+
+    # Accuracy over wall-clock time: what asynchronous rounds (and stragglers) change, where rounds hide it.
+    fig, ax = plt.subplots(figsize=(7, 4))
+    key, name = ("test_rmse", "test RMSE") if fed.is_regression else ("test_accuracy", "test accuracy")
+    ax.plot(elapsed_times(fed.rows), [getattr(m, key) for m in fed.rows], _FED_STYLE["marker"] + "-",
+            color=_FED_STYLE["color"], label=fed.label)
+    ax.set(title=f"{fed.label}: {name} over time", xlabel="seconds since the first round started", ylabel=name)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right" if fed.is_regression else "lower right", fontsize=8)
+    _save(fig, paths["over_time"])
     return paths
+
+
+def elapsed_times(rows: list[RoundMetrics]) -> list[float]:
+    """Each round's end in seconds since the first round started: `elapsed_s`, or for runs recorded before it
+    existed the running sum of the round times (which leaves out waits between rounds)."""
+    if all(m.elapsed_s > 0 for m in rows):
+        return [m.elapsed_s for m in rows]
+    total, times = 0.0, []
+    for m in rows:
+        total += m.round_time_s
+        times.append(total)
+    return times
 
 
 def _title(fed: RunMetrics, central: RunMetrics | None) -> str:

@@ -31,3 +31,13 @@ def test_nan_and_inf_are_written_as_null(tmp_path: Path) -> None:
     assert rows[1]["test_loss"] == 0.5 and rows[1]["ignored"] == {"late": 1} and rows[1]["cohort"] == 2
     back = read_metrics(path)
     assert math.isnan(back[0].test_loss) and back[1].test_loss == 0.5
+
+
+def test_a_row_written_before_elapsed_s_existed_still_reads() -> None:
+    """metrics.jsonl and checkpoints of earlier versions have no elapsed_s: a resume or a report must still read them."""
+    from coordinator.metrics import RoundMetrics
+
+    row = {"round": 1, "clients": 2, "examples": 10, "test_loss": 0.5, "test_accuracy": 0.8, "bytes_in": 1,
+           "bytes_out": 1, "round_time_s": 1.0, "slowest_train_s": 0.5, "overhead_s": 0.5, "aggregate_s": 0.0,
+           "evaluate_s": 0.0}
+    assert RoundMetrics.from_row(row).elapsed_s == 0.0

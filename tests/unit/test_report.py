@@ -147,3 +147,16 @@ def test_rows_round_trip_through_the_metrics_file(tmp_path: Path) -> None:
     regression_only = ("test_mae", "test_rmse")  # a classification's lines are as they always were
     assert lines == [{k: v for k, v in asdict(m).items() if k not in regression_only} for m in rows]
     assert re.search(r"\| 4 \| 3 \| 30004 \|", write_report(run).markdown.read_text())
+
+
+def test_accuracy_over_time_uses_elapsed_s_or_the_sum_of_round_times() -> None:
+    from coordinator.metrics import RoundMetrics
+    from coordinator.report import elapsed_times
+
+    def row(r: int, round_time: float, elapsed: float) -> RoundMetrics:
+        return RoundMetrics(round=r, clients=2, examples=1, test_loss=1.0, test_accuracy=0.5, bytes_in=1,
+                            bytes_out=1, round_time_s=round_time, slowest_train_s=0.0, overhead_s=0.0,
+                            aggregate_s=0.0, evaluate_s=0.0, elapsed_s=elapsed)
+
+    assert elapsed_times([row(1, 2.0, 3.5), row(2, 2.0, 9.0)]) == [3.5, 9.0]   # waits between rounds count
+    assert elapsed_times([row(1, 2.0, 0.0), row(2, 3.0, 0.0)]) == [2.0, 5.0]   # an older run: round times
