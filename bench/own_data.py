@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from federated_run import REPO_ROOT, print_table, round_table, run_for_bench, write_results
+
+sys.path.insert(0, str(REPO_ROOT))
 
 NAME = "own_data"
 EXAMPLES = ("table", "regression", "series")
@@ -193,14 +196,24 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {**example.coordinator, "quorum.min_clients": str(len(example.device_files)),
                      "deploy.enabled": "false"}
         clients = [["--dataset", str(f), "--client-id", f"device-{k + 1}"] for k, f in enumerate(example.device_files)]
-        outcome = run_for_bench(clients, overrides, out / name, f"{NAME}_{name}", args.timeout)
-        if outcome is None:
-            return 2
-        report, wall_s = outcome
-        print(f"\n## {name}: {len(clients)} devices, federated (wall {wall_s:.0f} s)\n")
-        print_table(*round_table(report.metrics))
+        if name == "table":   # through the Python APIs: run_coordinator here, start_client in each device process
+            from demo.python_api import run_federation
+
+            started = time.monotonic()
+            _, metrics = run_federation(example.device_files, _typed(overrides), out / name, f"{NAME}_{name}",
+                                        args.timeout)
+            wall_s, federated_json = time.monotonic() - started, {"metrics": metrics, "api": "python"}
+        else:
+            outcome = run_for_bench(clients, overrides, out / name, f"{NAME}_{name}", args.timeout)
+            if outcome is None:
+                return 2
+            report, wall_s = outcome
+            metrics, federated_json = report.metrics, report.to_json()
+        print(f"\n## {name}: {len(clients)} devices, federated (wall {wall_s:.0f} s"
+              f"{', Python API' if name == 'table' else ''})\n")
+        print_table(*round_table(metrics))
         central = centralized(example, overrides)
-        last = report.metrics[-1]
+        last = metrics[-1]
         if example.metric == "rmse":
             federated = float(last.get("test_rmse", float("nan")))
             passed = federated <= 1.05 * central["rmse"]
@@ -217,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(f"\n{name}: {line}: {'PASS' if passed else 'FAIL'}")
             verdict = verdict or (0 if passed else 1)
-        results[name] = {"federated": report.to_json(), "centralized": central, "passed": passed,
+        results[name] = {"federated": federated_json, "centralized": central, "passed": passed,
                          "coordinator_overrides": overrides, "device_files": [str(f) for f in example.device_files]}
     path = write_results(args.out.resolve() / f"{NAME}_{'_'.join(args.examples)}.json", results)
     print(f"\nresults: {path}")
