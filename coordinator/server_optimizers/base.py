@@ -47,6 +47,14 @@ class ServerOptimizer(ABC):
             self._moments[key] = [np.zeros(d.shape, dtype=np.float64) for d in like]
         return self._moments[key]
 
+    def _first_moment(self, deltas: Weights, beta_1: float) -> Weights:
+        """FedOpt's momentum, updated in place: m = beta_1 m + (1 - beta_1) delta."""
+        m_t = self._moment("m", deltas)
+        for m, d in zip(m_t, deltas):
+            m *= beta_1
+            m += (1 - beta_1) * d
+        return m_t
+
     def state(self) -> OptimizerState:
         """The moments and the step count, as named arrays for the checkpoint."""
         state = {"rounds": np.array(self.rounds, dtype=np.int64)}

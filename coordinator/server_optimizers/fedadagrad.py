@@ -17,9 +17,7 @@ class FedAdagrad(ServerOptimizer):
         self.eta, self.beta_1, self.tau = eta, beta_1, tau
 
     def _update(self, deltas: Weights) -> Weights:
-        m_t, v_t = self._moment("m", deltas), self._moment("v", deltas)
-        for m, v, d in zip(m_t, v_t, deltas):
-            m *= self.beta_1
-            m += (1 - self.beta_1) * d
+        m_t, v_t = self._first_moment(deltas, self.beta_1), self._moment("v", deltas)
+        for v, d in zip(v_t, deltas):
             v += d * d
         return [self.eta * m / (np.sqrt(v) + self.tau) for m, v in zip(m_t, v_t)]

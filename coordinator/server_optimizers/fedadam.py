@@ -17,10 +17,8 @@ class FedAdam(ServerOptimizer):
         self.eta, self.beta_1, self.beta_2, self.tau = eta, beta_1, beta_2, tau
 
     def _update(self, deltas: Weights) -> Weights:
-        m_t, v_t = self._moment("m", deltas), self._moment("v", deltas)
-        for m, v, d in zip(m_t, v_t, deltas):
-            m *= self.beta_1
-            m += (1 - self.beta_1) * d
+        m_t, v_t = self._first_moment(deltas, self.beta_1), self._moment("v", deltas)
+        for v, d in zip(v_t, deltas):
             v *= self.beta_2
             v += (1 - self.beta_2) * d * d
         # Flower counts server rounds from 1 and corrects with power (round + 1); self.rounds is that round.
