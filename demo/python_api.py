@@ -77,7 +77,8 @@ def setting_value(text: str) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m demo.python_api", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m demo.python_api", description=__doc__.splitlines()[0],
+                                allow_abbrev=False)
     p.add_argument("--dataset", required=True, help="the coordinator's evaluation data ([model] dataset)")
     p.add_argument("--device-file", action="append", required=True, help="one device's file (repeat per device)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="a setting (repeat)")
