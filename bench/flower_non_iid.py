@@ -12,10 +12,10 @@ start) with its ratio Flower / fedmq.
 Set-up of Flower (outside the product's virtual environment; it reuses the product's TensorFlow, numpy and grpcio
 through a .pth file, and keeps its own protobuf, which TensorFlow 2.21 accepts):
 
-    python3 -m venv /work/flower-venv
+    python3 -m venv .venv-flower                  # from the repository root (or set FEDMQ_FLOWER_PYTHON)
     echo "$PWD/.venv/lib/python3.11/site-packages" \\
-        > /work/flower-venv/lib/python3.11/site-packages/fedmq-product.pth
-    /work/flower-venv/bin/pip install -r bench/requirements-flower.txt
+        > .venv-flower/lib/python3.11/site-packages/fedmq-product.pth
+    .venv-flower/bin/pip install -r bench/requirements-flower.txt
 
 This script runs with the product's Python and starts the Flower processes with --flower-python."""
 
@@ -39,7 +39,9 @@ from fleet_setup import DATASETS, accuracy_at_round, data_source, load_average, 
 from non_iid import METHODS, training_overrides
 
 NAME = "flower_non_iid"
-DEFAULT_FLOWER_PYTHON = Path("/work/flower-venv/bin/python")
+# The Flower venv: $FEDMQ_FLOWER_PYTHON, else .venv-flower/ in the repository root (see the set-up above).
+DEFAULT_FLOWER_PYTHON = Path(os.environ.get("FEDMQ_FLOWER_PYTHON",
+                                            Path(__file__).resolve().parents[1] / ".venv-flower" / "bin" / "python"))
 ROLES = Path(__file__).resolve().parent / "flower_roles.py"
 STRATEGIES = ("fedadam", "fedprox")
 
