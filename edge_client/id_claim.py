@@ -93,10 +93,13 @@ def ensure_client_id_free(address: BrokerAddress, status_topic: str, client_id: 
     probe.on_connect = on_connect
     probe.on_subscribe = on_subscribe
     probe.on_message = lambda c, u, msg: messages.put(bytes(msg.payload)) if msg.topic == status_topic else None
-    try:
-        probe.connect(address.host, address.port, keepalive=address.keepalive_s)
-    except (OSError, ValueError) as exc:
-        log.debug("could not check whether client id %r is free: %s", client_id, exc)
+    for host, port in address.nodes:  # a clustered broker: the first node that answers
+        try:
+            probe.connect(host, port, keepalive=address.keepalive_s)
+            break
+        except (OSError, ValueError) as exc:
+            log.debug("could not check whether client id %r is free on %s:%s: %s", client_id, host, port, exc)
+    else:
         return
     probe.loop_start()
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.cli.version import add_version_flag
-from federation.transport.broker_address import FORMS, AddressError, parse_address
+from federation.transport.broker_address import FORMS, AddressError, parse_address, split_addresses
 from federation.transport.mqtt_link import BrokerAddress
 
 CONNECTION_FLAGS = ("--config", "--broker", "--port", "--mqtt-version", "--run", "--topic-prefix", "--client-id")
@@ -91,7 +91,7 @@ def settings_overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides = {SETTING_OF[name]: value for name, value in vars(args).items()
                  if name in SETTING_OF and value not in (None, "")}
     if args.broker:
-        parsed = parse_address(args.broker)
+        parsed = parse_address(split_addresses(args.broker)[0])  # a cluster: the first node's port
         if parsed.port is not None:
             overrides["broker.port"] = parsed.choose_port(args.port)  # AddressError if --port says otherwise
     return overrides

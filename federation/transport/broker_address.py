@@ -1,5 +1,6 @@
 """The one parser of broker addresses that every command and the config file use: `host`, `host:port`,
-`[ipv6]:port`, and `mqtt://`, `mqtts://` (TLS), `ws://`, `wss://` (MQTT over WebSockets) URLs."""
+`[ipv6]:port`, and `mqtt://`, `mqtts://` (TLS), `ws://`, `wss://` (MQTT over WebSockets) URLs; a comma-separated
+list names the nodes of a clustered broker."""
 
 from __future__ import annotations
 
@@ -98,6 +99,16 @@ def parse_address(text: str) -> ParsedAddress:
     if port == 0:
         raise AddressError(f"broker address {text!r}: port 0 is not a port a broker listens on")
     return ParsedAddress(host, port, scheme, path if path not in ("", "/") else "")
+
+
+def split_addresses(text: str) -> list[str]:
+    """The addresses of a comma-separated list (the nodes of a clustered broker, tried in turn); AddressError for an
+    empty item."""
+    items = [item.strip() for item in text.split(",")]
+    if len(items) > 1 and not all(items):
+        raise AddressError(f"broker address list {text!r} has an empty item: give addresses separated by single "
+                           f"commas, e.g. mqtt://node1:1883,mqtt://node2:1883")
+    return items
 
 
 def format_address(host: str, port: int, scheme: str, path: str = "") -> str:

@@ -16,7 +16,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from federation.config.settings import tls_problem
 from federation.errors import FedmqError
-from federation.transport.broker_address import DEFAULT_WS_PATH, Transport, AddressError, format_address, parse_address
+from federation.transport.broker_address import (DEFAULT_WS_PATH, Transport, AddressError, format_address, parse_address,
+                                                 split_addresses)
 from federation.transport.connect_diagnosis import GET_CREDENTIALS, diagnose
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 MessageHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
 # CONNACK reason codes meaning "not you" (paho maps MQTT 3.1.1's 4 and 5 to 134 and 135; 138 = banned).
 _LOGIN_REFUSED = frozenset({134, 135, 138})
+_UNSUPPORTED_PROTOCOL = frozenset({1, 132})  # MQTT 3.1.1's and MQTT 5's "unacceptable protocol version"
+_RESUBSCRIBE_DELAY_S = 1.0
 
 
 class CredentialsError(FedmqError, ValueError):
@@ -48,6 +51,13 @@ class BrokerAddress:
     transport: Transport = "tcp"    # or "websockets" (ws:// and wss:// addresses)
     tls: bool = False         # TLS even without tls_ca (mqtts:// and wss://): verified against the system's CAs
     ws_path: str = DEFAULT_WS_PATH
+    alternates: tuple[tuple[str, int], ...] = ()
+    """Other nodes of a clustered broker, (host, port), same scheme: tried in turn when a connection drops or fails."""
+
+    @property
+    def nodes(self) -> list[tuple[str, int]]:
+        """Every node to try, this address's first."""
+        return [(self.host, self.port), *self.alternates]
 
     @property
     def use_tls(self) -> bool:
@@ -62,21 +72,43 @@ class BrokerAddress:
     def __str__(self) -> str:
         scheme, rest = self.url.split("://", 1)
         user = f"{self.username}@" if self.username else ""
-        return f"{scheme}://{user}{rest} (MQTT {self.mqtt_version})"
+        more = f", +{len(self.alternates)} more node(s)" if self.alternates else ""
+        return f"{scheme}://{user}{rest} (MQTT {self.mqtt_version}{more})"
+
+    def at_node(self, index: int) -> "BrokerAddress":
+        """This address with node `index` of `nodes` as its host and port (the alternates kept)."""
+        host, port = self.nodes[index % len(self.nodes)]
+        return replace(self, host=host, port=port)
 
     @classmethod
     def parse(cls, text: str, defaults: "BrokerAddress | None" = None, port_flag: int | None = None) -> "BrokerAddress":
         """`text` in any form of federation.transport.broker_address.FORMS, the other fields from `defaults`. The port:
         see ParsedAddress.choose_port (`defaults.port` is [broker] port). AddressError (a ValueError) names
-        what is wrong, also a plain mqtt:// or ws:// address given with a CA certificate for TLS."""
+        what is wrong, also a plain mqtt:// or ws:// address given with a CA certificate for TLS.
+        A comma-separated list gives the nodes of a clustered broker: the first is `host`, the rest `alternates`;
+        every node has the same scheme (TLS and transport)."""
         base = defaults or cls()
+        first, *others = split_addresses(text)
+        address = cls._parse_one(first, base, port_flag)
+        alternates = []
+        for other in others:
+            node = cls._parse_one(other, base, port_flag)
+            if (node.transport, node.use_tls, node.ws_path) != (address.transport, address.use_tls, address.ws_path):
+                raise AddressError(f"broker node {other!r} is reached as {node.url.split('://')[0]}:// but "
+                                   f"{first!r} as {address.url.split('://')[0]}://: give every node of one broker "
+                                   "the same scheme")
+            alternates.append((node.host, node.port))
+        return replace(address, alternates=tuple(alternates))
+
+    @classmethod
+    def _parse_one(cls, text: str, base: "BrokerAddress", port_flag: int | None) -> "BrokerAddress":
         parsed = parse_address(text)
         if parsed.scheme in ("mqtt", "ws") and base.tls_ca:
             raise AddressError(f"{parsed.scheme}:// is plain MQTT, but a CA certificate ({base.tls_ca}) asks for "
                                f"TLS: write {parsed.scheme}s://{text.split('://', 1)[1]}")
         return replace(base, host=parsed.host, port=parsed.choose_port(port_flag, base.port),
                        transport=parsed.transport, tls=parsed.tls,
-                       ws_path=parsed.path or DEFAULT_WS_PATH)
+                       ws_path=parsed.path or DEFAULT_WS_PATH, alternates=())
 
     @classmethod
     def from_settings(cls, broker: object) -> "BrokerAddress":
@@ -132,7 +164,9 @@ class MqttLink:
                  on_message: MessageHandler, will: tuple[str, bytes] | None = None,
                  on_connected: Callable[[], None] | None = None) -> None:
         self.client_id = client_id
-        self.address = address
+        self.address = address     # the node in use: address.at_node(k) of the one given
+        self._node = 0
+        self._asked: dict[int, list[tuple[str, int]]] = {}   # SUBSCRIBE packet id -> its topics, until its SUBACK
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
@@ -157,6 +191,7 @@ class MqttLink:
         self._connack_seen = False    # this attempt got an answer from the broker (accepted or refused)
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_message = self._handle_message
+        self._client.on_subscribe = self._handle_subscribe
 
     def start(self) -> None:
         """Connect in the background; paho keeps retrying until the broker answers."""
@@ -190,7 +225,13 @@ class MqttLink:
                         reason_code: mqtt.ReasonCode, properties: object) -> None:
         self._connack_seen = True
         if reason_code.is_failure:
-            if reason_code.value in _LOGIN_REFUSED:
+            if reason_code.value in _UNSUPPORTED_PROTOCOL and self.address.mqtt_version == "5":
+                self.failure = (f"the broker at {self.address.url} does not speak MQTT 5 ({reason_code}); NATS and "
+                                "amqtt speak MQTT 3.1.1 only: set [broker] mqtt_version = \"3.1.1\" "
+                                "(--mqtt-version 3.1.1), which fedmq's protocol needs nothing beyond")
+                log.error("%s: %s", self.client_id, self.failure)
+                self._next_node()
+            elif reason_code.value in _LOGIN_REFUSED:
                 self.refused = str(reason_code)
                 if self.address.username:
                     self.failure = (f"the broker at {self.address.url} refused the login of "
@@ -209,13 +250,45 @@ class MqttLink:
         log.info("%s connected to %s", self.client_id, self.address)
         self.failure = ""
         if self._subscriptions:
-            client.subscribe(self._subscriptions)
+            self._subscribe(self._subscriptions)
         self.connected.set()
         if self._on_connected:
             self._on_connected()
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         self._report_failure()
+        self._next_node()
+
+    def _next_node(self) -> None:
+        """Point paho's next reconnect at the next node of a clustered broker (no-op with one address)."""
+        if not self.address.alternates or self._stopping:
+            return
+        self._node = (self._node + 1) % len(self.address.nodes)
+        self.address = self.address.at_node(self._node)
+        # paho's host/port setters refuse while a lost connection is being torn down; its reconnect reads these.
+        self._client._host, self._client._port = self.address.host, self.address.port
+        log.info("%s: next broker node %s", self.client_id, self.address.url)
+
+    def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
+                          reason_codes: list[mqtt.ReasonCode], properties: object) -> None:
+        """A refused subscription would silently starve us (NATS refuses one while its cluster re-elects leaders
+        after a node died): ask again for the refused topics until the broker grants them."""
+        refused = [sub for sub, code in zip(self._asked.pop(mid, []), reason_codes) if code.is_failure]
+        if refused and not self._stopping and self.connected.is_set():
+            log.warning("%s: the broker refused the subscription to %s; asking again in %.0f s", self.client_id,
+                        ", ".join(topic for topic, _ in refused), _RESUBSCRIBE_DELAY_S)
+            timer = threading.Timer(_RESUBSCRIBE_DELAY_S, self._resubscribe, (refused,))
+            timer.daemon = True
+            timer.start()
+
+    def _resubscribe(self, topics: list[tuple[str, int]]) -> None:
+        if not self._stopping and self.connected.is_set():
+            self._subscribe(topics)
+
+    def _subscribe(self, topics: list[tuple[str, int]]) -> None:
+        _, mid = self._client.subscribe(topics)
+        if mid is not None:
+            self._asked[mid] = topics
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                            reason_code: mqtt.ReasonCode, properties: object) -> None:
@@ -225,6 +298,7 @@ class MqttLink:
             self._report_failure()
         self._connack_seen = False
         self.connected.clear()
+        self._next_node()
 
     def _report_failure(self) -> None:
         """Find out why the attempt failed; log it when it is news (paho retries every few seconds)."""
