@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +27,7 @@ CLUSTER_NAME = "fedmq"
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 """NATS's limit on one message (and so on one MQTT PUBLISH); its default is 1 MiB, 8 MiB is its advised ceiling."""
 MAX_NODES = 9
-_READY_TIMEOUT_S = 30.0
+_READY_TIMEOUT_S = 120.0   # a loaded 2-core machine takes a minute to elect the first leaders
 _LOG_TAIL_LINES = 20
 
 
@@ -45,11 +46,13 @@ def find_nats_server() -> str | None:
 
 @dataclass(frozen=True)
 class NodePorts:
-    """The TCP ports of one node: MQTT for fedmq, NATS clients (unused by fedmq), and the cluster routes."""
+    """The TCP ports of one node: MQTT for fedmq, NATS clients (unused by fedmq), the cluster routes, and the
+    monitoring HTTP server (its /healthz says when JetStream is ready)."""
 
     mqtt: int
     client: int
     route: int
+    http: int
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -70,9 +73,10 @@ def plan_ports(nodes: int, mqtt_port: int = 0, host: str = "127.0.0.1") -> list[
     """Ports for `nodes` nodes: MQTT on mqtt_port, mqtt_port+1, ... when given (0: free ports), the rest free."""
     if not 1 <= nodes <= MAX_NODES:
         raise NatsClusterError(f"--nodes {nodes}: give 1 to {MAX_NODES} (3 survives the loss of one node)")
-    spare = free_ports(3 * nodes, host)
-    mqtt = [mqtt_port + k for k in range(nodes)] if mqtt_port else spare[2 * nodes:]
-    return [NodePorts(mqtt=mqtt[k], client=spare[2 * k], route=spare[2 * k + 1]) for k in range(nodes)]
+    spare = free_ports(4 * nodes, host)
+    mqtt = [mqtt_port + k for k in range(nodes)] if mqtt_port else spare[3 * nodes:]
+    return [NodePorts(mqtt=mqtt[k], client=spare[3 * k], route=spare[3 * k + 1], http=spare[3 * k + 2])
+            for k in range(nodes)]
 
 
 def _quoted(text: str) -> str:
@@ -91,6 +95,7 @@ def render_node_config(name: str, ports: NodePorts, peers: list[NodePorts], stor
     return (f"# fedmq: node {name} of a local NATS cluster (python -m broker --engine nats)\n"
             f"server_name: {_quoted(name)}\n"
             f"listen: {_quoted(f'{bind}:{ports.client}')}\n"
+            f"http: {_quoted(f'127.0.0.1:{ports.http}')}\n"
             f"max_payload: {MAX_PAYLOAD_BYTES}\n"
             f"jetstream {{\n  store_dir: {_quoted(str(store_dir))}\n}}\n"
             f"{cluster}"
@@ -105,7 +110,16 @@ def _connect_host(bind: str) -> str:
     return "127.0.0.1" if bind in ("", "0.0.0.0", "::") else bind
 
 
-def mqtt_ready(host: str, port: int, timeout: float = 2.0) -> bool:
+def jetstream_healthy(http_port: int) -> bool:
+    """True when the node's monitoring endpoint says it and JetStream are healthy (cluster formed, leaders known)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2) as answer:
+            return bool(answer.status == 200)
+    except (OSError, ValueError):
+        return False
+
+
+def mqtt_ready(host: str, port: int, timeout: float = 40.0) -> bool:
     """True when `host:port` accepts an MQTT 3.1.1 CONNECT (clean session) with a CONNACK of 0: on NATS that means
     JetStream is up and the cluster has elected the leaders MQTT needs."""
     client_id = f"fedmq-ready-{os.getpid()}".encode()
@@ -193,9 +207,10 @@ class NatsCluster:
             if process is not None and process.poll() is not None:
                 raise NatsClusterError(f"nats-server node {node + 1} exited with code {process.returncode}:\n"
                                        f"{self.log_tail(node)}")
-            if mqtt_ready(_connect_host(self.bind), port):
+            if jetstream_healthy(self.ports[node].http) and mqtt_ready(
+                    _connect_host(self.bind), port, timeout=max(1.0, deadline - time.monotonic())):
                 return
-            time.sleep(0.2)
+            time.sleep(0.5)
         raise NatsClusterError(f"nats-server node {node + 1} did not accept MQTT on port {port} within "
                                f"{timeout:.0f} s:\n{self.log_tail(node)}")
 
