@@ -72,6 +72,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              f"(default: [broker] ws_port of the config, else {DEFAULT_WS_PORT})")
     parser.add_argument("--bind", default=DEFAULT_BIND,
                         help="address to listen on (default: %(default)s, i.e. all interfaces)")
+    parser.add_argument("--engine", choices=("mosquitto", "nats"), default="mosquitto",
+                        help="mosquitto: one broker (the default); nats: a local cluster of NATS servers with "
+                             "JetStream and MQTT 3.1.1 that survives a node's death (README \"Past one broker\")")
+    parser.add_argument("--nodes", type=int, default=3,
+                        help="--engine nats: how many nodes (default: %(default)s); --port gives the first node's "
+                             "MQTT port, the others follow (default: free ports)")
+    parser.add_argument("--cluster-dir", type=Path, default=None,
+                        help="--engine nats: where each node's config, log and JetStream store go (default: a "
+                             "temporary folder, removed at exit)")
     parser.add_argument("--embedded", action="store_true",
                         help="use the embedded amqtt broker (MQTT 3.1.1 only) even if mosquitto exists")
     return parser.parse_args(argv)
@@ -131,6 +140,28 @@ def run_embedded(port: int, bind: str) -> int:
     return 0
 
 
+def run_nats(args: argparse.Namespace) -> int:
+    """`--engine nats`: a local N-node NATS cluster in the foreground until Ctrl-C."""
+    from broker.nats_cluster import MAX_NODES, NatsCluster, NatsClusterError, run_cluster_foreground
+
+    if not 1 <= args.nodes <= MAX_NODES:
+        log.error("--nodes %d: give 1 to %d (3 survive the loss of one node)", args.nodes, MAX_NODES)
+        return EXIT_USAGE
+    if args.embedded or args.secure:
+        log.error("--engine nats has no --embedded or --secure form yet (README \"Past one broker\")")
+        return EXIT_USAGE
+    try:
+        if args.cluster_dir is not None:
+            return run_cluster_foreground(NatsCluster(args.cluster_dir, nodes=args.nodes, bind=args.bind,
+                                                      mqtt_port=args.port or 0))
+        with tempfile.TemporaryDirectory(prefix="fedmq-nats-") as workdir:
+            return run_cluster_foreground(NatsCluster(Path(workdir), nodes=args.nodes, bind=args.bind,
+                                                      mqtt_port=args.port or 0))
+    except NatsClusterError as error:
+        log.error("%s", error)
+        return EXIT_USAGE
+
+
 def announce_embedded(requested: bool) -> None:
     """Log why the embedded broker is used instead of Mosquitto."""
     if requested:
@@ -148,8 +179,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from broker.secure_cli import main as secure_main
 
         return secure_main(args)
+    parsed = parse_args(argv)
+    if parsed.engine == "nats":
+        return run_nats(parsed)
     try:
-        options = resolve_options(parse_args(argv))
+        options = resolve_options(parsed)
     except ConfigError as error:
         log.error("%s", error)
         return EXIT_USAGE

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -260,3 +261,33 @@ class NatsCluster:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def run_cluster_foreground(cluster: NatsCluster) -> int:
+    """`python -m broker --engine nats`: start `cluster`, print its addresses, run until Ctrl-C (or SIGTERM) or a
+    node dies, then stop every node. The exit code: 0 after Ctrl-C, 1 when a node died on its own."""
+    stop = threading.Event()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cluster.start()
+        urls = ",".join(cluster.mqtt_urls())
+        for name, ports in zip(cluster.names(), cluster.ports):
+            log.info("node %s: MQTT on %s:%d, routes on %d, config %s", name, cluster.bind, ports.mqtt, ports.route,
+                     Path(cluster.workdir) / name / "nats.conf")
+        print(f"NATS cluster of {cluster.nodes} nodes (MQTT 3.1.1); give devices and the coordinator:\n"
+              f"  --broker {urls}\nCtrl-C stops it.", flush=True)
+        while not stop.wait(1.0):
+            for k, process in enumerate(cluster.processes):
+                if process is not None and process.poll() is not None:
+                    log.error("node %s exited (code %s):\n%s", cluster.names()[k], process.returncode,
+                              cluster.log_tail(k))
+                    return 1
+        log.info("stopping the %d nodes", cluster.nodes)
+        return 0
+    except NatsClusterError as error:
+        log.error("%s", error)
+        return 1
+    finally:
+        cluster.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -91,8 +91,8 @@ class BrokerAddress:
         first, *others = split_addresses(text)
         address = cls._parse_one(first, base, port_flag)
         alternates = []
-        for other in others:
-            node = cls._parse_one(other, base, port_flag)
+        for other in others:  # --port: the port of the nodes that give none
+            node = cls._parse_one(other, replace(base, port=port_flag or base.port), None)
             if (node.transport, node.use_tls, node.ws_path) != (address.transport, address.use_tls, address.ws_path):
                 raise AddressError(f"broker node {other!r} is reached as {node.url.split('://')[0]}:// but "
                                    f"{first!r} as {address.url.split('://')[0]}://: give every node of one broker "
@@ -165,6 +165,7 @@ class MqttLink:
                  on_connected: Callable[[], None] | None = None) -> None:
         self.client_id = client_id
         self.address = address     # the node in use: address.at_node(k) of the one given
+        self._given = address
         self._node = 0
         self._asked: dict[int, list[tuple[str, int]]] = {}   # SUBSCRIBE packet id -> its topics, until its SUBACK
         self._subscriptions = subscriptions
@@ -261,10 +262,10 @@ class MqttLink:
 
     def _next_node(self) -> None:
         """Point paho's next reconnect at the next node of a clustered broker (no-op with one address)."""
-        if not self.address.alternates or self._stopping:
+        if not self._given.alternates or self._stopping:
             return
-        self._node = (self._node + 1) % len(self.address.nodes)
-        self.address = self.address.at_node(self._node)
+        self._node = (self._node + 1) % len(self._given.nodes)
+        self.address = self._given.at_node(self._node)
         # paho's host/port setters refuse while a lost connection is being torn down; its reconnect reads these.
         self._client._host, self._client._port = self.address.host, self.address.port
         log.info("%s: next broker node %s", self.client_id, self.address.url)
