@@ -42,7 +42,8 @@ class RunSettings:
 @dataclass(frozen=True)
 class BrokerSettings:
     host: str = _opt("localhost", "MQTT broker: host, host:port, [ipv6]:port, or mqtt://, mqtts:// (TLS), ws://, wss:// "
-                                  "URL; a port given here wins over port")
+                                  "URL; a port given here wins over port. A clustered broker: its nodes, comma-separated, tried in "
+                                  "turn when a connection drops")
     port: int = _opt(1883, "MQTT broker port", lo=1, hi=65535)
     ws_port: int = _opt(9001, "the broker's MQTT-over-WebSockets port, for the live dashboard (0: none)",
                         lo=0, hi=65535)
