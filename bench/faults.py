@@ -194,8 +194,8 @@ def cluster_node_killed(fed: LocalFederation, examples: int) -> Outcome:
         back_s = time.monotonic() - killed_at
         _check_exit(fed.wait_all(900))
     return _outcome(fed, "3-node NATS cluster: kill -9 the node of the coordinator and dev-1 mid-round 2",
-                    f"both failed over to a surviving node (the coordinator in {back_s:.0f} s); the retained model "
-                    "and births were still there; the re-published model brought re-sends, counted once", names)
+                    f"both failed over to a surviving node (the coordinator {back_s:.0f} s after the kill); the "
+                    "re-published model brought re-sends, counted once", names)
 
 
 SCENARIOS: list[tuple[Callable[[LocalFederation, int], Outcome], list[str]]] = [
