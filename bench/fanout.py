@@ -133,3 +133,47 @@ def measure_fanout(host: str, port: int, subscribers: int, payload_bytes: int, b
         raise TimeoutError(f"only {len(times)} of {subscribers} subscribers got the model within {timeout_s:g} s")
     delays = sorted(t - started for t in times)
     return Fanout(subscribers, payload_bytes, delays[0], delays[len(delays) // 2], delays[-1], broker_hwm(broker_pid))
+
+
+@dataclass(frozen=True)
+class Backlog:
+    updates: int
+    payload_bytes: int
+    broker_rss_before: int
+    broker_rss_after: int
+
+    def text(self) -> str:
+        grown = self.broker_rss_after - self.broker_rss_before
+        return (f"{self.updates:,} updates of {self.payload_bytes / 1e6:.1f} MB waiting for one subscriber that "
+                f"does not read: Mosquitto RSS {self.broker_rss_before / 1e6:,.0f} -> "
+                f"{self.broker_rss_after / 1e6:,.0f} MB ({grown / max(1, self.updates) / 1e6:.2f} MB per update)")
+
+
+def broker_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure_backlog(host: str, port: int, updates: int, payload_bytes: int, broker_pid: int) -> Backlog:
+    """What a backlog of QoS 1 updates for a slow coordinator costs the broker: one subscriber to u/# stops reading,
+    a publisher sends `updates` messages of `payload_bytes` (each acknowledged), then Mosquitto's RSS is read."""
+    slow = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="backlog-coordinator")
+    slow.connect(host, port, keepalive=600)
+    slow.subscribe("u/#", qos=1)
+    for _ in range(20):                      # CONNACK and SUBACK, then this client reads nothing more
+        slow.loop(0.05)
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="backlog-devices")
+    publisher.connect(host, port)
+    publisher.loop_start()
+    before = broker_rss(broker_pid)
+    payload = os.urandom(payload_bytes)
+    for k in range(updates):
+        publisher.publish(f"u/{k}", payload, qos=1).wait_for_publish(30)
+    time.sleep(1.0)
+    after = broker_rss(broker_pid)
+    publisher.loop_stop()
+    publisher.disconnect()
+    slow.disconnect()
+    return Backlog(updates, payload_bytes, before, after)

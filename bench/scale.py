@@ -29,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fanout import Fanout, measure_fanout
+from fanout import Backlog, Fanout, measure_backlog, measure_fanout
 from federated_run import REPO_ROOT, print_table, write_results
 from fleet_setup import load_average
 from scale_readouts import (Counts, MemoryTrace, Row, Span, counts_from, load_text, median, online_count,
@@ -70,6 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-flower", action="store_true", help="fedmq rows only")
     p.add_argument("--fanout", type=int, nargs="*", default=None,
                    help="fan-out measurements to N subscribers (default: each N of --devices up to 1000)")
+    p.add_argument("--backlog", type=int, default=300,
+                   help="updates waiting in the broker for a coordinator that does not read: Mosquitto's memory "
+                        "per waiting update (default 300; 0: skip)")
     p.add_argument("--ingest", type=int, nargs="*", default=None,
                    help="bench/ingest.py --updates N runs (default: the largest N of --devices up to 1000)")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results",
@@ -335,6 +338,16 @@ def run_fanouts(sizes: list[int]) -> list[Fanout]:
     return found
 
 
+def run_backlog(updates: int) -> Backlog:
+    from broker.mosquitto_process import MosquittoProcess
+
+    with MosquittoProcess() as broker:
+        assert broker.pid is not None
+        found = measure_backlog(broker.host, broker.port, updates, MODEL_BYTES, broker.pid)
+    print(f"[scale] backlog: {found.text()}", file=sys.stderr, flush=True)
+    return found
+
+
 def run_ingest(sizes: list[int]) -> str:
     script = REPO_ROOT / "bench" / "ingest.py"
     if not script.is_file():
@@ -409,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[scale] {system} {row.label} failed: {done.error}", file=sys.stderr, flush=True)
             results.append(done)
     fanouts = run_fanouts(args.fanout)
+    backlog = run_backlog(args.backlog) if args.backlog else None
     ingest = run_ingest(args.ingest)
 
     print(f"## Scale: {args.rounds} rounds, {args.train_seconds:g} s of simulated training, small_cnn "
@@ -422,13 +436,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n### Physical limits\n")
     for fanout in fanouts:
         print(f"- Mosquitto fan-out of one {MODEL_BYTES / 1e6:.1f} MB retained model: {fanout.text()}")
+    if backlog is not None:
+        print(f"- Mosquitto's memory for the coordinator's backlog: {backlog.text()}")
     print(f"\n{ingest}")
     lost = sum(r.counts.lost for r in results if r.counts)
     failed = [r for r in results if r.error]
     print(f"lost births and updates, all fedmq rows: {lost}" + (" (MUST be 0)" if lost else ""))
     write_results(args.out / f"{NAME}.json", {
         "bench": NAME, "settings": {k: v for k, v in vars(args).items() if k != "rows"},
-        "rows": [r.to_json() for r in results], "fanout": [vars(f) for f in fanouts], "ingest": ingest})
+        "rows": [r.to_json() for r in results], "fanout": [vars(f) for f in fanouts],
+        "backlog": vars(backlog) if backlog else None, "ingest": ingest})
     return 2 if failed else (1 if lost else 0)
 
 
