@@ -28,6 +28,11 @@ MessageHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
 _LOGIN_REFUSED = frozenset({134, 135, 138})
 _UNSUPPORTED_PROTOCOL = frozenset({1, 132})  # MQTT 3.1.1's and MQTT 5's "unacceptable protocol version"
 _RESUBSCRIBE_DELAY_S = 1.0
+# On a clustered broker, seconds after each connect at which the wildcard filters are subscribed again: NATS copies
+# retained messages between nodes asynchronously, so one published on another node while we subscribed can be
+# missed (a birth the coordinator never sees); a repeated SUBSCRIBE delivers the retained messages again, and
+# loses nothing in flight (bench/nats_mqtt_checks.py).
+SECOND_LOOKS_S = (3.0, 15.0)
 
 
 class CredentialsError(FedmqError, ValueError):
@@ -170,6 +175,7 @@ class MqttLink:
         self._given = address
         self._node = 0
         self._asked: dict[int, list[tuple[str, int]]] = {}   # SUBSCRIBE packet id -> its topics, until its SUBACK
+        self._connections = 0      # CONNACKs so far: a second look belongs to the connection it was planned on
         self._subscriptions = subscriptions
         self._on_message = on_message
         self._on_connected = on_connected
@@ -257,6 +263,13 @@ class MqttLink:
         self.failure = ""
         if self._subscriptions:
             self._subscribe(self._subscriptions)
+        self._connections += 1
+        wildcards = [sub for sub in self._subscriptions if "+" in sub[0] or "#" in sub[0]]
+        if self._given.alternates and wildcards:
+            for delay in SECOND_LOOKS_S:
+                timer = threading.Timer(delay, self._second_look, (self._connections, wildcards))
+                timer.daemon = True
+                timer.start()
         self.connected.set()
         if self._on_connected:
             self._on_connected()
@@ -287,6 +300,12 @@ class MqttLink:
             timer = threading.Timer(_RESUBSCRIBE_DELAY_S, self._resubscribe, (refused,))
             timer.daemon = True
             timer.start()
+
+    def _second_look(self, connection: int, topics: list[tuple[str, int]]) -> None:
+        if connection == self._connections:
+            log.debug("%s: subscribing again to %s for retained messages copied late between nodes",
+                      self.client_id, ", ".join(topic for topic, _ in topics))
+            self._resubscribe(topics)
 
     def _resubscribe(self, topics: list[tuple[str, int]]) -> None:
         if not self._stopping and self.connected.is_set():

@@ -128,3 +128,29 @@ def test_ports_are_distinct_and_a_given_port_numbers_the_nodes() -> None:
     assert [node.mqtt for node in plan_ports(3, mqtt_port=21883)] == [21883, 21884, 21885]
     with pytest.raises(NatsClusterError, match="1 to 9"):
         plan_ports(0)
+
+
+def test_on_a_cluster_the_wildcard_filters_are_subscribed_again_after_connecting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(mqtt_link, "SECOND_LOOKS_S", (0.05, 0.1))
+    asked: list[list[tuple[str, int]]] = []
+    for address in (NODES, "mqtt://only:1883"):
+        link = MqttLink("unit-link", BrokerAddress.parse(address), [("x/+/status", 1), ("x/model", 1)],
+                        lambda *_: None)
+        monkeypatch.setattr(link, "_subscribe", asked.append)
+        link._handle_connect(link._client, None, {}, ReasonCode(PacketTypes.CONNACK, identifier=0), None)
+        time.sleep(0.3)
+        if address == NODES:
+            assert asked == [[("x/+/status", 1), ("x/model", 1)], [("x/+/status", 1)], [("x/+/status", 1)]]
+        else:
+            assert asked[3:] == [[("x/+/status", 1), ("x/model", 1)]], "one broker: no second look"
+
+
+def test_a_second_look_planned_before_a_reconnect_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    link = _link(NODES)
+    asked: list[list[tuple[str, int]]] = []
+    monkeypatch.setattr(link, "_resubscribe", asked.append)
+    link._connections = 2
+    link._second_look(1, [("a/#", 1)])
+    link._second_look(2, [("a/#", 1)])
+    assert asked == [[("a/#", 1)]]
