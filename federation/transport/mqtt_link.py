@@ -339,6 +339,9 @@ class MqttLink:
             failure = diagnose(self.address)
         except Exception as exc:  # never let a diagnosis kill paho's thread
             failure = f"can't reach {self.address} ({exc})"
+        if self._given.alternates:
+            failure += ("; on a clustered broker a node also closes connections while its cluster elects leaders "
+                        "after a node's death, so the next node is tried")
         if failure != self.failure:
             log.warning("%s: %s; retrying", self.client_id, failure)
         self.failure = failure
