@@ -291,10 +291,13 @@ class MqttLink:
 
     def _handle_subscribe(self, client: mqtt.Client, userdata: object, mid: int,
                           reason_codes: list[mqtt.ReasonCode], properties: object) -> None:
-        """A refused subscription would silently starve us (NATS refuses one while its cluster re-elects leaders
-        after a node died): ask again for the refused topics until the broker grants them."""
+        """A refused subscription would silently starve us. A cluster node refuses one while its cluster re-elects
+        leaders after a node died: ask it again until it is granted. One broker refuses for good: say so."""
         refused = [sub for sub, code in zip(self._asked.pop(mid, []), reason_codes) if code.is_failure]
-        if refused and not self._stopping and self.connected.is_set():
+        if refused and not self._given.alternates:  # one broker refuses for good: its ACL
+            log.error("%s: the broker refused the subscription to %s: its ACL does not allow this login to read "
+                      "there", self.client_id, ", ".join(topic for topic, _ in refused))
+        elif refused and not self._stopping and self.connected.is_set():
             log.warning("%s: the broker refused the subscription to %s; asking again in %.0f s", self.client_id,
                         ", ".join(topic for topic, _ in refused), _RESUBSCRIBE_DELAY_S)
             timer = threading.Timer(_RESUBSCRIBE_DELAY_S, self._resubscribe, (refused,))

@@ -95,7 +95,7 @@ def test_one_address_never_moves() -> None:
 
 def test_refused_subscriptions_are_asked_again_and_granted_ones_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mqtt_link, "_RESUBSCRIBE_DELAY_S", 0.0)
-    link = _link("mqtt://only:1883")
+    link = _link(NODES)
     asked: list[list[tuple[str, int]]] = []
     monkeypatch.setattr(link, "_subscribe", asked.append)
     link.connected.set()
@@ -154,3 +154,16 @@ def test_a_second_look_planned_before_a_reconnect_is_dropped(monkeypatch: pytest
     link._second_look(1, [("a/#", 1)])
     link._second_look(2, [("a/#", 1)])
     assert asked == [[("a/#", 1)]]
+
+
+def test_one_broker_refusing_a_subscription_is_an_acl_error_not_a_retry(monkeypatch: pytest.MonkeyPatch,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(mqtt_link, "_RESUBSCRIBE_DELAY_S", 0.0)
+    link = _link("mqtt://only:1883")
+    asked: list[list[tuple[str, int]]] = []
+    monkeypatch.setattr(link, "_subscribe", asked.append)
+    link.connected.set()
+    link._asked[3] = [("a/#", 1)]
+    link._handle_subscribe(link._client, None, 3, [ReasonCode(PacketTypes.SUBACK, identifier=0x80)], None)
+    time.sleep(0.1)
+    assert asked == [] and "its ACL does not allow" in caplog.text
