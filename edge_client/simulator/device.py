@@ -337,7 +337,7 @@ class SimDevice:
         self.connected_before = False
         self.reconnect_attempt = 0
         self.latest = self.handled = None
-        self.last = None
+        self.last = None   # seen_run_model stays: a device back after the run ended leaves (a real one would wait)
         self.pending_transfer = ""
         self.birth_mids.clear()
         self.update_mids.clear()
