@@ -136,6 +136,8 @@ class AggregationSettings:
                      choices=("fedavg", "median", "trimmed_mean", "multi_krum"))
     clip_norm: float = _opt(0.0, "clip each update's delta (update - global model) to this L2 norm before the rule "
                                  "(0: off)", lo=0.0)
+    report_norms: bool = _opt(True, "report the median and largest update delta norm of every round (to choose "
+                                    "clip_norm); false: no norm pass per update when clip_norm is 0 (for fleets)")
     trim_fraction: float = _opt(0.2, "trimmed_mean: fraction of values dropped at each end, per coordinate",
                                 lo=0.0, hi=0.49)
     krum_byzantine: int = _opt(1, "multi_krum: f, the number of malicious updates tolerated (needs "
