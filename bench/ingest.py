@@ -20,7 +20,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 RULES: dict[str, dict[str, Any]] = {
     "fedavg": {},
@@ -82,6 +82,8 @@ def measure(rule: str, args: argparse.Namespace, out_dir: Path) -> dict[str, flo
     def feed(topic: str, payload: bytes) -> None:
         node._on_message(topic, payload, False)      # paho's thread's part: admission, then the inbox
         coordinator._process_next(0.0)               # the engine's part: decode, validate, aggregate
+        if coordinator.rounds.tracker is not None:   # and the round's decision after every event
+            coordinator.rounds.poll(time.monotonic())
 
     births_profiler = cProfile.Profile() if args.profile else None
     if births_profiler:
