@@ -131,7 +131,9 @@ class Coordinator:
         self.node = CoordinatorNode(self.topics, BrokerAddress.from_settings(settings.broker),
                                     client_id or f"fedmq-coordinator-{settings.run.name}", self.max_payload,
                                     self._state_message().encode(),
-                                    will_payload=self._state_message("offline", "crashed").encode())
+                                    will_payload=self._state_message("offline", "crashed").encode(),
+                                    inbox_messages=settings.broker.inbox_messages,
+                                    inbox_bytes=int(settings.broker.inbox_mb * 1024 * 1024))
 
     @property
     def p(self) -> Prepared:

@@ -52,6 +52,10 @@ class BrokerSettings:
     max_payload_mb: float = _opt(64.0, "reject received payloads larger than this", lo=0.01, hi=2048)
     chunk_bytes: int = _opt(0, "split published payloads larger than this into sha256-checked chunks, for brokers"
                                " that cap message sizes (0: never split; else at least 1024)", lo=0)
+    inbox_messages: int = _opt(32, "coordinator: received messages held undecoded at most; more wait at the broker "
+                                   "(MQTT 5: also the Receive Maximum it announces)", lo=1, hi=65535)
+    inbox_mb: float = _opt(64.0, "coordinator: bytes of received messages held undecoded at most (MB)", lo=1.0,
+                           hi=4096.0)
     tls_ca: str = _opt("", "CA certificate file: connect with TLS and verify the broker against it (empty: no TLS)")
     tls_cert: str = _opt("", "client certificate file for mutual TLS (needs tls_key)")
     tls_key: str = _opt("", "private key file of tls_cert")
