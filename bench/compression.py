@@ -55,6 +55,7 @@ class RowResult:
     label: str
     uplink: str
     downlink: str
+    model: str = ""            # the model's label and size, e.g. "small_cnn (225,034 parameters)"
     update_bytes: list[int] = field(default_factory=list)
     model_bytes: list[int] = field(default_factory=list)
     accuracy: list[float] = field(default_factory=list)
@@ -79,6 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the top-k rows this many rounds (default 0: --rounds), to see when they reach float32's "
                         "last accuracy")
     p.add_argument("--chunk-bytes", type=int, default=0, help="count chunked messages of this size (0: whole)")
+    p.add_argument("--model-file", type=Path, default=None,
+                   help="your own model: a .keras file, loaded as [model] path loads it (default: small_cnn)")
+    p.add_argument("--own-model", action="store_true",
+                   help="the larger own model of the README's row: writes fmnist_bn_net.keras (convolutions with "
+                        "BatchNormalization, a 256-unit dense layer: about 3.5 MB of float32) under --out and uses it")
     p.add_argument("--quick", action="store_true",
                    help="a reduced setting for a busy machine: 600 examples per device, 4 rounds, 2,000 test images")
     p.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
@@ -94,21 +100,24 @@ def run_row(row: tuple[str, str, str, str], args: argparse.Namespace, parts: lis
             x_test: np.ndarray, y_test: np.ndarray) -> RowResult:
     import keras
 
-    from federation.learning.models import build_model, compile_model, weight_specs
+    from federation.learning.model_source import ModelChoice, load_model_source
+    from federation.learning.models import compile_model, weight_specs
 
     label, uplink, downlink, topk_values = row
     plan = TrainingPlan(1, 32, 0.001, "adam", args.chunk_bytes,
                         encoding=EncodingPlan(uplink, downlink, args.topk_fraction, topk_values, 256))
     keras.utils.set_random_seed(0)
-    info = ModelInfo("small_cnn", data.input_shape, data.num_classes, tuple(data.class_names))
-    model = build_model("small_cnn", info.input_shape, info.num_classes)
+    choice = ModelChoice(path=str(args.model_file)) if args.model_file else ModelChoice(name="small_cnn")
+    sourced = load_model_source(choice, data.input_shape, data.num_classes)
+    info = ModelInfo(sourced.label, data.input_shape, data.num_classes, tuple(data.class_names))
+    model = sourced.model
     compile_model(model)
     specs = weight_specs(model)
     names = [s.name for s in specs]
     global_weights = [np.array(w) for w in model.get_weights()]
     limits = DecodeLimits.for_model(specs)
     aggregator = make_aggregator(AggregationSettings())
-    result = RowResult(label, uplink, downlink)
+    result = RowResult(label, uplink, downlink, f"{sourced.label} ({model.count_params():,} parameters)")
     with tempfile.TemporaryDirectory(prefix="fedmq-bench-") as state:
         encoders = [UpdateEncoder(ResidualStore(Path(state) / f"dev-{k}")) for k in range(len(parts))]
         rounds = max(args.rounds, args.topk_rounds) if uplink == "topk" else args.rounds
@@ -164,6 +173,28 @@ def run_row(row: tuple[str, str, str, str], args: argparse.Namespace, parts: lis
             print(f"[bench] {label}: round {r}: accuracy {accuracy:.4f}, update {np.mean(result.update_bytes[-len(parts):]):,.0f} B, "
                   f"model {down:,} B", file=sys.stderr, flush=True)
     return result
+
+
+def write_own_model(path: Path) -> Path:
+    """The README's larger own model for Fashion-MNIST, saved as a user would (model.save): two blocks of two 3x3
+    convolutions with BatchNormalization and max pooling, a 256-unit dense layer with Dropout, softmax."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(0)
+
+    def block(filters: int) -> list:
+        return [layers.Conv2D(filters, 3, padding="same", use_bias=False), layers.BatchNormalization(),
+                layers.Activation("relu"), layers.Conv2D(filters, 3, padding="same", use_bias=False),
+                layers.BatchNormalization(), layers.Activation("relu"), layers.MaxPooling2D()]
+
+    model = keras.Sequential([keras.Input(shape=(28, 28, 1), name="image"), *block(32), *block(64),
+                              layers.Flatten(), layers.Dense(256, activation="relu"), layers.Dropout(0.3),
+                              layers.Dense(10, activation="softmax", name="probabilities")], name="fmnist_bn_net")
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return path
 
 
 def _wire_bytes(payload: bytes, topic: str, chunk_bytes: int, round_: int) -> int:
@@ -231,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     from federation.learning.partition import partition_indices
 
     data = load_dataset("fashion_mnist")
+    if args.own_model:
+        args.model_file = write_own_model(args.out / "fmnist_bn_net.keras")
     labels = data.y_train[:args.max_examples] if args.max_examples else data.y_train
     x_test = data.x_test[:args.eval_examples] if args.eval_examples else data.x_test
     y_test = data.y_test[:len(x_test)]
@@ -243,12 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = [run_row(row, args, parts, data, x_test, y_test) for row in chosen]
         summary = summarize(rows, args.devices, args.rounds)
         results[partition] = summary
-        print_table(f"{partition}: {args.devices} devices, {len(labels):,} training examples, {args.rounds} rounds, "
+        print_table(f"{partition}: {rows[0].model}, {args.devices} devices, {len(labels):,} training examples, {args.rounds} rounds, "
                     f"{len(x_test):,} test images", summary, args.rounds)
     results["wall_s"] = round(time.monotonic() - started, 1)
     results["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{NAME}{'_quick' if args.quick else ''}.json"
+    model = f"_{args.model_file.stem}" if args.model_file else ""
+    path = args.out / f"{NAME}{model}{'_quick' if args.quick else ''}.json"
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     print(f"\nwritten to {path} in {results['wall_s']} s; load average {' '.join(results['loadavg_start'])} at the "
           f"start, {' '.join(results['loadavg_end'])} at the end")

@@ -115,8 +115,11 @@ def round_metrics_message(metrics: RoundMetrics, run: str, total_rounds: int,
 
 
 def history_point(m: RoundMetrics) -> dict[str, Any]:
-    """One round's point of round_metrics.history: round, test accuracy and loss, and a regression's errors."""
+    """One round's point of round_metrics.history: round, test accuracy and loss, the wall-clock seconds since the
+    run's first round (when recorded), and a regression's errors."""
     point: dict[str, Any] = {"round": m.round, "test_accuracy": m.test_accuracy, "test_loss": m.test_loss}
+    if m.elapsed_s > 0:
+        point["elapsed_s"] = m.elapsed_s
     if m.is_regression:
         point.update(test_mae=m.test_mae, test_rmse=m.test_rmse)
     return point

@@ -546,6 +546,8 @@ def _decode_round_metrics(raw: dict[str, Any], env: dict[str, Any]) -> RoundMetr
         point = {"round": _get(m, "round", int, f"{what} history"),
                  "test_accuracy": float(_get_number(m, "test_accuracy", f"{what} history")),
                  "test_loss": float(_get_number(m, "test_loss", f"{what} history"))}
+        if "elapsed_s" in m:
+            point["elapsed_s"] = float(_get_number(m, "elapsed_s", f"{what} history"))
         mae, rmse = _decode_regression_fields(m, f"{what} history")
         points.append(point if mae is None else {**point, "test_mae": mae, "test_rmse": rmse})
     test_mae, test_rmse = _decode_regression_fields(raw, what)

@@ -145,6 +145,20 @@ def test_dashboard_shows_a_live_run_in_chromium(tmp_path: Path) -> None:
             late.wait_for_function(f"document.querySelectorAll('#chart-loss circle.point').length === {ROUNDS}",
                                    timeout=30_000)
             assert chart_points(late, "chart-accuracy") == chart_points(page, "chart-accuracy")
+            # Over wall-clock time (issue 13): the same points, placed at each round's elapsed_s, from history alone.
+            late.click("#x-time")
+            text_is(late, "#accuracy-caption", "test accuracy over time")
+            assert late.get_attribute("#x-time", "aria-pressed") == "true"
+            placed = late.eval_on_selector_all("#chart-accuracy circle.point",
+                                               "els => els.map(e => [+e.dataset.round, +e.dataset.x, +e.getAttribute('cx')])")
+            assert [(rnd, x) for rnd, x, _ in placed] == [
+                (r["round"], pytest.approx(r["elapsed_s"], abs=1e-9)) for r in rows]
+            assert all(r["elapsed_s"] > 0 for r in rows)
+            xs = [cx for _, _, cx in placed]
+            assert xs == sorted(xs) and len(set(xs)) == len(xs), xs
+            assert "m:ss" in late.eval_on_selector("#chart-accuracy .x-label", "e => e.textContent")
+            late.click("#x-round")
+            text_is(late, "#accuracy-caption", "test accuracy per round")
             late.close()
 
             assert problems == [], problems

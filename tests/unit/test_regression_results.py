@@ -321,3 +321,16 @@ def test_table_rows_and_windows_are_batches_of_their_shape() -> None:
         as_batch(np.ones((5, 9)), (10,), "rows")
     with pytest.raises(InputError, match="is not numbers"):
         as_batch(np.array(["a"] * 10), (10,), "rows")
+
+
+def test_history_points_carry_each_rounds_elapsed_time_for_a_curve_over_time() -> None:
+    """Issue 13: the dashboard draws accuracy over wall-clock time from the one retained message."""
+    rows = [dataclasses.replace(m, elapsed_s=12.5 * m.round) for m in federated_rows()]
+    raw = unpack(round_metrics_message(rows[-1], "r", 4, rows).encode())
+    assert [p["elapsed_s"] for p in raw["history"]] == [12.5, 25.0, 37.5, 50.0]
+    decoded = decode_message(pack(raw))
+    assert isinstance(decoded, RoundMetricsMessage)
+    assert [(p["round"], p["elapsed_s"]) for p in decoded.history] == [(1, 12.5), (2, 25.0), (3, 37.5), (4, 50.0)]
+    raw["history"][2]["elapsed_s"] = "37.5"
+    with pytest.raises(DecodeError, match="round_metrics history: field 'elapsed_s' has type str"):
+        decode_message(pack(raw))

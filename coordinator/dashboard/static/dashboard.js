@@ -16,6 +16,7 @@
     coordinator: null,      // the last coordinator_state message
     clients: {},            // client id -> last client_status message (+ receivedAt)
     rounds: {},             // round -> {round, test_accuracy, test_loss, ...} (full rows when seen live)
+    xAxis: "round",         // the charts' x axis: "round" or "time" (wall-clock, from elapsed_s)
     totalRounds: 0,
     end: null,              // the run_end message, while retained
     received: 0,
@@ -189,7 +190,7 @@
         var old = state.rounds[p.round];
         var same = old && (isRegression(p) ? old.test_rmse === p.test_rmse : old.test_accuracy === p.test_accuracy);
         rounds[p.round] = same ? old : {
-          round: p.round, test_accuracy: p.test_accuracy, test_loss: p.test_loss,
+          round: p.round, test_accuracy: p.test_accuracy, test_loss: p.test_loss, elapsed_s: p.elapsed_s,
           test_mae: p.test_mae, test_rmse: p.test_rmse   // a regression's errors (PROTOCOL.md); else undefined
         };
       });
@@ -238,7 +239,14 @@
     // A regression run (its rounds carry test_mae and test_rmse) shows RMSE and MAE where accuracy would be.
     var regression = !!last && isRegression(last);
     setText("accuracy-label", regression ? "test RMSE" : "test accuracy");
-    setText("accuracy-caption", regression ? "test RMSE per round" : "test accuracy per round");
+    // Over rounds, or over wall-clock time (each round's elapsed_s: seconds since the run's first round started;
+    // async runs step at their own pace, so time is the fair axis to compare them by).
+    var overTime = state.xAxis === "time";
+    var per = overTime ? " over time" : " per round";
+    setText("accuracy-caption", (regression ? "test RMSE" : "test accuracy") + per);
+    setText("loss-caption", "test loss" + per);
+    $("x-round").setAttribute("aria-pressed", String(!overTime));
+    $("x-time").setAttribute("aria-pressed", String(overTime));
     setText("rounds-accuracy", regression ? "RMSE" : "accuracy");
     setText("accuracy", last ? (regression ? significant(last.test_rmse) : fixed(last.test_accuracy, 4)) : "–");
     setText("accuracy-detail", last ? (regression ? "MAE " + significant(last.test_mae) + ", " : "") +
@@ -253,10 +261,14 @@
     renderRounds(rows);
     renderEnd();
 
-    var accuracy = rows.map(function (m) { return { x: m.round, y: regression ? m.test_rmse : m.test_accuracy }; });
-    var loss = rows.map(function (m) { return { x: m.round, y: m.test_loss }; });
-    drawChart($("chart-accuracy"), accuracy, { color: "#1f77b4", total: total, accuracy: !regression });
-    drawChart($("chart-loss"), loss, { color: "#d62728", total: total, accuracy: false });
+    // Over time, a round without elapsed_s (a coordinator before it) has no place on the axis: it is left out.
+    var timed = overTime ? rows.filter(function (m) { return typeof m.elapsed_s === "number" && m.elapsed_s > 0; })
+      : rows;
+    function point(m, y) { return { x: overTime ? m.elapsed_s : m.round, y: y, round: m.round }; }
+    var accuracy = timed.map(function (m) { return point(m, regression ? m.test_rmse : m.test_accuracy); });
+    var loss = timed.map(function (m) { return point(m, m.test_loss); });
+    drawChart($("chart-accuracy"), accuracy, { color: "#1f77b4", total: total, accuracy: !regression, time: overTime });
+    drawChart($("chart-loss"), loss, { color: "#d62728", total: total, accuracy: false, time: overTime });
     renderFooter();
   }
 
@@ -353,7 +365,8 @@
     return el;
   }
 
-  /* A line chart of {x: round, y: value} points in a 480 x 240 viewBox: y grid, round ticks, one series. */
+  /* A line chart of {x, y, round} points in a 480 x 240 viewBox: y grid, x ticks, one series. x is the round, or
+     with opt.time the seconds since the run's first round started (ticks read m:ss). */
   function drawChart(el, points, opt) {
     el.textContent = "";
     var W = 480, H = 240, L = 46, R = 12, T = 10, B = 30;
@@ -378,19 +391,21 @@
     if (hi <= lo) hi = lo + step;
     var digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9)) + (Math.round(step / Math.pow(10,
       Math.floor(Math.log10(step) + 1e-9)) * 10) % 10 ? 1 : 0);
-    var xMax = Math.max(opt.total || 0, pts[pts.length - 1].x, 2);
-    var xMin = 1;
+    var xMax = opt.time ? Math.max(pts[pts.length - 1].x, 1) : Math.max(opt.total || 0, pts[pts.length - 1].x, 2);
+    var xMin = opt.time ? 0 : 1;
     function px(x) { return L + (x - xMin) / (xMax - xMin) * (W - L - R); }
     function py(y) { return T + (1 - (y - lo) / (hi - lo)) * (H - T - B); }
     for (var yv = lo; yv <= hi + step / 2; yv += step) {
       svg("line", { x1: L, x2: W - R, y1: py(yv), y2: py(yv), "class": "grid" }, el);
       svg("text", { x: L - 6, y: py(yv) + 4, "text-anchor": "end" }, el).textContent = yv.toFixed(digits);
     }
-    var xStep = Math.max(1, Math.ceil((xMax - xMin + 1) / 10));
-    for (var x = xMin; x <= xMax; x += xStep) {
-      svg("text", { x: px(x), y: H - B + 16, "text-anchor": "middle" }, el).textContent = String(x);
+    var xStep = opt.time ? Math.max(1, niceStep(xMax, 5)) : Math.max(1, Math.ceil((xMax - xMin + 1) / 10));
+    for (var x = xMin; x <= xMax + 1e-9; x += xStep) {
+      svg("text", { x: px(x), y: H - B + 16, "text-anchor": "middle" }, el).textContent =
+        opt.time ? clock(x) : String(x);
     }
-    svg("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle" }, el).textContent = "round";
+    svg("text", { x: (L + W - R) / 2, y: H - 2, "text-anchor": "middle", "class": "x-label" }, el).textContent =
+      opt.time ? "time since round 1 started (m:ss)" : "round";
     svg("line", { x1: L, x2: L, y1: T, y2: H - B, "class": "axis" }, el);
     svg("line", { x1: L, x2: W - R, y1: H - B, y2: H - B, "class": "axis" }, el);
     svg("polyline", {
@@ -399,9 +414,17 @@
     }, el);
     pts.forEach(function (p) {
       var dot = svg("circle", { cx: px(p.x), cy: py(p.y), r: 3.5, fill: opt.color, "class": "point",
-        "data-round": p.x, "data-value": p.y }, el);
-      svg("title", {}, dot).textContent = "round " + p.x + ": " + p.y.toFixed(4);
+        "data-round": p.round, "data-value": p.y, "data-x": p.x }, el);
+      svg("title", {}, dot).textContent = "round " + p.round + (opt.time ? " at " + clock(p.x) : "") + ": " +
+        p.y.toFixed(4);
     });
+  }
+
+  /* Seconds as m:ss (h:mm:ss past an hour). */
+  function clock(seconds) {
+    var s = Math.round(seconds), h = Math.floor(s / 3600), m = Math.floor(s % 3600 / 60), r = s % 60;
+    var mm = h ? (m < 10 ? "0" : "") + m : String(m);
+    return (h ? h + ":" : "") + mm + ":" + (r < 10 ? "0" : "") + r;
   }
 
   /* A round tick step (1, 2, 2.5 or 5 times a power of ten) giving about `count` intervals over `range`. */
@@ -423,6 +446,8 @@
       state.config = cfg;
       state.topics = runTopics(cfg);
       document.title = "fedmq · " + cfg.run;
+      $("x-round").addEventListener("click", function () { state.xAxis = "round"; render(); });
+      $("x-time").addEventListener("click", function () { state.xAxis = "time"; render(); });
       render();
       connect(cfg);
       setInterval(render, 1000);  // the "… ago" texts
