@@ -615,8 +615,17 @@ def check_finite(tensors: list[tuple[str, WireTensor]] | Tensors) -> None:
     """Raise DecodeError naming the first floating tensor holding NaN or Inf."""
     for name, tensor in tensors:
         arr = tensor.values if isinstance(tensor, Encoded) else tensor
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not _all_finite(arr):
             raise DecodeError(f"tensor {wire_repr(name)} holds NaN or Inf", "not_finite")
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """One BLAS dot x.x (no boolean array): NaN or Inf make it non-finite; only then (or when a huge finite float32
+    overflowed it) the exact element-wise check decides."""
+    flat = arr.reshape(-1)
+    if flat.dtype != np.float32 and flat.dtype != np.float64:
+        flat = flat.astype(np.float32)   # float16: its largest finite value squared still fits
+    return math.isfinite(float(np.dot(flat, flat))) or bool(np.isfinite(arr).all())
 
 
 def _short(value: Any, limit: int = 60) -> str:
