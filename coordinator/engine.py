@@ -40,7 +40,9 @@ from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.protocol.encodings import Encoded, EncodingPlan, encode_model
 from federation.learning.datasets import Dataset
 from coordinator.run_data import load_run_dataset
-from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
+from federation.protocol.messages import (
+    STATE_LIST_MAX, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest,
+)
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.learning.compile_recipe import compile_with
 from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
@@ -495,7 +497,8 @@ class Coordinator:
     def _state_message(self, status: str = "online", detail: str = "") -> CoordinatorState:
         return CoordinatorState(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID,
                                 status=status, phase=self.phase, total_rounds=self.settings.training.rounds,
-                                online_clients=sorted(self.rounds.online), detail=detail)
+                                online_clients=sorted(self.rounds.online) if len(self.rounds.online) <= STATE_LIST_MAX
+                                else [], online_count=len(self.rounds.online), detail=detail)
 
     def _publish_metrics(self) -> None:
         """Retain the last round's metrics, with the run's accuracy and loss so far, on the metrics topic

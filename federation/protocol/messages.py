@@ -244,6 +244,9 @@ class ClientStatus(Message):
         return body
 
 
+STATE_LIST_MAX = 100   # coordinator_state lists the online ids up to this many clients; beyond, online_count only
+
+
 @dataclass
 class CoordinatorState(Message):
     """The coordinator's retained state: online or offline, current round and phase."""
@@ -252,12 +255,17 @@ class CoordinatorState(Message):
     status: str = "online"
     phase: str = "starting"
     total_rounds: int = 0
-    online_clients: list[str] = field(default_factory=list)
+    online_clients: list[str] = field(default_factory=list)   # empty beyond STATE_LIST_MAX clients: see online_count
     detail: str = ""
+    online_count: int = -1     # training clients online; -1 when made: len(online_clients)
+
+    def __post_init__(self) -> None:
+        if self.online_count < 0:
+            self.online_count = len(self.online_clients)
 
     def body(self) -> dict[str, Any]:
         return {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
-                "online_clients": self.online_clients, "detail": self.detail}
+                "online_clients": self.online_clients, "detail": self.detail, "online_count": self.online_count}
 
 
 @dataclass
@@ -496,7 +504,17 @@ def _decode_coordinator_state(raw: dict[str, Any], env: dict[str, Any]) -> Coord
         total_rounds=_optional_int(raw, "total_rounds", "coordinator_state"),
         online_clients=[c for c in online if isinstance(c, str)] if isinstance(online, list) else [],
         detail=str(raw.get("detail", "")),
+        online_count=_count(raw, "online_count", "coordinator_state") if "online_count" in raw
+        else len(online) if isinstance(online, list) else 0,
     )
+
+
+def _count(m: dict[str, Any], key: str, what: str) -> int:
+    """A count: an int >= 0 (not a bool)."""
+    value = m[key]
+    if type(value) is not int or value < 0:
+        raise DecodeError(f"{what}: field {key!r} must be an int >= 0, got {wire_repr(value)}")
+    return value
 
 
 def _decode_run_end(raw: dict[str, Any], env: dict[str, Any]) -> RunEnd:
