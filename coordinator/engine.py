@@ -117,6 +117,7 @@ class Coordinator:
         self.versions = VersionHistory(a.max_staleness + 1)
         self._staleness_seen: list[int] = []   # the open step's updates' staleness (async)
         self._run_started: float | None = None
+        self._after_last_round: dict[str, dict[str, int]] = {"rejected": {}, "ignored": {}}
         self.rounds = Rounds(
             QuorumRule(q.min_clients, q.fraction, q.round_deadline_s, q.on_no_quorum),
             SamplingRule(p.fraction_train, p.min_train_clients or q.min_clients, p.max_train_clients,
@@ -537,6 +538,15 @@ class Coordinator:
                                       sum(self.drops.rejected.values()))
 
     def _finish(self, result: RunResult) -> None:
+        # What came in after the last round closed (a re-send, a straggler) is counted, not left unread: the inbox
+        # holds at most a few messages; later ones, after this point, find nobody reading.
+        while len(self.node.inbox):
+            self._process_next(0)
+        after_rejected, after_ignored = self.drops.take()
+        if after_rejected or after_ignored:
+            log.info("after the last round: ignored %s, rejected %s", after_ignored or "nothing",
+                     after_rejected or "nothing")
+        self._after_last_round = {"rejected": after_rejected, "ignored": after_ignored}
         self.node.closing = True
         p = self.p
         if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
@@ -580,6 +590,7 @@ class Coordinator:
             "tflite": result.tflite, "class_names": list(p.dataset.class_names),
             "deployed": result.deployed,
             "aggregation": {"rule": self.settings.aggregation.rule, **self.aggregator.report()},
+            "after_last_round": self._after_last_round,
             **({"task": "regression"} if p.last_evaluation.is_regression else {})})
 
 
