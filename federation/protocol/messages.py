@@ -8,7 +8,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -254,10 +254,14 @@ class CoordinatorState(Message):
     total_rounds: int = 0
     online_clients: list[str] = field(default_factory=list)
     detail: str = ""
+    sites: dict[str, int] = field(default_factory=dict)   # site relays online -> their devices online (optional)
 
     def body(self) -> dict[str, Any]:
-        return {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
+        body = {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
                 "online_clients": self.online_clients, "detail": self.detail}
+        if self.sites:
+            body["sites"] = self.sites
+        return body
 
 
 @dataclass
@@ -496,6 +500,8 @@ def _decode_coordinator_state(raw: dict[str, Any], env: dict[str, Any]) -> Coord
         total_rounds=_optional_int(raw, "total_rounds", "coordinator_state"),
         online_clients=[c for c in online if isinstance(c, str)] if isinstance(online, list) else [],
         detail=str(raw.get("detail", "")),
+        sites={k: v for k, v in sites.items() if isinstance(k, str) and type(v) is int}
+        if isinstance(sites := raw.get("sites"), dict) else {},
     )
 
 
@@ -590,7 +596,7 @@ def _decode_chunked(raw: dict[str, Any], env: dict[str, Any]) -> ChunkedMessage:
     return ChunkedMessage(**env, manifest=manifest)
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Message]] = {
     "global_model": _decode_global_model,
     "update": _decode_update,
     "client_status": _decode_client_status,
@@ -601,6 +607,12 @@ _DECODERS = {
     "model_chunk": _decode_model_chunk,
     "chunked": _decode_chunked,
 }
+
+
+def register_message_type(cls: type[Message], decoder: Callable[[dict[str, Any], dict[str, Any]], Message]) -> None:
+    """Add a message type defined in its own module (federation.protocol.relay_messages) to decode_message."""
+    MESSAGE_TYPES[cls.TYPE] = cls
+    _DECODERS[cls.TYPE] = decoder
 
 
 def weights_digest(weights: list[np.ndarray]) -> str:
