@@ -27,8 +27,9 @@ def envelope(kind: str, run: str, round_: int, sender: str) -> dict:
 
 class ProtocolClient:
     def __init__(self, host: str, port: int, run: str, client_id: str, prefix: str = "fedmq",
-                 num_examples: int = 100) -> None:
+                 num_examples: int = 100, factor: float = 0.999, delay_s: float = 0.0) -> None:
         self.run, self.id, self.num_examples = run, client_id, num_examples
+        self.factor, self.delay_s = factor, delay_s   # "training": the weights times factor, after delay_s
         self.base = f"{prefix}/{run}"
         self.status_topic = f"{self.base}/client/{client_id}/status"
         self.instance = secrets.token_hex(8)
@@ -117,10 +118,11 @@ class ProtocolClient:
         r = model["round"]
         if r in self.trained or ("cohort" in model and self.id not in model["cohort"]):
             return
+        time.sleep(self.delay_s)
         tensors = []
         for t in model["tensors"]:
             array = np.frombuffer(t["data"], dtype=np.dtype(t["dtype"]).newbyteorder("<")).reshape(t["shape"])
-            nudged = (array * np.asarray(0.999, array.dtype)).astype(array.dtype)   # "training"
+            nudged = (array * np.asarray(self.factor, array.dtype)).astype(array.dtype)   # "training"
             tensors.append({"name": t["name"], "dtype": t["dtype"], "shape": list(array.shape),
                             "data": nudged.astype(nudged.dtype.newbyteorder("<")).tobytes()})
         update = {**envelope("update", self.run, r, self.id), "num_examples": self.num_examples,
@@ -151,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--client-id", default="raw-1")
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--num-examples", type=int, default=100)
+    p.add_argument("--factor", type=float, default=0.999, help="its update: the global weights times this")
+    p.add_argument("--delay-s", type=float, default=0.0, help="seconds of \"training\" before it sends")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    client = ProtocolClient("127.0.0.1", args.port, args.run, args.client_id)
+    client = ProtocolClient("127.0.0.1", args.port, args.run, args.client_id, num_examples=args.num_examples,
+                            factor=args.factor, delay_s=args.delay_s)
     code = client.run_until_end(args.timeout)
     log.info("left after rounds %s, %d of them chunked", client.trained, getattr(client, "chunked_rounds", 0))
     return code
