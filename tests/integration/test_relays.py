@@ -90,7 +90,7 @@ def test_relayed_fedavg_equals_flat_fedavg_with_two_sites_and_a_direct_device(tm
 def test_a_relay_killed_mid_round_loses_its_sites_work_counted_and_the_run_completes(tmp_path: Path) -> None:
     """Site A's relay is SIGKILLed after it accepted a1's update and while a2 still trains: the relay's will marks
     both offline centrally, round 1 closes with d1 alone and counts a1 and a2 as lost_with_relay; a restarted relay
-    brings them back, and round 2 has all three."""
+    brings them back (its status lists them again), and round 2 has all three."""
     with LocalFederation(tmp_path / "fed", run_name="relaykill") as fed, \
             MosquittoProcess(workdir=tmp_path / "site-a") as site_a:
         fed.start_broker()
@@ -115,4 +115,7 @@ def test_a_relay_killed_mid_round_loses_its_sites_work_counted_and_the_run_compl
     assert rows[0]["client_ids"] == ["d1"], rows[0]
     assert rows[0]["ignored"] == {"lost_with_relay": 2}, rows[0]
     assert rows[1]["client_ids"] == ["a1", "a2", "d1"], rows[1]
-    assert not rows[1].get("ignored") and not rows[0]["rejected"] and not rows[1]["rejected"], rows
+    # a2's round-1 update, sent 10 s into round 1, reaches the restarted relay if it was up by then: it is
+    # forwarded and counted centrally as late (round 1 had closed), never aggregated.
+    assert rows[1].get("ignored", {}) in ({}, {"late": 1}), rows[1]
+    assert not rows[0]["rejected"] and not rows[1]["rejected"], rows
