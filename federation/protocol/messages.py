@@ -674,3 +674,7 @@ def _get(m: dict[str, Any], key: str, types: type | tuple[type, ...], what: str)
     if isinstance(value, float) and not math.isfinite(value):
         raise DecodeError(f"{what}: field {key!r} is not finite")
     return value
+
+
+# The site relay's messages live in their own module and register themselves: import it last (it imports this one).
+from federation.protocol import relay_messages as _relay_messages  # noqa: E402,F401
