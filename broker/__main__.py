@@ -17,6 +17,7 @@ from pathlib import Path
 from federation.errors import FedmqError
 from broker.foreground import bind_problem, exit_code, forwarding_signals
 from broker.mosquitto_process import DEFAULT_CONFIG, connect_host, find_mosquitto, render_config
+from broker.open_files import raising_open_files
 from federation.config.settings import BrokerSettings, load_settings
 from federation.config.settings import ConfigError as SettingsError
 from federation.cli.version import add_version_flag
@@ -108,7 +109,8 @@ def run_mosquitto_foreground(binary: str, port: int, bind: str, ws_port: int = 0
         if ws_port:
             log.info("MQTT over WebSockets on ws://%s:%s for the dashboard (python -m coordinator dashboard)",
                      bind, ws_port)
-        process = subprocess.Popen([binary, "-c", str(config_path)], stdin=subprocess.DEVNULL)
+        process = subprocess.Popen([binary, "-c", str(config_path)], stdin=subprocess.DEVNULL,
+                                   preexec_fn=raising_open_files())
         with forwarding_signals(process):
             returncode = process.wait()
     log.info("mosquitto exited with code %s", returncode)

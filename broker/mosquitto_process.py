@@ -19,6 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from broker.open_files import raising_open_files
 from federation.errors import FedmqError
 
 log = logging.getLogger(__name__)
@@ -328,6 +329,7 @@ class MosquittoProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=self._log_handle,
                 stderr=subprocess.STDOUT,
+                preexec_fn=raising_open_files(),  # one descriptor per client: soft RLIMIT_NOFILE up to the hard one
             )
         except OSError as error:
             self._close_log()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from broker.foreground import bind_problem, exit_code, forwarding_signals
 from broker.mosquitto_process import find_mosquitto
+from broker.open_files import raising_open_files
 from broker.secure import (
     DEFAULT_MAX_PAYLOAD_BYTES, DEFAULT_MTLS_PORT, DEFAULT_PLAIN_PORT, DEFAULT_TLS_PORT, Credentials,
     SecureBrokerError, SecureLayout, SecureProfile, add_coordinator, add_device, check_state, default_state_dir,
@@ -219,7 +220,7 @@ def serve(args: argparse.Namespace) -> int:
     log.info("starting %s: TLS on port %d%s, plain on 127.0.0.1:%d; messages up to %.2f MiB; config %s", binary,
              ports["tls_port"], f", mutual TLS on port {ports['mtls_port']}" if ports["mtls_port"] else "",
              ports["plain_port"], payload_cap / MIB, config)
-    process = subprocess.Popen([binary, "-c", str(config)], stdin=subprocess.DEVNULL)
+    process = subprocess.Popen([binary, "-c", str(config)], stdin=subprocess.DEVNULL, preexec_fn=raising_open_files())
     layout.pid_file.write_text(f"{process.pid}\n", encoding="utf-8")
     try:
         with forwarding_signals(process):

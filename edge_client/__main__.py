@@ -1,7 +1,8 @@
 """Command line of the edge client: `python -m edge_client --broker HOST --client-id NAME --dataset D`.
 
 Trains every round of the run on this device's data until the coordinator announces the end. Inference only:
-`python -m edge_client serve ...` and `python -m edge_client predict MODEL IMAGES...` (serve.py, predict.py)."""
+`python -m edge_client serve ...` and `python -m edge_client predict MODEL IMAGES...` (serve.py, predict.py). A simulated
+fleet for capacity planning: `python -m edge_client simulate --broker URL --clients N` (simulate.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edge_client", description=__doc__.splitlines()[0], allow_abbrev=False,
                                 epilog="Inference-only devices: python -m edge_client serve --help, "
-                                       "python -m edge_client predict --help. Exit codes: 2 bad arguments or data, "
+                                       "python -m edge_client predict --help. A simulated fleet: python -m "
+                                       "edge_client simulate --help. Exit codes: 2 bad arguments or data, "
                                        "3 the coordinator's model does not fit the data, 4 login refused, "
                                        "5 the client id is already online")
     add_broker_flags(p, unique_client_id(), "this device's name in topics; unique per process by default, give a "
@@ -69,13 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-SUBCOMMANDS = ("serve", "predict")  # without one: train (the original command line, unchanged)
+SUBCOMMANDS = ("serve", "predict", "simulate")  # without one: train (the original command line, unchanged)
 
 
 def main(argv: list[str] | None = None, *, transform_update: UpdateTransform | None = None) -> int:
     """The edge client's command line; `transform_update` is EdgeClient's hook (tests and benchmarks only)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SUBCOMMANDS:  # inference only: these import neither TensorFlow nor the training code
+    if argv and argv[0] in SUBCOMMANDS:  # inference and the simulator: these import neither TensorFlow nor training code
         from importlib import import_module
 
         return import_module(f"edge_client.{argv[0]}").main(argv[1:])

@@ -23,6 +23,7 @@ from federation.transport.inbox import Inbound, Inbox
 from federation.protocol.chunked_transfer import ChunkedReceiver, chunk_topic, outgoing_messages
 from federation.protocol.messages import ClientStatus, CoordinatorState, decode_message, GlobalModel, RunEnd, Update, check_finite
 from federation.transport.mqtt_link import BrokerAddress, BrokerRefusedError, MqttLink
+from federation.transport.reconnect_jitter import ReconnectJitter
 from federation.protocol.topics import RunTopics, check_level
 from federation.protocol.version import SOFTWARE_VERSION
 from edge_client.errors import IncompatibleModelError
@@ -117,6 +118,7 @@ class EdgeClient:
             on_message=self._on_message,
             will=(self.topics.client_status(settings.client_id), self._status("offline").encode()),
             on_connected=self._announce,
+            reconnect_jitter=ReconnectJitter(),   # a fleet dropped by a broker restart comes back spread out
         )
         self.link.on_refused = self._on_refused
         self.transform_update = transform_update

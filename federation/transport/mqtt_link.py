@@ -9,7 +9,7 @@ import ssl
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -18,6 +18,7 @@ from federation.config.settings import tls_problem
 from federation.errors import FedmqError
 from federation.transport.broker_address import DEFAULT_WS_PATH, Transport, AddressError, format_address, parse_address
 from federation.transport.connect_diagnosis import GET_CREDENTIALS, diagnose
+from federation.transport.reconnect_jitter import ReconnectJitter
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ class MqttLink:
 
     def __init__(self, client_id: str, address: BrokerAddress, subscriptions: list[tuple[str, int]],
                  on_message: MessageHandler, will: tuple[str, bytes] | None = None,
-                 on_connected: Callable[[], None] | None = None) -> None:
+                 on_connected: Callable[[], None] | None = None,
+                 reconnect_jitter: ReconnectJitter | None = None) -> None:
         self.client_id = client_id
         self.address = address
         self._subscriptions = subscriptions
@@ -148,6 +150,7 @@ class MqttLink:
         self.refused: str | None = None   # why the broker refused our login, once it did
         self.on_refused: Callable[[], None] | None = None  # called (paho's thread) when that happens
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
+        self._jitter = reconnect_jitter   # randomized delays instead of paho's fixed doubling (a fleet's devices)
         self._client.max_queued_messages_set(0)
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
@@ -207,6 +210,8 @@ class MqttLink:
                 log.error("%s: broker refused the connection: %s", self.client_id, reason_code)
             return
         log.info("%s connected to %s", self.client_id, self.address)
+        if self._jitter is not None:
+            self._jitter.connected()
         self.failure = ""
         if self._subscriptions:
             client.subscribe(self._subscriptions)
@@ -216,6 +221,7 @@ class MqttLink:
 
     def _handle_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
         self._report_failure()
+        self._jitter_next_retry()
 
     def _handle_disconnect(self, client: mqtt.Client, userdata: object, flags: object,
                            reason_code: mqtt.ReasonCode, properties: object) -> None:
@@ -225,6 +231,13 @@ class MqttLink:
             self._report_failure()
         self._connack_seen = False
         self.connected.clear()
+        self._jitter_next_retry()
+
+    def _jitter_next_retry(self) -> None:
+        """Set paho's next reconnect delay to a random one (it waits its min_delay first after this call)."""
+        if self._jitter is not None and not self._stopping:
+            delay = self._jitter.next_delay()   # paho accepts any number of seconds; its signature says int
+            self._client.reconnect_delay_set(min_delay=cast(int, delay), max_delay=cast(int, self._jitter.cap_s))
 
     def _report_failure(self) -> None:
         """Find out why the attempt failed; log it when it is news (paho retries every few seconds)."""

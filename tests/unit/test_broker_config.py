@@ -6,6 +6,7 @@ No broker is started here; see tests/integration/test_broker.py for that.
 from __future__ import annotations
 
 import argparse
+import resource
 import stat
 from pathlib import Path
 
@@ -285,3 +286,59 @@ def test_the_secure_commands_do_not_import_the_broker_entry_point() -> None:
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert "broker.__main__" not in imported and "broker.foreground" in imported
+
+
+# -- limits for a fleet (issue 15) -------------------------------------------------------------------------
+
+
+FLEET_SETTINGS = ("max_queued_messages 100000", "max_queued_bytes 1073741824", "max_inflight_messages 20",
+                  "persistent_client_expiration 1h")
+
+
+@pytest.mark.parametrize("template", ["mosquitto.conf", "mosquitto-secure.conf"])
+def test_both_profiles_set_the_limits_a_fleet_needs(template: str) -> None:
+    """A cohort of 1,000 updates of 0.9 MB fits the coordinator's queue (Mosquitto drops beyond it, silently),
+    20 in flight is its MQTT 3.1.1 flow control; memory_limit stays unset (it disconnects clients: a storm)."""
+    lines = active_lines((DEFAULT_CONFIG.parent / template).read_text(encoding="utf-8"))
+    for setting in FLEET_SETTINGS:
+        assert setting in lines, f"{template} lacks {setting!r}"
+    assert int(next(v.split()[1] for v in lines if v.startswith("max_queued_bytes "))) >= 1000 * 906_643
+    assert not any(line.startswith("memory_limit") for line in lines)
+
+
+def test_the_development_profile_caps_connections_on_its_mqtt_listener_only() -> None:
+    """max_connections is a listener option: it must follow the MQTT listener (after the launcher's rewrite)."""
+    lines = active_lines(render_config(DEFAULT_CONFIG, 24567, "127.0.0.1", ws_port=24568))
+    assert lines.index("max_connections -1") == lines.index("listener 24567 127.0.0.1") + 1
+
+
+def test_the_broker_gets_the_hard_open_files_limit() -> None:
+    from broker.open_files import UNLIMITED_CAP, broker_open_files, max_clients
+
+    assert broker_open_files(1024, 20000) == 20000
+    assert broker_open_files(20000, 20000) == 20000
+    assert broker_open_files(1024, resource.RLIM_INFINITY) == UNLIMITED_CAP, "unlimited: what Linux allows"
+    assert broker_open_files(4096, 2048) == 4096, "never lower than the soft limit"
+    assert max_clients(20000) == 20000 - 32 and max_clients(10) == 0
+
+
+def test_the_launchers_raise_the_limit_in_the_child_and_say_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from broker import open_files
+
+    calls: list[tuple[int, tuple[int, int]]] = []
+    monkeypatch.setattr(open_files.resource, "getrlimit", lambda which: (1024, 20000))
+    monkeypatch.setattr(open_files.resource, "setrlimit", lambda which, limits: calls.append((which, limits)))
+    with caplog.at_level("INFO", logger="broker.open_files"):
+        apply = open_files.raising_open_files()
+    assert "open files limit raised from 1024 to 20000" in caplog.text and "about 19968 clients" in caplog.text
+    assert calls == [], "nothing changes in the launcher's own process"
+    apply()
+    assert calls == [(resource.RLIMIT_NOFILE, (20000, 20000))]
+    caplog.clear()
+    monkeypatch.setattr(open_files.resource, "getrlimit", lambda which: (1024, 1024))
+    with caplog.at_level("INFO", logger="broker.open_files"):
+        open_files.raising_open_files()()
+    assert "can hold only about 992 clients" in caplog.text and "LimitNOFILE" in caplog.text
+    assert len(calls) == 1, "already at the hard limit: nothing to raise"
