@@ -3,7 +3,8 @@ device on the central broker (flat) or on its site's broker behind `python -m co
 
 The WAN is a byte-counting TCP proxy in front of the central broker: every site-side connection (the flat run's
 devices, the relayed run's relays) goes through it; the coordinator connects directly, as it would in the central
-data centre. Printed per mode: WAN bytes per round each way (MQTT framing included), the central coordinator's
+data centre. Printed per mode: WAN bytes per round each way (the whole run's, connections, births and the run's
+end included, divided by the rounds; MQTT framing included), the central coordinator's
 accepted update bytes and CPU seconds per round (from /proc: decode, validate, aggregate, and the same evaluation in
 both modes), its round overhead, and the final weights' largest relative difference between the modes (per tensor,
 L2). The simulated devices' updates are seeded by (site seed, device index, round), so both modes see the same ones.
@@ -128,13 +129,13 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> ModeResult:
                 if time.monotonic() > deadline or coordinator.popen.poll() is not None:
                     raise RuntimeError(f"round 1 never started:\n{coordinator.log_tail()}")
                 time.sleep(0.2)
-            cpu0, up0, down0 = _cpu_seconds(coordinator.popen.pid), proxy.up, proxy.down
+            cpu0 = _cpu_seconds(coordinator.popen.pid)
             metrics = fed.run_dir / "metrics.jsonl"
             while not metrics.is_file() or len(metrics.read_text().splitlines()) < args.rounds:
                 if time.monotonic() > deadline or coordinator.popen.poll() is not None:
                     raise RuntimeError(f"the run did not finish its rounds:\n{coordinator.log_tail()}")
                 time.sleep(0.2)
-            cpu1, up1, down1 = _cpu_seconds(coordinator.popen.pid), proxy.up, proxy.down
+            cpu1 = _cpu_seconds(coordinator.popen.pid)
             codes = fed.wait_all(600)
             if set(codes.values()) != {0}:
                 raise RuntimeError(f"exit codes {codes}")
@@ -147,7 +148,7 @@ def run_mode(mode: str, args: argparse.Namespace, workdir: Path) -> ModeResult:
     n = args.rounds
     if any(r["clients"] != total for r in rows):
         raise RuntimeError(f"not every device was counted each round: {[r['clients'] for r in rows]}")
-    return ModeResult(mode, (up1 - up0) / n / 1e6, (down1 - down0) / n / 1e6,
+    return ModeResult(mode, proxy.up / n / 1e6, proxy.down / n / 1e6,
                       sum(r["bytes_in"] for r in rows) / n / 1e6, (cpu1 - cpu0) / n,
                       sum(r["overhead_s"] for r in rows) / n, n, checkpoint.weights)
 
@@ -168,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                      for a, b in zip(relayed.weights, flat.weights))
     print(f"\n{args.sites} sites x {args.devices} simulated devices, {args.rounds} rounds, reference CNN "
           f"(225,034 float32 weights)\n")
-    print("| mode | WAN up per round | WAN down per round | coordinator accepted bytes per round | "
-          "coordinator CPU per round | round overhead |")
+    print("| mode | WAN up per round | WAN down per round | coordinator's accepted update bytes per round | "
+          "coordinator CPU per round (round 1 to the last) | round overhead |")
     print("|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r.mode} | {r.wan_up_mb:.1f} MB | {r.wan_down_mb:.1f} MB | {r.bytes_in_mb:.1f} MB | "

@@ -189,9 +189,19 @@ class SiteRelay:
             state = decode_message(item.payload) if item.payload else None
         except DecodeError:
             return
-        if isinstance(state, CoordinatorState) and state.status == "offline" and self._run_ended:
+        if not isinstance(state, CoordinatorState) or state.status != "offline":
+            return
+        if self._run_ended:
             log.info("relay: the run ended; the site has its end and the coordinator's offline state")
             self.stopping.set()
+        elif self.open is not None:
+            # The coordinator died: restarted, it resumes the round from its checkpoint and re-publishes its model
+            # (same digest), and the site's devices re-send their updates. Collect them afresh.
+            log.warning("relay: the coordinator went offline in round %d; the round starts over at this site when "
+                        "its model comes again", self.open.model.round)
+            self.open = None
+            if self.rounds.tracker is not None:
+                self.rounds.close(time.monotonic())
 
     def _new_model(self, model: GlobalModel) -> None:
         self._seen_model = True
