@@ -116,6 +116,13 @@ class ProtocolClient:
     def handle_model(self, model: dict) -> None:
         self.seen_model = True
         r = model["round"]
+        last = getattr(self, "last_sent", None)
+        if r in self.trained and last is not None and last[:2] == (r, model.get("weights_sha256")):
+            for topic, payload in last[2]:   # the same model offered again: re-send (section "Restarts")
+                self.mqtt.publish(topic, payload, qos=1)
+            self.resent = getattr(self, "resent", 0) + 1
+            log.info("round %d: the same model again; update re-sent", r)
+            return
         if r in self.trained or ("cohort" in model and self.id not in model["cohort"]):
             return
         time.sleep(self.delay_s)
@@ -130,19 +137,22 @@ class ProtocolClient:
         payload = msgpack.packb(update, use_bin_type=True)
         topic = f"{self.base}/update/{self.id}"
         chunk = model["train"].get("chunk_bytes", 0)
+        sent: list[tuple[str, bytes]] = []
         if chunk and len(payload) > chunk:
             pieces = [payload[i:i + chunk] for i in range(0, len(payload), chunk)]
             hashes = [hashlib.sha256(p).hexdigest() for p in pieces]
             whole = hashlib.sha256(payload).hexdigest()
             for i, piece in enumerate(pieces):
-                self.mqtt.publish(f"{topic}/chunk/{i}", msgpack.packb(
+                sent.append((f"{topic}/chunk/{i}", msgpack.packb(
                     {**envelope("model_chunk", self.run, r, self.id), "transfer": whole, "index": i,
-                     "count": len(pieces), "sha256": hashes[i], "data": piece}, use_bin_type=True), qos=1)
+                     "count": len(pieces), "sha256": hashes[i], "data": piece}, use_bin_type=True)))
+                self.mqtt.publish(*sent[-1], qos=1)
             manifest = {"sha256": whole, "size": len(payload), "chunk_size": chunk, "chunk_sha256": hashes}
             payload = msgpack.packb({**envelope("chunked", self.run, r, self.id), "manifest": manifest},
                                     use_bin_type=True)
             self.chunked_rounds = getattr(self, "chunked_rounds", 0) + 1
         self.mqtt.publish(topic, payload, qos=1).wait_for_publish(60)
+        self.last_sent = (r, model.get("weights_sha256"), [*sent, (topic, payload)])
         self.trained.append(r)
         log.info("round %d: update sent", r)
 
@@ -161,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     client = ProtocolClient("127.0.0.1", args.port, args.run, args.client_id, num_examples=args.num_examples,
                             factor=args.factor, delay_s=args.delay_s)
     code = client.run_until_end(args.timeout)
-    log.info("left after rounds %s, %d of them chunked", client.trained, getattr(client, "chunked_rounds", 0))
+    log.info("left after rounds %s, %d of them chunked, %d re-sends", client.trained,
+             getattr(client, "chunked_rounds", 0), getattr(client, "resent", 0))
     return code
 
 
