@@ -115,9 +115,10 @@ def test_a_relay_killed_mid_round_loses_its_sites_work_counted_and_the_run_compl
     assert rows[0]["client_ids"] == ["d1"], rows[0]
     assert rows[0]["ignored"] == {"lost_with_relay": 2}, rows[0]
     assert rows[1]["client_ids"] == ["a1", "a2", "d1"], rows[1]
-    # a2's round-1 update, sent 10 s into round 1, reaches the restarted relay if it was up by then: it is
-    # forwarded and counted centrally as late (round 1 had closed), never aggregated.
-    assert rows[1].get("ignored", {}) in ({}, {"late": 1}), rows[1]
+    # The restarted relay finds round 1's model still retained (round 2 waits for three devices) and forwards it:
+    # a1 re-sends its round-1 update and a2 sends its own 10 s into round 1. Both reach the centre after round 1
+    # closed: counted late (or duplicate at the relay), never aggregated.
+    assert set(rows[1].get("ignored", {})) <= {"late", "duplicate"}, rows[1]
     assert not rows[0]["rejected"] and not rows[1]["rejected"], rows
 
 
