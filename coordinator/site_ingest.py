@@ -48,12 +48,15 @@ def _site_status(c: "Coordinator", event: SiteStatusReceived) -> None:
         if c.rounds.client_offline(device_id) and c.rounds.tracker is not None and change.relay_went_offline \
                 and c.rounds.tracker.in_cohort(device_id) and device_id not in c.rounds.tracker.received:
             c.lost_with_relay[device_id] = event.site
+        c.progress.client_offline(device_id)
     if change.relay_went_offline:
         log.warning("site %s: relay offline; its %d devices are offline", event.site, len(change.offline))
     for device_id, error in change.online.items():
         if why:   # devices behind a relay can't take part in this run: never in a cohort
             continue
+        c._note_fitness(device_id, error)
         c.rounds.client_online(device_id, error)
+        c.progress.client_online(device_id)
         c.lost_with_relay.pop(device_id, None)
     if why and event.status is not None and event.status.status == "online" and event.site not in c.sites_refused:
         c.sites_refused.add(event.site)
@@ -62,13 +65,15 @@ def _site_status(c: "Coordinator", event: SiteStatusReceived) -> None:
     elif change.online and not why:
         log.info("site %s: %d devices online through its relay (%d at the site)", event.site, len(change.online),
                  len(c.sites.devices.get(event.site, {})))
-    c._publish_state()
+    c._state_dirty = True   # published by the engine, coalesced (at most a few times a second)
 
 
 def _partial(c: "Coordinator", event: PartialReceived) -> None:
     partial = event.partial
     for client in partial.clients:
-        c.rounds.accept(client.id, partial.round)
+        if c.rounds.accept(client.id, partial.round):   # seen offline: an update proves it is there
+            c.progress.client_online(client.id)
+            c._state_dirty = True
     weights = [t for _, t in partial.tensors]
     c.aggregator.add(ClientResult(f"site {event.site}", partial.num_examples, weights))   # type: ignore[arg-type]
     train_s = partial.metrics.get("train_time_s", 0.0)

@@ -52,6 +52,10 @@ class BrokerSettings:
     max_payload_mb: float = _opt(64.0, "reject received payloads larger than this", lo=0.01, hi=2048)
     chunk_bytes: int = _opt(0, "split published payloads larger than this into sha256-checked chunks, for brokers"
                                " that cap message sizes (0: never split; else at least 1024)", lo=0)
+    inbox_messages: int = _opt(32, "coordinator: received messages held undecoded at most; more wait at the broker "
+                                   "(MQTT 5: also the Receive Maximum it announces)", lo=1, hi=65535)
+    inbox_mb: float = _opt(64.0, "coordinator: bytes of received messages held undecoded at most (MB)", lo=1.0,
+                           hi=4096.0)
     tls_ca: str = _opt("", "CA certificate file: connect with TLS and verify the broker against it (empty: no TLS)")
     tls_cert: str = _opt("", "client certificate file for mutual TLS (needs tls_key)")
     tls_key: str = _opt("", "private key file of tls_cert")
@@ -136,6 +140,8 @@ class AggregationSettings:
                      choices=("fedavg", "median", "trimmed_mean", "multi_krum"))
     clip_norm: float = _opt(0.0, "clip each update's delta (update - global model) to this L2 norm before the rule "
                                  "(0: off)", lo=0.0)
+    report_norms: bool = _opt(True, "report the median and largest update delta norm of every round (to choose "
+                                    "clip_norm); false: no norm pass per update when clip_norm is 0 (for fleets)")
     trim_fraction: float = _opt(0.2, "trimmed_mean: fraction of values dropped at each end, per coordinate",
                                 lo=0.0, hi=0.49)
     krum_byzantine: int = _opt(1, "multi_krum: f, the number of malicious updates tolerated (needs "

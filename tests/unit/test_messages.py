@@ -619,3 +619,22 @@ def test_the_round_metrics_schema_is_written_once() -> None:
     decoded = decode_message(round_metrics_message(row, "r1", 5, [row]).encode(), 1 << 20)
     assert isinstance(decoded, RoundMetricsMessage) and decoded.round == 4 and decoded.total_rounds == 5
     assert {name: getattr(decoded, name) for name in shared} == {name: getattr(row, name) for name in shared}
+
+
+def test_a_fleets_coordinator_state_carries_a_count_not_thousands_of_ids() -> None:
+    """Issue 15: every device subscribes to coordinator/state, so its size must not grow with the fleet."""
+    small = CoordinatorState(run="r", round=1, sender="coordinator", online_clients=["a", "b"])
+    assert small.online_count == 2 and unpack(small.encode())["online_count"] == 2
+    fleet = CoordinatorState(run="r", round=1, sender="coordinator", online_clients=[], online_count=5000)
+    decoded = decode_message(fleet.encode())
+    assert isinstance(decoded, CoordinatorState)
+    assert (decoded.online_count, decoded.online_clients) == (5000, [])
+    assert len(fleet.encode()) < 200
+    older = unpack(small.encode())
+    del older["online_count"]   # a coordinator before the field: the list's length
+    decoded = decode_message(pack(older))
+    assert isinstance(decoded, CoordinatorState) and decoded.online_count == 2
+    for bad in ("5", 5.5, True, -1):
+        raw = {**unpack(small.encode()), "online_count": bad}
+        with pytest.raises(DecodeError, match="online_count"):
+            decode_message(pack(raw))
