@@ -32,10 +32,10 @@ def _device(fed: LocalFederation, client_id: str, port: int, delay_s: float = 0.
                           str(factor), "--delay-s", str(delay_s)])
 
 
-def _relay(fed: LocalFederation, site: str, site_port: int, name: str | None = None) -> None:
+def _relay(fed: LocalFederation, site: str, site_port: int, name: str | None = None, send_after_s: float = 60) -> None:
     fed.spawn(name or f"relay-{site}", [sys.executable, "-m", "coordinator", "relay", "--site", site, "--upstream",
                                         f"127.0.0.1:{fed.port}", "--local", f"127.0.0.1:{site_port}", "--run",
-                                        fed.run_name, "--send-after-s", "60"])
+                                        fed.run_name, "--send-after-s", str(send_after_s)])
 
 
 def _final_weights(fed: LocalFederation) -> list[np.ndarray]:
@@ -153,3 +153,24 @@ def test_a_relay_restarted_within_the_round_resumes_and_nothing_is_lost(tmp_path
     assert all(not r["rejected"] for r in rows), rows
     # a2 may see the re-published model after sending: its re-send is a duplicate at the relay, counted centrally.
     assert all(set(r.get("ignored", {})) <= {"duplicate"} for r in rows), rows
+
+
+def test_updates_after_the_relays_deadline_follow_in_a_second_partial_of_the_same_round(tmp_path: Path) -> None:
+    """--send-after-s 3 and a2 takes 10 s: the relay sends a1 at its deadline (part 0) and a2 when it comes (part
+    1); the coordinator takes both partials of the round and counts all three devices once."""
+    with LocalFederation(tmp_path / "fed", run_name="relayparts") as fed, \
+            MosquittoProcess(workdir=tmp_path / "site-a") as site_a:
+        fed.start_broker()
+        fed.start_coordinator({**FAST_RUN, "training.rounds": 1, "quorum.min_clients": 3})
+        _relay(fed, "site-a", site_a.port, send_after_s=3)
+        _device(fed, "d1", fed.port)
+        _device(fed, "a1", site_a.port)
+        _device(fed, "a2", site_a.port, delay_s=10)
+        codes = fed.wait_all(300)
+        rows = fed.metrics()
+        relay_log = fed.procs["relay-site-a"].log_path.read_text()
+    assert set(codes.values()) == {0}, codes
+    assert "round 1: partial 0 sent: 1 devices, 300 examples" in relay_log
+    assert "round 1: partial 1 sent: 1 devices, 50 examples" in relay_log
+    assert rows[0]["client_ids"] == ["a1", "a2", "d1"] and rows[0]["examples"] == 450, rows
+    assert not rows[0]["rejected"] and not rows[0].get("ignored"), rows
