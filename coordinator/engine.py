@@ -33,6 +33,9 @@ from coordinator.quorum import QuorumRule
 from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
+from coordinator.relay_intake import PARTIAL_SLACK_BYTES, RelayIntake
+from coordinator.site_ingest import count_lost_with_relay, handle_relay_event, relay_unsupported
+from coordinator.sites import SiteRoster
 from coordinator.server_optimizers import make_server_optimizer
 from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
@@ -131,6 +134,10 @@ class Coordinator:
         self._state_dirty = False               # the online clients changed since the last state publish
         self._state_published_at = -1e9
         self.prepared: Prepared | None = None
+        self.sites = SiteRoster()                      # site relays and their devices (coordinator.site_ingest)
+        self.sites_refused: set[str] = set()           # sites told their relay can't take part in this run
+        self.lost_with_relay: dict[str, str] = {}      # cohort members whose relay died before forwarding -> site
+        self.relay_intake: RelayIntake | None = None
         self.node = CoordinatorNode(self.topics, BrokerAddress.from_settings(settings.broker),
                                     client_id or f"fedmq-coordinator-{settings.run.name}", self.max_payload,
                                     self._state_message().encode(),
@@ -206,6 +213,10 @@ class Coordinator:
                                                   last.test_rmse)
             log.info("resuming run %r after round %d (test %s) from %s", s.run.name, checkpoint.round,
                      prepared.last_evaluation.describe(), self.run_dir / CHECKPOINT_FILE)
+        self.relay_intake = RelayIntake(self.topics, self.rounds, self.drops, self.sites, specs,
+                                        ChunkedReceiver(max_update_bytes + PARTIAL_SLACK_BYTES,
+                                                        limits=DecodeLimits.for_model(specs)),
+                                        lambda: relay_unsupported(self))
         self.prepared = prepared
         return prepared
 
@@ -320,6 +331,7 @@ class Coordinator:
                 log.warning("round %d: %s", r, detail)
                 self._set_phase("training", detail)
             self._process_next(self.rounds.timeout(time.monotonic()))
+        count_lost_with_relay(self)
         closed = self.rounds.close(time.monotonic())
         self.node.forget_global()
         self._close_round(r, closed.round_time_s, payload_size, closed.cohort_size)
@@ -371,7 +383,7 @@ class Coordinator:
         self.drops.flush(force=True)
         rejected, ignored = self.drops.take()
         metrics = RoundMetrics(
-            round=r, clients=self.aggregator.count, examples=stats.examples, test_loss=ev.loss,
+            round=r, clients=len(stats.client_ids), examples=stats.examples, test_loss=ev.loss,
             test_accuracy=ev.accuracy, bytes_in=stats.bytes_in, bytes_out=bytes_out,
             round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
             overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
@@ -407,9 +419,16 @@ class Coordinator:
         if self.node.is_own_topic(item.topic):
             self.node.check_own_topic(item.topic, item.payload)
             return
+        if self.relay_intake is not None and self.topics.site_of(item.topic) is not None:
+            if relay_event := self.relay_intake.decode(item.topic, item.payload):
+                handle_relay_event(self, relay_event)
+            return
         event = intake.decode(item)
         if isinstance(event, UpdateReceived):
             self._aggregate(event)
+        elif isinstance(event, ClientOnline) and (site := self.sites.site_of(event.client_id)):
+            self.drops.record(event.client_id, "id_clash", f"a direct device's birth with the id of a device of site "
+                                                           f"{site}: device ids must be unique across the fleet")
         elif isinstance(event, ClientOnline):
             client_id, status = event.client_id, event.status
             if client_id not in self.rounds.online:
@@ -499,7 +518,8 @@ class Coordinator:
         return CoordinatorState(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID,
                                 status=status, phase=self.phase, total_rounds=self.settings.training.rounds,
                                 online_clients=sorted(self.rounds.online) if len(self.rounds.online) <= STATE_LIST_MAX
-                                else [], online_count=len(self.rounds.online), detail=detail)
+                                else [], online_count=len(self.rounds.online), detail=detail,
+                                sites=self.sites.summary())
 
     def _publish_metrics(self) -> None:
         """Retain the last round's metrics, with the run's accuracy and loss so far, on the metrics topic

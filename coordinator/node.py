@@ -60,6 +60,8 @@ class CoordinatorNode:
             client_id=client_id, address=address,
             subscriptions=[(topics.updates_wildcard, 1), (chunk_topic(topics.updates_wildcard, "+"), 1),
                            (topics.statuses_wildcard, 1), (topics.global_model, 1),
+                           (topics.relay_statuses_wildcard, 1), (topics.relay_updates_wildcard, 1),
+                           (chunk_topic(topics.relay_updates_wildcard, "+"), 1),
                            (topics.run_end, 1), (topics.coordinator_state, 1)],
             on_message=self._on_message, will=(topics.coordinator_state, will_payload),
             on_connected=self._on_connected, receive_maximum=inbox_messages,
@@ -78,7 +80,8 @@ class CoordinatorNode:
             client_id = self.topics.client_of(base_topic(topic)[0]) or topic
             if admission.admit(client_id, len(payload)) is not None:
                 return  # counted by admission; logged and reported by the engine's thread
-        elif len(payload) > max(STATUS_MAX_BYTES, self.max_payload if topic == self.topics.global_model else 0):
+        elif len(payload) > max(STATUS_MAX_BYTES, self.max_payload if topic == self.topics.global_model
+                                or self.topics.site_of(topic) else 0):   # a relay's status or partial: one per site
             return
         item = Inbound(topic, payload, retained)
         while not self.inbox.put(item, timeout=1.0):  # full: hold the broker back (it queues for us)...

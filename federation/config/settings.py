@@ -226,6 +226,17 @@ class DeploySettings:
 
 
 @dataclass(frozen=True)
+class RelaySettings:
+    site: str = _opt("", "python -m coordinator relay: the site's name (one topic level, unique in the run)")
+    upstream: str = _opt("", "relay: the central broker's address (any [broker] host form); its login and TLS files "
+                             "are [broker]'s")
+    local: str = _opt("localhost", "relay: the site broker's address, where the site's devices connect")
+    send_after_s: float = _opt(60.0, "relay: send the site's partial this long after the round's model came, even "
+                                     "if cohort members at the site are still training (later ones follow)",
+                               lo=0.1, hi=86400)
+
+
+@dataclass(frozen=True)
 class Settings:
     run: RunSettings = field(default_factory=RunSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
@@ -240,6 +251,7 @@ class Settings:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
 
     @property
     def run_dir(self) -> Path:

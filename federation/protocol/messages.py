@@ -8,7 +8,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -258,14 +258,18 @@ class CoordinatorState(Message):
     online_clients: list[str] = field(default_factory=list)   # empty beyond STATE_LIST_MAX clients: see online_count
     detail: str = ""
     online_count: int = -1     # training clients online; -1 when made: len(online_clients)
+    sites: dict[str, int] = field(default_factory=dict)   # site relays online -> their devices online (optional)
 
     def __post_init__(self) -> None:
         if self.online_count < 0:
             self.online_count = len(self.online_clients)
 
     def body(self) -> dict[str, Any]:
-        return {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
+        body = {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
                 "online_clients": self.online_clients, "detail": self.detail, "online_count": self.online_count}
+        if self.sites:
+            body["sites"] = self.sites
+        return body
 
 
 @dataclass
@@ -506,6 +510,8 @@ def _decode_coordinator_state(raw: dict[str, Any], env: dict[str, Any]) -> Coord
         detail=str(raw.get("detail", "")),
         online_count=_count(raw, "online_count", "coordinator_state") if "online_count" in raw
         else len(online) if isinstance(online, list) else 0,
+        sites={k: v for k, v in sites.items() if isinstance(k, str) and type(v) is int}
+        if isinstance(sites := raw.get("sites"), dict) else {},
     )
 
 
@@ -608,7 +614,7 @@ def _decode_chunked(raw: dict[str, Any], env: dict[str, Any]) -> ChunkedMessage:
     return ChunkedMessage(**env, manifest=manifest)
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Message]] = {
     "global_model": _decode_global_model,
     "update": _decode_update,
     "client_status": _decode_client_status,
@@ -619,6 +625,12 @@ _DECODERS = {
     "model_chunk": _decode_model_chunk,
     "chunked": _decode_chunked,
 }
+
+
+def register_message_type(cls: type[Message], decoder: Callable[[dict[str, Any], dict[str, Any]], Message]) -> None:
+    """Add a message type defined in its own module (federation.protocol.relay_messages) to decode_message."""
+    MESSAGE_TYPES[cls.TYPE] = cls
+    _DECODERS[cls.TYPE] = decoder
 
 
 def weights_digest(weights: list[np.ndarray]) -> str:
@@ -689,3 +701,7 @@ def _get(m: dict[str, Any], key: str, types: type | tuple[type, ...], what: str)
     if isinstance(value, float) and not math.isfinite(value):
         raise DecodeError(f"{what}: field {key!r} is not finite")
     return value
+
+
+# The site relay's messages live in their own module and register themselves: import it last (it imports this one).
+from federation.protocol import relay_messages as _relay_messages  # noqa: E402,F401

@@ -34,6 +34,7 @@ from federation.protocol.messages import (
     check_finite,
     decode_message,
 )
+from federation.protocol.relay_messages import PartialUpdate, RelayStatus, SiteClient, SiteDevice
 from federation.protocol.version import PROTOCOL_VERSION
 
 TENSORS = [
@@ -80,6 +81,10 @@ def sample_messages() -> list[Message]:
         ChunkedMessage(**ENV, manifest=split(MODEL_BYTES, 64)[0]),
         ModelChunk(**ENV, transfer=sha256_hex(MODEL_BYTES), index=1, count=2, sha256=sha256_hex(MODEL_BYTES[64:]),
                    data=MODEL_BYTES[64:]),
+        RelayStatus(**ENV, status="online", software="fedmq 0.1.0 relay",
+                    devices=[SiteDevice("a1", 600), SiteDevice("a2", 0, "input shape differs")]),
+        PartialUpdate(**ENV, clients=[SiteClient("a1", 600), SiteClient("a2", 30)], num_examples=630,
+                      metrics={"train_time_s": 2.5}, tensors=TENSORS, part=1, ignored={"duplicate": 1}),
     ]
 
 
