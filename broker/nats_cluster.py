@@ -28,6 +28,8 @@ CLUSTER_NAME = "fedmq"
 MAX_PAYLOAD_BYTES = 8 * 1024 * 1024
 """NATS's limit on one message (and so on one MQTT PUBLISH); its default is 1 MiB, 8 MiB is its advised ceiling."""
 MAX_NODES = 9
+MAX_ACK_PENDING = 32
+"""mqtt.max_ack_pending: unacknowledged QoS 1 messages NATS sends one subscription (its default is 1024)."""
 _READY_TIMEOUT_S = 120.0   # a loaded 2-core machine takes a minute to elect the first leaders
 _LOG_TAIL_LINES = 20
 
@@ -103,7 +105,11 @@ def render_node_config(name: str, ports: NodePorts, peers: list[NodePorts], stor
             f"mqtt {{\n  listen: {_quoted(f'{bind}:{ports.mqtt}')}\n  stream_replicas: {replicas}\n"
             # A subscription's consumer lives as long as its clean session: one copy in memory, made at once
             # even while the cluster re-elects leaders after a node's death (R3 ones then time out for seconds).
-            "  consumer_replicas: 1\n  consumer_memory_storage: true\n  js_api_timeout: \"30s\"\n}}\n"
+            "  consumer_replicas: 1\n  consumer_memory_storage: true\n  js_api_timeout: \"30s\"\n"
+            # MQTT 3.1.1 has no Receive Maximum: this is its stand-in. The coordinator acknowledges nothing while its
+            # inbox is full, so NATS stops at this many unacknowledged messages per subscription ([broker]
+            # inbox_messages, 32) instead of filling its outbound buffer and cutting it off as a slow consumer.
+            f"  max_ack_pending: {MAX_ACK_PENDING}\n}}\n"
             f"{extra}")
 
 

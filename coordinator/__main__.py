@@ -23,10 +23,10 @@ if TYPE_CHECKING:
     from federation.learning.datasets import Dataset
 
 log = logging.getLogger("coordinator")
-COMMANDS = ("run", "evaluate", "baseline", "report", "dashboard")
+COMMANDS = ("run", "evaluate", "baseline", "report", "dashboard", "relay")
 # Commands whose code lives in their own module, each with a main(argv) -> exit code.
 MODULE_COMMANDS = {"baseline": "coordinator.baseline", "report": "coordinator.report",
-                   "dashboard": "coordinator.dashboard.server"}
+                   "dashboard": "coordinator.dashboard.server", "relay": "coordinator.relay_cli"}
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of the log
@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 USAGE = """usage: python -m coordinator run [--config FILE] [--section.key VALUE ...]   start or resume a run
        python -m coordinator evaluate MODEL                                      test a .keras or .tflite model
        python -m coordinator baseline | report | dashboard ...
+       python -m coordinator relay --site NAME --upstream CENTRAL --local SITE_BROKER   a site relay
 
 A run connects to the broker ([broker] host, or --broker ADDRESS) and writes runs/<run.name>/; a finished
 run there is moved aside when the new run's first round starts. `python -m coordinator --config FILE ...`

@@ -46,7 +46,7 @@ def run_fingerprint(settings: Settings, specs: list[TensorSpec], architecture: s
         "model": {k: v for k, v in asdict(settings.model).items()
                   if k != "data_dir" and not (k in ("path", "builder") and not v)},
         "training": {k: v for k, v in asdict(settings.training).items() if k != "rounds"},
-        "aggregation": asdict(settings.aggregation),
+        "aggregation": {k: v for k, v in asdict(settings.aggregation).items() if k != "report_norms"},  # a report
         "server_optimizer": asdict(settings.server_optimizer),
         "weights": [(s.name, s.dtype, list(s.shape)) for s in specs],
     }

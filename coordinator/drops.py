@@ -11,7 +11,7 @@ from typing import Callable
 log = logging.getLogger("coordinator.drops")
 
 # Honest work that arrives too late or twice: QoS 1 redelivery, re-sends after a restart, a round that closed.
-IGNORED_REASONS = frozenset({"late", "duplicate"})
+IGNORED_REASONS = frozenset({"late", "duplicate", "lost_with_relay"})
 DETAIL_CHARS = 200
 _MAX_SENDERS_KEPT = 1000          # senders remembered per window for the summary line
 

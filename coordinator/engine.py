@@ -25,13 +25,17 @@ from coordinator.drops import DropLog
 from coordinator.evaluation import Evaluation, evaluate_keras, test_split
 from coordinator.final_publish import FinalPublishError
 from coordinator.metrics import RoundMetrics, RoundStats, round_metrics_message
+from coordinator.ingest_log import IngestLog
 from coordinator.intake import ClientCleared, ClientOffline, ClientOnline, Intake, UpdateReceived
 from coordinator.node import CoordinatorNode
-from coordinator.progress import ROUND_LOG, RunProgress
+from coordinator.progress import ROUND_LOG, RunProgress, first_ids
 from coordinator.quorum import QuorumRule
 from coordinator.release import Release
 from coordinator.rounds import Decision, Rounds, WaitState
 from coordinator.run_store import RunStore
+from coordinator.relay_intake import PARTIAL_SLACK_BYTES, RelayIntake
+from coordinator.site_ingest import count_lost_with_relay, handle_relay_event, relay_unsupported
+from coordinator.sites import SiteRoster
 from coordinator.server_optimizers import make_server_optimizer
 from coordinator.staleness import StalenessRule, VersionHistory, weighted_update
 from federation.config.settings import Settings
@@ -39,7 +43,9 @@ from federation.protocol.codec import DecodeLimits, TensorSpec
 from federation.protocol.encodings import Encoded, EncodingPlan, encode_model
 from federation.learning.datasets import Dataset
 from coordinator.run_data import load_run_dataset
-from federation.protocol.messages import CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest
+from federation.protocol.messages import (
+    STATE_LIST_MAX, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, weights_digest,
+)
 from federation.protocol.chunked_transfer import ChunkedReceiver, outgoing_messages
 from federation.learning.compile_recipe import compile_with
 from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
@@ -54,6 +60,7 @@ log = logging.getLogger(__name__)
 
 COORDINATOR_ID = "coordinator"
 _POLL_S = 0.5
+_STATE_EVERY_S = 0.25   # births and departures re-publish the retained state at most this often (phases: at once)
 _UPDATE_SLACK_BYTES = 64 * 1024     # an update's msgpack framing, names and metrics on top of its tensor bytes
 
 
@@ -113,6 +120,7 @@ class Coordinator:
         self.versions = VersionHistory(a.max_staleness + 1)
         self._staleness_seen: list[int] = []   # the open step's updates' staleness (async)
         self._run_started: float | None = None
+        self._after_last_round: dict[str, dict[str, int]] = {"rejected": {}, "ignored": {}}
         self.rounds = Rounds(
             QuorumRule(q.min_clients, q.fraction, q.round_deadline_s, q.on_no_quorum),
             SamplingRule(p.fraction_train, p.min_train_clients or q.min_clients, p.max_train_clients,
@@ -121,11 +129,21 @@ class Coordinator:
             poll_s=_POLL_S, max_staleness=a.max_staleness if self.asynchronous else None,
             buffer_size=a.buffer_size)
         self.stats = RoundStats()
+        self.ingest_log = IngestLog(log)
+        self._state_detail = ""                 # the detail of the last phase, kept by the coalesced publishes
+        self._state_dirty = False               # the online clients changed since the last state publish
+        self._state_published_at = -1e9
         self.prepared: Prepared | None = None
+        self.sites = SiteRoster()                      # site relays and their devices (coordinator.site_ingest)
+        self.sites_refused: set[str] = set()           # sites told their relay can't take part in this run
+        self.lost_with_relay: dict[str, str] = {}      # cohort members whose relay died before forwarding -> site
+        self.relay_intake: RelayIntake | None = None
         self.node = CoordinatorNode(self.topics, BrokerAddress.from_settings(settings.broker),
                                     client_id or f"fedmq-coordinator-{settings.run.name}", self.max_payload,
                                     self._state_message().encode(),
-                                    will_payload=self._state_message("offline", "crashed").encode())
+                                    will_payload=self._state_message("offline", "crashed").encode(),
+                                    inbox_messages=settings.broker.inbox_messages,
+                                    inbox_bytes=int(settings.broker.inbox_mb * 1024 * 1024))
 
     @property
     def p(self) -> Prepared:
@@ -195,6 +213,10 @@ class Coordinator:
                                                   last.test_rmse)
             log.info("resuming run %r after round %d (test %s) from %s", s.run.name, checkpoint.round,
                      prepared.last_evaluation.describe(), self.run_dir / CHECKPOINT_FILE)
+        self.relay_intake = RelayIntake(self.topics, self.rounds, self.drops, self.sites, specs,
+                                        ChunkedReceiver(max_update_bytes + PARTIAL_SLACK_BYTES,
+                                                        limits=DecodeLimits.for_model(specs)),
+                                        lambda: relay_unsupported(self))
         self.prepared = prepared
         return prepared
 
@@ -241,9 +263,9 @@ class Coordinator:
             if waiting.state is not WaitState.WAITING:
                 return waiting.state is WaitState.READY
             if now - last_log > 10 and not self.rounds.enough_clients():
-                ready = sorted(self.rounds.trainable())
-                log.info("waiting for clients: %d/%d online and able to train (%s%s)", len(ready), need,
-                         ", ".join(ready[:10]) or "none", f" and {len(ready) - 10} more" if len(ready) > 10 else "")
+                ready = self.rounds.trainable()
+                log.info("waiting for clients: %d/%d online and able to train (%s)", len(ready), need,
+                         first_ids(ready, 5) or "none")
                 last_log = now
             self._process_next(waiting.timeout_s)
 
@@ -309,6 +331,7 @@ class Coordinator:
                 log.warning("round %d: %s", r, detail)
                 self._set_phase("training", detail)
             self._process_next(self.rounds.timeout(time.monotonic()))
+        count_lost_with_relay(self)
         closed = self.rounds.close(time.monotonic())
         self.node.forget_global()
         self._close_round(r, closed.round_time_s, payload_size, closed.cohort_size)
@@ -360,7 +383,7 @@ class Coordinator:
         self.drops.flush(force=True)
         rejected, ignored = self.drops.take()
         metrics = RoundMetrics(
-            round=r, clients=self.aggregator.count, examples=stats.examples, test_loss=ev.loss,
+            round=r, clients=len(stats.client_ids), examples=stats.examples, test_loss=ev.loss,
             test_accuracy=ev.accuracy, bytes_in=stats.bytes_in, bytes_out=bytes_out,
             round_time_s=round(round_time, 4), slowest_train_s=round(slowest, 4),
             overhead_s=round(round_time - slowest, 4), aggregate_s=round(aggregate_s, 4),
@@ -386,7 +409,9 @@ class Coordinator:
     def _process_next(self, timeout: float) -> None:
         intake = self.p.intake
         intake.drain_admission_drops()
-        item = self.node.next(timeout)
+        self._flush_state()
+        self._summarize()
+        item = self.node.next(min(timeout, _STATE_EVERY_S) if self._state_dirty else timeout)
         self.drops.flush()
         if item is None:
             intake.expire()
@@ -394,23 +419,37 @@ class Coordinator:
         if self.node.is_own_topic(item.topic):
             self.node.check_own_topic(item.topic, item.payload)
             return
+        if self.relay_intake is not None and self.topics.site_of(item.topic) is not None:
+            if relay_event := self.relay_intake.decode(item.topic, item.payload):
+                handle_relay_event(self, relay_event)
+            return
         event = intake.decode(item)
         if isinstance(event, UpdateReceived):
             self._aggregate(event)
+        elif isinstance(event, ClientOnline) and (site := self.sites.site_of(event.client_id)):
+            self.drops.record(event.client_id, "id_clash", f"a direct device's birth with the id of a device of site "
+                                                           f"{site}: device ids must be unique across the fleet")
         elif isinstance(event, ClientOnline):
             client_id, status = event.client_id, event.status
             if client_id not in self.rounds.online:
-                log.info("client %s online (%d examples, %s)", client_id, status.num_examples,
-                         str(status.device.get("host", "?"))[:64])
+                self.ingest_log.births += 1
+                log.log(self.ingest_log.level(len(self.rounds.online)), "client %s online (%d examples, %s)",
+                        client_id, status.num_examples, str(status.device.get("host", "?"))[:64])
             self._note_fitness(client_id, status.error)
             self.rounds.client_online(client_id, status.error)
-            self._publish_state()
+            self.progress.client_online(client_id)
+            self._state_dirty = True
         elif isinstance(event, ClientOffline):
             if self.rounds.client_offline(event.client_id):
-                log.warning("client %s offline%s", event.client_id, f": {event.error}" if event.error else "")
-            self._publish_state()
+                self.ingest_log.departures += 1
+                log.log(logging.WARNING if len(self.rounds.online) < self.ingest_log.detail_up_to else logging.DEBUG,
+                        "client %s offline%s", event.client_id, f": {event.error}" if event.error else "")
+            self.progress.client_offline(event.client_id)
+            self._state_dirty = True
         elif isinstance(event, ClientCleared):
-            self.rounds.client_offline(event.client_id)
+            if self.rounds.client_offline(event.client_id):
+                self.ingest_log.departures += 1
+            self.progress.client_offline(event.client_id)
 
     def _note_fitness(self, client_id: str, error: str) -> None:
         """Show why a device can't train this run's model, or that it can again (before the rounds record it)."""
@@ -426,7 +465,8 @@ class Coordinator:
         client_id, update = event.client_id, event.update
         if self.rounds.accept(client_id, update.round):  # seen offline (or never seen): an update proves it's there
             log.info("client %s sent an update while seen offline; online again", client_id)
-            self._publish_state()
+            self.progress.client_online(client_id)
+            self._state_dirty = True
         tensors = [t.value if isinstance(t, Encoded) else t for _, t in update.tensors]
         if update.base_sha256:  # a compressed uplink: deltas against the version trained on (checked by the intake)
             deltas = self._scaled_for_staleness(client_id, update.round, tensors) if self.asynchronous else tensors
@@ -440,8 +480,11 @@ class Coordinator:
         tracker = self.rounds.tracker
         assert tracker is not None
         self.progress.update_accepted(client_id, len(tracker.received), tracker.target)
-        log.info("round %d: update %d/%d from %s (%d examples%s)", tracker.round, len(tracker.received),
-                 tracker.target, client_id, update.num_examples, local_metrics_text(update.metrics))
+        self.ingest_log.updates += 1
+        level = self.ingest_log.level(tracker.target)
+        if log.isEnabledFor(level):
+            log.log(level, "round %d: update %d/%d from %s (%d examples%s)", tracker.round, len(tracker.received),
+                    tracker.target, client_id, update.num_examples, local_metrics_text(update.metrics))
 
     def _weighted_for_staleness(self, client_id: str, base: int, weights: list[np.ndarray]) -> list[np.ndarray]:
         """Async: an update trained on version `base` enters the step as current + weight(staleness) x its delta
@@ -453,8 +496,8 @@ class Coordinator:
         base_weights, current = self.versions.get(base), self.versions.get(self.round)
         assert base_weights is not None and current is not None, "the rounds accept only versions still kept"
         weight = self.staleness.weight(staleness)
-        log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
-                 client_id, base, staleness, weight)
+        log.log(self._detail_level(), "round %d: %s's update was trained on version %d (staleness %d): weighted "
+                "%.3f", self.round, client_id, base, staleness, weight)
         return weighted_update(current, base_weights, weights, weight)
 
     def _scaled_for_staleness(self, client_id: str, base: int, deltas: list[Delta]) -> list[Delta]:
@@ -465,8 +508,8 @@ class Coordinator:
         if staleness == 0:
             return deltas
         weight = self.staleness.weight(staleness)
-        log.info("round %d: %s's update was trained on version %d (staleness %d): weighted %.3f", self.round,
-                 client_id, base, staleness, weight)
+        log.log(self._detail_level(), "round %d: %s's update was trained on version %d (staleness %d): weighted "
+                "%.3f", self.round, client_id, base, staleness, weight)
         return [scaled(d, weight) if d.dtype.kind == "f" else d for d in deltas]
 
     # ---- state and end of run -----------------------------------------------------------------------
@@ -474,7 +517,9 @@ class Coordinator:
     def _state_message(self, status: str = "online", detail: str = "") -> CoordinatorState:
         return CoordinatorState(run=self.settings.run.name, round=self.round, sender=COORDINATOR_ID,
                                 status=status, phase=self.phase, total_rounds=self.settings.training.rounds,
-                                online_clients=sorted(self.rounds.online), detail=detail)
+                                online_clients=sorted(self.rounds.online) if len(self.rounds.online) <= STATE_LIST_MAX
+                                else [], online_count=len(self.rounds.online), detail=detail,
+                                sites=self.sites.summary())
 
     def _publish_metrics(self) -> None:
         """Retain the last round's metrics, with the run's accuracy and loss so far, on the metrics topic
@@ -486,13 +531,42 @@ class Coordinator:
 
     def _set_phase(self, phase: str, detail: str = "") -> None:
         self.phase = phase
-        self._publish_state(detail)
+        self._state_detail = detail
+        self._publish_state()
 
-    def _publish_state(self, detail: str = "") -> None:
-        self.progress.state_changed(self.round, self.phase, sorted(self.rounds.online), detail)
-        self.node.publish_state(self._state_message("online", detail).encode())
+    def _publish_state(self) -> None:
+        """Publish the retained state now (a phase change, the end); the panel follows."""
+        self.progress.state_changed(self.round, self.phase, detail=self._state_detail)
+        self.node.publish_state(self._state_message("online", self._state_detail).encode())
+        self._state_dirty = False
+        self._state_published_at = time.monotonic()
+
+    def _flush_state(self) -> None:
+        """Births and departures: the retained state (the whole online list) at most every _STATE_EVERY_S, not
+        once per event (a birth storm would publish O(N^2) bytes)."""
+        if self._state_dirty and time.monotonic() - self._state_published_at >= _STATE_EVERY_S:
+            self._publish_state()
+
+    def _detail_level(self) -> int:
+        tracker = self.rounds.tracker
+        return self.ingest_log.level(tracker.target if tracker else len(self.rounds.online))
+
+    def _summarize(self) -> None:
+        tracker = self.rounds.tracker
+        self.ingest_log.maybe_summary(len(self.rounds.online), tracker.round if tracker else None,
+                                      tracker.count if tracker else 0, tracker.target if tracker else 0,
+                                      sum(self.drops.rejected.values()))
 
     def _finish(self, result: RunResult) -> None:
+        # What came in after the last round closed (a re-send, a straggler) is counted, not left unread: the inbox
+        # holds at most a few messages; later ones, after this point, find nobody reading.
+        while len(self.node.inbox):
+            self._process_next(0)
+        after_rejected, after_ignored = self.drops.take()
+        if after_rejected or after_ignored:
+            log.info("after the last round: ignored %s, rejected %s", after_ignored or "nothing",
+                     after_rejected or "nothing")
+        self._after_last_round = {"rejected": after_rejected, "ignored": after_ignored}
         self.node.closing = True
         p = self.p
         if result.reason == "completed":  # a restart starts a new run; a stopped one can still be resumed
@@ -536,6 +610,7 @@ class Coordinator:
             "tflite": result.tflite, "class_names": list(p.dataset.class_names),
             "deployed": result.deployed,
             "aggregation": {"rule": self.settings.aggregation.rule, **self.aggregator.report()},
+            "after_last_round": self._after_last_round,
             **({"task": "regression"} if p.last_evaluation.is_regression else {})})
 
 

@@ -40,18 +40,18 @@ class RoundStats:
 
     bytes_in: int = 0
     examples: int = 0
-    train_s: list[float] = field(default_factory=list)
+    longest_train_s: float = 0.0   # the longest local training reported (a float, not a list per update)
     client_ids: list[str] = field(default_factory=list)
 
     def add(self, client_id: str, size: int, examples: int, train_s: float) -> None:
         self.bytes_in += size
         self.examples += examples
-        self.train_s.append(max(0.0, train_s))
+        self.longest_train_s = max(self.longest_train_s, train_s)
         self.client_ids.append(client_id)
 
     def slowest_train_s(self, round_time_s: float) -> float:
         """The longest local training reported, at most the round's time (a device's clock may lie)."""
-        return min(max(self.train_s, default=0.0), round_time_s)
+        return min(self.longest_train_s, round_time_s)
 
 
 def to_json_line(metrics: RoundMetrics) -> str:

@@ -1,7 +1,16 @@
 """The coordinator's MQTT node: its link and subscriptions, the admission checks and the bounded inbox behind them,
 and its own retained topics (state, global model, metrics, run end), re-published after a reconnect or a forgery.
 
-It knows topics and payloads, not rounds: the engine hands it encoded messages and takes Inbound messages out."""
+It knows topics and payloads, not rounds: the engine hands it encoded messages and takes Inbound messages out.
+
+Flow control: the inbox holds at most `inbox_messages` undecoded payloads ([broker] inbox_messages, inbox_mb). When
+it is full, paho's network thread waits in `_on_message` and acknowledges nothing more; with MQTT 5 the CONNECT
+Receive Maximum (= inbox_messages) keeps the broker from sending more than that many unacknowledged QoS 1 messages,
+so the rest stay queued in Mosquitto for this client (they count against its max_queued_messages, which must hold
+a round's updates and the fleet's births: broker/mosquitto.conf). With MQTT 3.1.1 there is no Receive Maximum:
+Mosquitto's max_inflight_messages (default 20) bounds what is in flight to us, then TCP holds the rest back, and
+again Mosquitto queues them. Nothing is dropped here; the coordinator's own publishes go through paho's in-flight
+window (max_inflight_messages, 20) and wait in paho's queue behind it."""
 
 from __future__ import annotations
 
@@ -20,7 +29,8 @@ from federation.protocol.topics import RunTopics
 
 log = logging.getLogger(__name__)
 
-INBOX_BYTES = 64 * 1024 * 1024     # undecoded payloads held at most; a full inbox slows the broker down
+INBOX_MESSAGES = 32                # [broker] inbox_messages: undecoded payloads held at most ...
+INBOX_BYTES = 64 * 1024 * 1024     # ... and their bytes ([broker] inbox_mb); a full inbox slows the broker down
 _OWN_TOPIC_MEMORY = 16             # recent payloads per own topic, to tell our echo from a forgery
 
 
@@ -29,10 +39,11 @@ class CoordinatorNode:
     the inbox) and `_on_connected` (re-publish the retained topics); everything else runs on the engine's thread."""
 
     def __init__(self, topics: RunTopics, address: BrokerAddress, client_id: str, max_payload: int,
-                 state_payload: bytes, will_payload: bytes) -> None:
+                 state_payload: bytes, will_payload: bytes, inbox_messages: int = INBOX_MESSAGES,
+                 inbox_bytes: int = INBOX_BYTES) -> None:
         self.topics = topics
         self.max_payload = max_payload
-        self.inbox = Inbox(INBOX_BYTES)
+        self.inbox = Inbox(inbox_bytes, inbox_messages)
         self.admission: Admission | None = None   # set by the engine once the model's size is known
         self.closing = False                      # set at the end of the run: incoming messages are no longer read
         self._state_payload = state_payload       # the retained state, re-published after every (re)connect
@@ -49,9 +60,11 @@ class CoordinatorNode:
             client_id=client_id, address=address,
             subscriptions=[(topics.updates_wildcard, 1), (chunk_topic(topics.updates_wildcard, "+"), 1),
                            (topics.statuses_wildcard, 1), (topics.global_model, 1),
+                           (topics.relay_statuses_wildcard, 1), (topics.relay_updates_wildcard, 1),
+                           (chunk_topic(topics.relay_updates_wildcard, "+"), 1),
                            (topics.run_end, 1), (topics.coordinator_state, 1)],
             on_message=self._on_message, will=(topics.coordinator_state, will_payload),
-            on_connected=self._on_connected,
+            on_connected=self._on_connected, receive_maximum=inbox_messages,
         )
 
     @property
@@ -67,7 +80,8 @@ class CoordinatorNode:
             client_id = self.topics.client_of(base_topic(topic)[0]) or topic
             if admission.admit(client_id, len(payload)) is not None:
                 return  # counted by admission; logged and reported by the engine's thread
-        elif len(payload) > max(STATUS_MAX_BYTES, self.max_payload if topic == self.topics.global_model else 0):
+        elif len(payload) > max(STATUS_MAX_BYTES, self.max_payload if topic == self.topics.global_model
+                                or self.topics.site_of(topic) else 0):   # a relay's status or partial: one per site
             return
         item = Inbound(topic, payload, retained)
         while not self.inbox.put(item, timeout=1.0):  # full: hold the broker back (it queues for us)...

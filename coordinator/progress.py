@@ -4,9 +4,12 @@ The engine calls a RunProgress at a few points; `configure_logging` puts log lin
 
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 
 from rich.console import Console, Group, RenderableType
@@ -19,6 +22,8 @@ from coordinator.metrics import RoundMetrics
 from federation.cli.console import configure_logging as _configure_logging
 from federation.cli.console import LivePanel
 from federation.cli.console import terminal_console as terminal_console  # re-exported
+
+SHOWN_IDS = 8   # ids the panel names per list (online, offline, last updates); the rest are counted
 
 ROUND_LOG = logging.getLogger("coordinator.rounds")
 """The one line per closed round; logged at every --log-level (see `configure_logging`)."""
@@ -42,9 +47,9 @@ class ProgressState:
     received: int = 0
     expected: int = 0
     deadline: float | None = None               # time.monotonic() when the open round's deadline passes
-    online: list[str] = field(default_factory=list)
-    seen: list[str] = field(default_factory=list)  # every client that was online at some point
-    last_updates: list[str] = field(default_factory=list)
+    online: set[str] = field(default_factory=set)
+    seen: set[str] = field(default_factory=set)  # every client that was online at some point
+    last_updates: deque[str] = field(default_factory=lambda: deque(maxlen=SHOWN_IDS))   # the latest few senders
     last: RoundMetrics | None = None
     rounds_closed: int = 0
     problems: dict[str, str] = field(default_factory=dict)  # device -> why it can't train this run's model
@@ -62,21 +67,37 @@ class RunProgress(LivePanel):
 
     def snapshot(self) -> ProgressState:
         with self._lock:
-            return replace(self._state, online=list(self._state.online), seen=list(self._state.seen),
-                           last_updates=list(self._state.last_updates), problems=dict(self._state.problems))
+            return replace(self._state, online=set(self._state.online), seen=set(self._state.seen),
+                           last_updates=deque(self._state.last_updates, maxlen=SHOWN_IDS),
+                           problems=dict(self._state.problems))
 
     # ---- what the engine reports --------------------------------------------------------------------
 
-    def state_changed(self, round_: int, phase: str, online: list[str], detail: str = "") -> None:
+    def state_changed(self, round_: int, phase: str, online: Collection[str] | None = None,
+                      detail: str = "") -> None:
+        """The run's round, phase and detail; `online` replaces the online clients (O(len)); None keeps them, as
+        kept up to date by `client_online` and `client_offline` (O(1) per event)."""
         with self._lock:
             s = self._state
-            s.round, s.phase, s.detail, s.online = round_, phase, detail, list(online)
-            s.seen += [c for c in online if c not in s.seen]
+            s.round, s.phase, s.detail = round_, phase, detail
+            if online is not None:
+                s.online = set(online)
+                s.seen.update(s.online)
+
+    def client_online(self, client_id: str) -> None:
+        with self._lock:
+            self._state.online.add(client_id)
+            self._state.seen.add(client_id)
+
+    def client_offline(self, client_id: str) -> None:
+        with self._lock:
+            self._state.online.discard(client_id)
 
     def round_started(self, round_: int, expected: int, deadline: float) -> None:
         with self._lock:
             s = self._state
-            s.round, s.received, s.expected, s.deadline, s.last_updates = round_, 0, expected, deadline, []
+            s.round, s.received, s.expected, s.deadline = round_, 0, expected, deadline
+            s.last_updates.clear()
 
     def update_accepted(self, client_id: str, received: int, expected: int) -> None:
         with self._lock:
@@ -118,7 +139,8 @@ class RunProgress(LivePanel):
         grid.add_row("phase", Text(s.phase + (f": {s.detail}" if s.detail else "")))
         if s.deadline is not None:
             grid.add_row("updates", Text(f"{s.received} / {s.expected} received"
-                                         + (f" ({', '.join(s.last_updates)})" if s.last_updates else "")))
+                                         + (f" ({'..., ' if s.received > len(s.last_updates) else ''}"
+                                            f"{', '.join(s.last_updates)})" if s.last_updates else "")))
             grid.add_row("deadline", Text(format_remaining(s.deadline - now)))
         if s.last is not None:
             m = s.last
@@ -128,12 +150,12 @@ class RunProgress(LivePanel):
                                             f"{m.clients} clients, {m.round_time_s:.1f} s"))
         else:
             grid.add_row("last round", Text("none yet", style="dim"))
-        offline = [c for c in s.seen if c not in s.online]
+        offline = s.seen - s.online
         clients = Text(f"{len(s.online)} online", style="green")
         if s.online:
-            clients.append(f": {', '.join(s.online)}")
+            clients.append(f": {first_ids(s.online)}")
         if offline:
-            clients.append(f"\n{len(offline)} offline: {', '.join(offline)}", style="red")
+            clients.append(f"\n{len(offline)} offline: {first_ids(offline)}", style="red")
         grid.add_row("clients", clients)
         if s.problems:
             problems = Text(style="red")
@@ -143,6 +165,12 @@ class RunProgress(LivePanel):
                 problems.append(f"and {len(s.problems) - 5} more devices")
             grid.add_row("can't train", problems)
         return Panel(grid, title=f"fedmq coordinator, run {s.run}", title_align="left", expand=False)
+
+
+def first_ids(ids: Collection[str], shown: int = SHOWN_IDS) -> str:
+    """"a, b, c and 997 more": the first few ids in sorted order (no full sort of a fleet's ids)."""
+    first = heapq.nsmallest(shown, ids)
+    return ", ".join(first) + (f" and {len(ids) - len(first)} more" if len(ids) > len(first) else "")
 
 
 def format_remaining(seconds: float) -> str:

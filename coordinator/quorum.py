@@ -76,13 +76,22 @@ class RoundTracker:
 
     def missing_for_quorum(self, online: set[str]) -> int:
         """How many more clients must be asked before a quorum is possible again (0: it is possible)."""
+        if self.count >= self.rule.min_clients:   # the answers alone are a quorum: no set built (O(1) per event)
+            return 0
         return max(0, self.rule.min_clients - self.stale - len(self.received | (set(self.expected) & online)))
 
     def waiting_for(self, online: set[str]) -> set[str]:
         """Cohort members still online that have not answered."""
         return (set(self.expected) & online) - self.received
 
+    def _anyone_left(self, online: set[str]) -> bool:
+        """Whether a cohort member online has not answered yet: stops at the first one (no set built)."""
+        received = self.received
+        return any(c in online and c not in received for c in self.expected)
+
     def quorum_possible(self, online: set[str]) -> bool:
+        if self.count >= self.rule.min_clients:
+            return True
         return len(self.received | (set(self.expected) & online)) + self.stale >= self.rule.min_clients
 
     @property
@@ -93,7 +102,7 @@ class RoundTracker:
     def decide(self, now: float, online: set[str]) -> Decision:
         have = self.count
         if have >= self.rule.min_clients:
-            if have >= self.target or not self.waiting_for(online):
+            if have >= self.target or not self._anyone_left(online):
                 return Decision.CLOSE
             if now >= self.deadline:
                 return Decision.CLOSE

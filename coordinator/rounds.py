@@ -141,7 +141,7 @@ class Rounds:
         return self.sampling.min_available_clients
 
     def enough_clients(self) -> bool:
-        return len(self.trainable()) >= self.need
+        return len(self.online) - len(self.unfit) >= self.need   # unfit clients are online ones: O(1)
 
     def waiting(self, now: float) -> Waiting:
         w = self._wait
@@ -252,7 +252,7 @@ class Rounds:
         quorum, then decide."""
         t = self.tracker
         assert t is not None, "no open round"
-        online = self.trainable()
+        online = self.trainable() if self.unfit else self.online   # read only here: no copy per event
         added = self._top_up(t, online)
         decision = t.decide(now, online)
         possible = t.quorum_possible(online)
@@ -268,8 +268,10 @@ class Rounds:
         fewer clients than min_clients were online when the round started). Members that already answered are
         not asked again."""
         missing = t.missing_for_quorum(online)
+        if not missing:
+            return frozenset()
         candidates = online - t.expected
-        if not missing or not candidates:
+        if not candidates:
             return frozenset()
         added = SamplingRule(min_train_clients=missing, fraction_train=1e-9, seed=self.sampling.seed) \
             .sample(candidates, t.round)

@@ -24,7 +24,8 @@ AGGREGATORS: dict[str, type[Aggregator]] = {"fedavg": FedAvg, "median": Coordina
 
 def make_aggregator(config: str | AggregationSettings) -> Aggregator:
     """The rule for `config`: a rule name (that rule with its defaults), or federation.config.settings'
-    AggregationSettings: the rule behind norm clipping (which also reports update norms), or central DP."""
+    AggregationSettings: the rule behind norm clipping (which also reports update norms; with clip_norm 0 only when
+    report_norms is on), or central DP."""
     if isinstance(config, str):
         if config not in AGGREGATORS:
             raise ValueError(f"unknown aggregation rule {config!r}; available: {', '.join(sorted(AGGREGATORS))}")
@@ -47,7 +48,9 @@ def make_aggregator(config: str | AggregationSettings) -> Aggregator:
     log.info("aggregation: %s%s; %s", a.rule, f" after clipping update deltas to L2 norm {a.clip_norm:g}"
              if a.clip_norm > 0 else "", "streaming (memory: one model)" if rule.streaming
              else "keeps every update of a round in memory (n x model size)")
-    return NormClipping(rule, a.clip_norm)
+    if a.clip_norm > 0 or a.report_norms:
+        return NormClipping(rule, a.clip_norm)
+    return rule   # no norms to clip or report: the rule alone (no per-update norm pass)
 
 
 __all__ = ["AGGREGATORS", "Aggregator", "ClientResult", "CoordinateMedian", "FedAvg", "GaussianDP", "MultiKrum",

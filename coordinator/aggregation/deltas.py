@@ -15,8 +15,11 @@ Delta = np.ndarray | SparseDelta
 
 
 def squared_norm(delta: Delta) -> float:
+    """sum(delta^2): one BLAS dot (float32 for float32 and float16 values, float64 for float64 ones)."""
     values = delta.values if isinstance(delta, SparseDelta) else np.asarray(delta)
-    flat = values.astype(np.float64, copy=False).ravel()
+    flat = values.reshape(-1)
+    if flat.dtype != np.float64 and flat.dtype != np.float32:
+        flat = flat.astype(np.float32)
     return float(np.dot(flat, flat))
 
 
@@ -33,7 +36,7 @@ def add_into(acc: np.ndarray, delta: Delta, factor: float = 1.0) -> None:
         flat = acc.reshape(-1)   # a view: acc is contiguous
         flat[delta.indices] += factor * delta.values.astype(np.float64)
     else:
-        acc += factor * np.asarray(delta, dtype=np.float64)
+        acc += np.asarray(delta) * np.float64(factor)   # one float64 temporary, not two
 
 
 def dense_weights(deltas: Sequence[Delta], global_weights: Sequence[np.ndarray]) -> list[np.ndarray]:

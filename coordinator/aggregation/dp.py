@@ -88,7 +88,8 @@ class GaussianDP(Aggregator):
         else:
             for acc, w, g in zip(self._sum, clipped.weights, self._global):
                 if is_float(g):
-                    acc += np.asarray(w, dtype=np.float64) - np.asarray(g, dtype=np.float64)
+                    acc += w    # in place, widened to float64 on the fly: no temporary copies
+                    acc -= g
         self._count += 1
         if was_clipped:
             self._clipped.append(result.client_id)

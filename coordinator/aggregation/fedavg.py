@@ -45,7 +45,7 @@ class FedAvg(Aggregator):
             if w.shape != acc.shape:
                 raise ValueError(f"update from {result.client_id}: shape {w.shape}, expected {acc.shape}")
         for acc, w in zip(self._sum, result.weights):
-            acc += result.num_examples * w.astype(np.float64, copy=False)
+            acc += w * np.float64(result.num_examples)   # computed in float64: one temporary, not two
         self._total += result.num_examples
         self._count += 1
 

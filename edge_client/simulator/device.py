@@ -79,7 +79,8 @@ class SimDevice:
         self.reconnect_attempt = 0
         self.reconnect_timer: Timer | None = None
         self.latest: GlobalModel | None = None
-        self.handled: GlobalModel | None = None
+        self.deliveries = 0             # global models delivered (one decoded object may come many times: the cache)
+        self.handled_delivery = 0       # the delivery acted on last
         self.pending_transfer = ""      # a chunked model's manifest came, its chunks not all yet
         self.coordinator: CoordinatorState | None = None
         self.seen_run_model = False
@@ -237,6 +238,7 @@ class SimDevice:
             self.ctx.counts.models_received += 1
             self.seen_run_model = True
             self.latest = message
+            self.deliveries += 1
             self._consider()
         elif isinstance(message, RunEnd) and topic == t.run_end:
             state = self.coordinator
@@ -251,7 +253,7 @@ class SimDevice:
     def _consider(self) -> None:
         """Act on the latest model: train, re-send or wait (decisions.model_action)."""
         model = self.latest
-        if model is None or model is self.handled or self.leaving or self.done:
+        if model is None or self.handled_delivery == self.deliveries or self.leaving or self.done:
             return
         if self.training is not None:
             if not abandons_training(self.training.model.round, model.round, model.train.mode):
@@ -259,7 +261,7 @@ class SimDevice:
             self.training.timer.cancel()
             self.training = None
             self.ctx.counts.trainings_abandoned += 1
-        self.handled = model
+        self.handled_delivery = self.deliveries
         action = model_action(self.client_id, model.round, model.weights_sha256, model.cohort, self.last)
         if action is ModelAction.TRAIN:
             self._start_training(model)
@@ -336,8 +338,9 @@ class SimDevice:
         self.incarnation += 1
         self.connected_before = False
         self.reconnect_attempt = 0
-        self.latest = self.handled = None
-        self.last = None
+        self.latest = None
+        self.deliveries = self.handled_delivery = 0
+        self.last = None   # seen_run_model stays: a device back after the run ended leaves (a real one would wait)
         self.pending_transfer = ""
         self.birth_mids.clear()
         self.update_mids.clear()

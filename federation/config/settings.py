@@ -53,6 +53,10 @@ class BrokerSettings:
     max_payload_mb: float = _opt(64.0, "reject received payloads larger than this", lo=0.01, hi=2048)
     chunk_bytes: int = _opt(0, "split published payloads larger than this into sha256-checked chunks, for brokers"
                                " that cap message sizes (0: never split; else at least 1024)", lo=0)
+    inbox_messages: int = _opt(32, "coordinator: received messages held undecoded at most; more wait at the broker "
+                                   "(MQTT 5: also the Receive Maximum it announces)", lo=1, hi=65535)
+    inbox_mb: float = _opt(64.0, "coordinator: bytes of received messages held undecoded at most (MB)", lo=1.0,
+                           hi=4096.0)
     tls_ca: str = _opt("", "CA certificate file: connect with TLS and verify the broker against it (empty: no TLS)")
     tls_cert: str = _opt("", "client certificate file for mutual TLS (needs tls_key)")
     tls_key: str = _opt("", "private key file of tls_cert")
@@ -137,6 +141,8 @@ class AggregationSettings:
                      choices=("fedavg", "median", "trimmed_mean", "multi_krum"))
     clip_norm: float = _opt(0.0, "clip each update's delta (update - global model) to this L2 norm before the rule "
                                  "(0: off)", lo=0.0)
+    report_norms: bool = _opt(True, "report the median and largest update delta norm of every round (to choose "
+                                    "clip_norm); false: no norm pass per update when clip_norm is 0 (for fleets)")
     trim_fraction: float = _opt(0.2, "trimmed_mean: fraction of values dropped at each end, per coordinate",
                                 lo=0.0, hi=0.49)
     krum_byzantine: int = _opt(1, "multi_krum: f, the number of malicious updates tolerated (needs "
@@ -221,6 +227,17 @@ class DeploySettings:
 
 
 @dataclass(frozen=True)
+class RelaySettings:
+    site: str = _opt("", "python -m coordinator relay: the site's name (one topic level, unique in the run)")
+    upstream: str = _opt("", "relay: the central broker's address (any [broker] host form); its login and TLS files "
+                             "are [broker]'s")
+    local: str = _opt("localhost", "relay: the site broker's address, where the site's devices connect")
+    send_after_s: float = _opt(60.0, "relay: send the site's partial this long after the round's model came, even "
+                                     "if cohort members at the site are still training (later ones follow)",
+                               lo=0.1, hi=86400)
+
+
+@dataclass(frozen=True)
 class Settings:
     run: RunSettings = field(default_factory=RunSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
@@ -235,6 +252,7 @@ class Settings:
     evaluation: EvaluationSettings = field(default_factory=EvaluationSettings)
     export: ExportSettings = field(default_factory=ExportSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
+    relay: RelaySettings = field(default_factory=RelaySettings)
 
     @property
     def run_dir(self) -> Path:

@@ -8,7 +8,7 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
@@ -244,6 +244,9 @@ class ClientStatus(Message):
         return body
 
 
+STATE_LIST_MAX = 100   # coordinator_state lists the online ids up to this many clients; beyond, online_count only
+
+
 @dataclass
 class CoordinatorState(Message):
     """The coordinator's retained state: online or offline, current round and phase."""
@@ -252,12 +255,21 @@ class CoordinatorState(Message):
     status: str = "online"
     phase: str = "starting"
     total_rounds: int = 0
-    online_clients: list[str] = field(default_factory=list)
+    online_clients: list[str] = field(default_factory=list)   # empty beyond STATE_LIST_MAX clients: see online_count
     detail: str = ""
+    online_count: int = -1     # training clients online; -1 when made: len(online_clients)
+    sites: dict[str, int] = field(default_factory=dict)   # site relays online -> their devices online (optional)
+
+    def __post_init__(self) -> None:
+        if self.online_count < 0:
+            self.online_count = len(self.online_clients)
 
     def body(self) -> dict[str, Any]:
-        return {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
-                "online_clients": self.online_clients, "detail": self.detail}
+        body = {"status": self.status, "phase": self.phase, "total_rounds": self.total_rounds,
+                "online_clients": self.online_clients, "detail": self.detail, "online_count": self.online_count}
+        if self.sites:
+            body["sites"] = self.sites
+        return body
 
 
 @dataclass
@@ -496,7 +508,19 @@ def _decode_coordinator_state(raw: dict[str, Any], env: dict[str, Any]) -> Coord
         total_rounds=_optional_int(raw, "total_rounds", "coordinator_state"),
         online_clients=[c for c in online if isinstance(c, str)] if isinstance(online, list) else [],
         detail=str(raw.get("detail", "")),
+        online_count=_count(raw, "online_count", "coordinator_state") if "online_count" in raw
+        else len(online) if isinstance(online, list) else 0,
+        sites={k: v for k, v in sites.items() if isinstance(k, str) and type(v) is int}
+        if isinstance(sites := raw.get("sites"), dict) else {},
     )
+
+
+def _count(m: dict[str, Any], key: str, what: str) -> int:
+    """A count: an int >= 0 (not a bool)."""
+    value = m[key]
+    if type(value) is not int or value < 0:
+        raise DecodeError(f"{what}: field {key!r} must be an int >= 0, got {wire_repr(value)}")
+    return value
 
 
 def _decode_run_end(raw: dict[str, Any], env: dict[str, Any]) -> RunEnd:
@@ -590,7 +614,7 @@ def _decode_chunked(raw: dict[str, Any], env: dict[str, Any]) -> ChunkedMessage:
     return ChunkedMessage(**env, manifest=manifest)
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[dict[str, Any], dict[str, Any]], Message]] = {
     "global_model": _decode_global_model,
     "update": _decode_update,
     "client_status": _decode_client_status,
@@ -601,6 +625,12 @@ _DECODERS = {
     "model_chunk": _decode_model_chunk,
     "chunked": _decode_chunked,
 }
+
+
+def register_message_type(cls: type[Message], decoder: Callable[[dict[str, Any], dict[str, Any]], Message]) -> None:
+    """Add a message type defined in its own module (federation.protocol.relay_messages) to decode_message."""
+    MESSAGE_TYPES[cls.TYPE] = cls
+    _DECODERS[cls.TYPE] = decoder
 
 
 def weights_digest(weights: list[np.ndarray]) -> str:
@@ -615,8 +645,17 @@ def check_finite(tensors: list[tuple[str, WireTensor]] | Tensors) -> None:
     """Raise DecodeError naming the first floating tensor holding NaN or Inf."""
     for name, tensor in tensors:
         arr = tensor.values if isinstance(tensor, Encoded) else tensor
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        if arr.dtype.kind == "f" and not _all_finite(arr):
             raise DecodeError(f"tensor {wire_repr(name)} holds NaN or Inf", "not_finite")
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    """One BLAS dot x.x (no boolean array): NaN or Inf make it non-finite; only then (or when a huge finite float32
+    overflowed it) the exact element-wise check decides."""
+    flat = arr.reshape(-1)
+    if flat.dtype != np.float32 and flat.dtype != np.float64:
+        flat = flat.astype(np.float32)   # float16: its largest finite value squared still fits
+    return math.isfinite(float(np.dot(flat, flat))) or bool(np.isfinite(arr).all())
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -662,3 +701,7 @@ def _get(m: dict[str, Any], key: str, types: type | tuple[type, ...], what: str)
     if isinstance(value, float) and not math.isfinite(value):
         raise DecodeError(f"{what}: field {key!r} is not finite")
     return value
+
+
+# The site relay's messages live in their own module and register themselves: import it last (it imports this one).
+from federation.protocol import relay_messages as _relay_messages  # noqa: E402,F401

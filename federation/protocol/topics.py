@@ -79,6 +79,30 @@ class RunTopics:
     def client_status(self, client_id: str) -> str:
         return f"{self.base}/client/{client_id}/status"
 
+    @property
+    def relay_statuses_wildcard(self) -> str:
+        return f"{self.base}/relay/+/status"
+
+    @property
+    def relay_updates_wildcard(self) -> str:
+        return f"{self.base}/relay/+/update"
+
+    def relay_status(self, site: str) -> str:
+        """A site relay's presence summary (retained; its last will)."""
+        return f"{self.base}/relay/{site}/status"
+
+    def relay_update(self, site: str) -> str:
+        """A site relay's partial aggregates (and their chunks, below it)."""
+        return f"{self.base}/relay/{site}/update"
+
+    def site_of(self, topic: str) -> str | None:
+        """The site in a relay status or relay update topic of this run (or one of its chunks), else None."""
+        rest = topic[len(self.base) + 1:] if topic.startswith(self.base + "/") else ""
+        parts = rest.split("/")
+        if len(parts) >= 3 and parts[0] == "relay" and parts[2] in ("status", "update"):
+            return parts[1]
+        return None
+
     def client_of(self, topic: str) -> str | None:
         """The client id in an update or status topic of this run, else None."""
         rest = topic[len(self.base) + 1:] if topic.startswith(self.base + "/") else ""

@@ -13,6 +13,8 @@ from typing import Callable, cast
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from federation.config.settings import tls_problem
 from federation.errors import FedmqError
@@ -169,8 +171,9 @@ class MqttLink:
     def __init__(self, client_id: str, address: BrokerAddress, subscriptions: list[tuple[str, int]],
                  on_message: MessageHandler, will: tuple[str, bytes] | None = None,
                  on_connected: Callable[[], None] | None = None,
-                 reconnect_jitter: ReconnectJitter | None = None) -> None:
+                 reconnect_jitter: ReconnectJitter | None = None, receive_maximum: int = 0) -> None:
         self.client_id = client_id
+        self.receive_maximum = receive_maximum   # MQTT 5: unacknowledged QoS 1 messages the broker may send us
         self.address = address     # the node in use: address.at_node(k) of the one given
         self._given = address
         self._node = 0
@@ -206,8 +209,17 @@ class MqttLink:
     def start(self) -> None:
         """Connect in the background; paho keeps retrying until the broker answers."""
         log.info("%s connecting to %s", self.client_id, self.address)
-        self._client.connect_async(self.address.host, self.address.port, keepalive=self.address.keepalive_s)
+        self._client.connect_async(self.address.host, self.address.port, keepalive=self.address.keepalive_s,
+                                   properties=self._connect_properties())
         self._client.loop_start()
+
+    def _connect_properties(self) -> Properties | None:
+        """MQTT 5's CONNECT Receive Maximum, when set: the broker holds the rest in its queue for us."""
+        if self.address.mqtt_version != "5" or not self.receive_maximum:
+            return None
+        properties = Properties(PacketTypes.CONNECT)
+        properties.ReceiveMaximum = self.receive_maximum
+        return properties
 
     def wait_connected(self, timeout: float | None = None) -> bool:
         return self.connected.wait(timeout)

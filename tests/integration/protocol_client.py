@@ -27,8 +27,9 @@ def envelope(kind: str, run: str, round_: int, sender: str) -> dict:
 
 class ProtocolClient:
     def __init__(self, host: str, port: int, run: str, client_id: str, prefix: str = "fedmq",
-                 num_examples: int = 100) -> None:
+                 num_examples: int = 100, factor: float = 0.999, delay_s: float = 0.0) -> None:
         self.run, self.id, self.num_examples = run, client_id, num_examples
+        self.factor, self.delay_s = factor, delay_s   # "training": the weights times factor, after delay_s
         self.base = f"{prefix}/{run}"
         self.status_topic = f"{self.base}/client/{client_id}/status"
         self.instance = secrets.token_hex(8)
@@ -115,12 +116,20 @@ class ProtocolClient:
     def handle_model(self, model: dict) -> None:
         self.seen_model = True
         r = model["round"]
+        last = getattr(self, "last_sent", None)
+        if r in self.trained and last is not None and last[:2] == (r, model.get("weights_sha256")):
+            for topic, payload in last[2]:   # the same model offered again: re-send (section "Restarts")
+                self.mqtt.publish(topic, payload, qos=1)
+            self.resent = getattr(self, "resent", 0) + 1
+            log.info("round %d: the same model again; update re-sent", r)
+            return
         if r in self.trained or ("cohort" in model and self.id not in model["cohort"]):
             return
+        time.sleep(self.delay_s)
         tensors = []
         for t in model["tensors"]:
             array = np.frombuffer(t["data"], dtype=np.dtype(t["dtype"]).newbyteorder("<")).reshape(t["shape"])
-            nudged = (array * np.asarray(0.999, array.dtype)).astype(array.dtype)   # "training"
+            nudged = (array * np.asarray(self.factor, array.dtype)).astype(array.dtype)   # "training"
             tensors.append({"name": t["name"], "dtype": t["dtype"], "shape": list(array.shape),
                             "data": nudged.astype(nudged.dtype.newbyteorder("<")).tobytes()})
         update = {**envelope("update", self.run, r, self.id), "num_examples": self.num_examples,
@@ -128,19 +137,22 @@ class ProtocolClient:
         payload = msgpack.packb(update, use_bin_type=True)
         topic = f"{self.base}/update/{self.id}"
         chunk = model["train"].get("chunk_bytes", 0)
+        sent: list[tuple[str, bytes]] = []
         if chunk and len(payload) > chunk:
             pieces = [payload[i:i + chunk] for i in range(0, len(payload), chunk)]
             hashes = [hashlib.sha256(p).hexdigest() for p in pieces]
             whole = hashlib.sha256(payload).hexdigest()
             for i, piece in enumerate(pieces):
-                self.mqtt.publish(f"{topic}/chunk/{i}", msgpack.packb(
+                sent.append((f"{topic}/chunk/{i}", msgpack.packb(
                     {**envelope("model_chunk", self.run, r, self.id), "transfer": whole, "index": i,
-                     "count": len(pieces), "sha256": hashes[i], "data": piece}, use_bin_type=True), qos=1)
+                     "count": len(pieces), "sha256": hashes[i], "data": piece}, use_bin_type=True)))
+                self.mqtt.publish(*sent[-1], qos=1)
             manifest = {"sha256": whole, "size": len(payload), "chunk_size": chunk, "chunk_sha256": hashes}
             payload = msgpack.packb({**envelope("chunked", self.run, r, self.id), "manifest": manifest},
                                     use_bin_type=True)
             self.chunked_rounds = getattr(self, "chunked_rounds", 0) + 1
         self.mqtt.publish(topic, payload, qos=1).wait_for_publish(60)
+        self.last_sent = (r, model.get("weights_sha256"), [*sent, (topic, payload)])
         self.trained.append(r)
         log.info("round %d: update sent", r)
 
@@ -151,11 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True)
     p.add_argument("--client-id", default="raw-1")
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--num-examples", type=int, default=100)
+    p.add_argument("--factor", type=float, default=0.999, help="its update: the global weights times this")
+    p.add_argument("--delay-s", type=float, default=0.0, help="seconds of \"training\" before it sends")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    client = ProtocolClient("127.0.0.1", args.port, args.run, args.client_id)
+    client = ProtocolClient("127.0.0.1", args.port, args.run, args.client_id, num_examples=args.num_examples,
+                            factor=args.factor, delay_s=args.delay_s)
     code = client.run_until_end(args.timeout)
-    log.info("left after rounds %s, %d of them chunked", client.trained, getattr(client, "chunked_rounds", 0))
+    log.info("left after rounds %s, %d of them chunked, %d re-sends", client.trained,
+             getattr(client, "chunked_rounds", 0), getattr(client, "resent", 0))
     return code
 
 

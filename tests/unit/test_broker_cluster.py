@@ -115,7 +115,7 @@ def test_a_node_config_names_its_peers_jetstream_and_mqtt(tmp_path: Path) -> Non
     me, peer = NodePorts(mqtt=1883, client=4222, route=6222, http=8222), NodePorts(1884, 4223, 6223, 8223)
     text = render_node_config("fedmq-1", me, [peer], tmp_path / "js", "127.0.0.1", 3)
     for line in ('server_name: "fedmq-1"', f"max_payload: {MAX_PAYLOAD_BYTES}", 'listen: "127.0.0.1:1883"',
-                 'routes: ["nats-route://127.0.0.1:6223"]', "stream_replicas: 3", "consumer_replicas: 1",
+                 'routes: ["nats-route://127.0.0.1:6223"]', "stream_replicas: 3", "consumer_replicas: 1", "max_ack_pending: 32",
                  f'store_dir: "{tmp_path / "js"}"', 'http: "127.0.0.1:8222"'):
         assert line in text, line
     assert "cluster {" not in render_node_config("solo", me, [], tmp_path, "127.0.0.1", 1)

@@ -34,6 +34,7 @@ from federation.protocol.messages import (
     check_finite,
     decode_message,
 )
+from federation.protocol.relay_messages import PartialUpdate, RelayStatus, SiteClient, SiteDevice
 from federation.protocol.version import PROTOCOL_VERSION
 
 TENSORS = [
@@ -80,6 +81,10 @@ def sample_messages() -> list[Message]:
         ChunkedMessage(**ENV, manifest=split(MODEL_BYTES, 64)[0]),
         ModelChunk(**ENV, transfer=sha256_hex(MODEL_BYTES), index=1, count=2, sha256=sha256_hex(MODEL_BYTES[64:]),
                    data=MODEL_BYTES[64:]),
+        RelayStatus(**ENV, status="online", software="fedmq 0.1.0 relay",
+                    devices=[SiteDevice("a1", 600), SiteDevice("a2", 0, "input shape differs")]),
+        PartialUpdate(**ENV, clients=[SiteClient("a1", 600), SiteClient("a2", 30)], num_examples=630,
+                      metrics={"train_time_s": 2.5}, tensors=TENSORS, part=1, ignored={"duplicate": 1}),
     ]
 
 
@@ -614,3 +619,22 @@ def test_the_round_metrics_schema_is_written_once() -> None:
     decoded = decode_message(round_metrics_message(row, "r1", 5, [row]).encode(), 1 << 20)
     assert isinstance(decoded, RoundMetricsMessage) and decoded.round == 4 and decoded.total_rounds == 5
     assert {name: getattr(decoded, name) for name in shared} == {name: getattr(row, name) for name in shared}
+
+
+def test_a_fleets_coordinator_state_carries_a_count_not_thousands_of_ids() -> None:
+    """Issue 15: every device subscribes to coordinator/state, so its size must not grow with the fleet."""
+    small = CoordinatorState(run="r", round=1, sender="coordinator", online_clients=["a", "b"])
+    assert small.online_count == 2 and unpack(small.encode())["online_count"] == 2
+    fleet = CoordinatorState(run="r", round=1, sender="coordinator", online_clients=[], online_count=5000)
+    decoded = decode_message(fleet.encode())
+    assert isinstance(decoded, CoordinatorState)
+    assert (decoded.online_count, decoded.online_clients) == (5000, [])
+    assert len(fleet.encode()) < 200
+    older = unpack(small.encode())
+    del older["online_count"]   # a coordinator before the field: the list's length
+    decoded = decode_message(pack(older))
+    assert isinstance(decoded, CoordinatorState) and decoded.online_count == 2
+    for bad in ("5", 5.5, True, -1):
+        raw = {**unpack(small.encode()), "online_count": bad}
+        with pytest.raises(DecodeError, match="online_count"):
+            decode_message(pack(raw))

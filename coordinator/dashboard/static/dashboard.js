@@ -255,8 +255,15 @@
 
     var ids = Object.keys(state.clients).sort();
     var online = ids.filter(function (id) { return state.clients[id].status === "online"; });
-    setText("online-count", String(online.length));
-    setText("offline-count", ids.length - online.length ? (ids.length - online.length) + " offline" : "");
+    // Devices behind site relays: only their counts come, per site, in the coordinator's state (PROTOCOL.md).
+    var sites = state.coordinator && state.coordinator.sites && typeof state.coordinator.sites === "object"
+      ? state.coordinator.sites : {};
+    var siteNames = Object.keys(sites).filter(function (s) { return typeof sites[s] === "number"; }).sort();
+    var viaSites = siteNames.reduce(function (n, s) { return n + sites[s]; }, 0);
+    setText("online-count", String(online.length + viaSites));
+    setText("offline-count", [ids.length - online.length ? (ids.length - online.length) + " offline" : "",
+      siteNames.length ? "via sites: " + siteNames.map(function (s) { return s + " " + sites[s]; }).join(", ") : ""]
+      .filter(Boolean).join("; "));
     renderClients(ids);
     renderRounds(rows);
     renderEnd();
