@@ -13,7 +13,7 @@ import numpy as np
 from edge_client.simulator.settings import SimulationSettings
 
 # Stream tags: one independent random stream per kind of draw.
-_EXAMPLES, _TRAIN, _SLOW, _FAILURE, _CONNECT, _RECONNECT, _NOISE = range(7)
+_EXAMPLES, _TRAIN, _SLOW, _FAILURE, _CONNECT, _RECONNECT, _NOISE, _NOISE_POOL = range(8)
 RECONNECT_BACKOFF_MIN_S = 1.0
 RECONNECT_BACKOFF_MAX_S = 30.0
 
@@ -25,6 +25,11 @@ def _rng(seed: int, tag: int, *keys: int) -> np.random.Generator:
 def noise_rng(seed: int, index: int, round_: int) -> np.random.Generator:
     """The stream of device `index`'s update noise in `round_` (a re-send makes the same update again)."""
     return _rng(seed, _NOISE, index, round_)
+
+
+def noise_pool_rng(seed: int, round_: int) -> np.random.Generator:
+    """The stream of `round_`'s noise pool, shared by a process's devices (update_maker)."""
+    return _rng(seed, _NOISE_POOL, round_)
 
 
 def num_examples(s: SimulationSettings, index: int) -> int:
