@@ -395,6 +395,21 @@ def print_ratios(results: list[RowResult]) -> None:
     print_table(headers, rows, align="lrrrrr")
 
 
+def print_peak_growth(results: list[RowResult]) -> None:
+    """The issue's memory target: each system's peak RSS at every fleet size against its smallest fleet's peak
+    (fedmq: at most +50 MB from 10 to 1,000 devices)."""
+    for system in ("fedmq", "Flower"):
+        runs = [r for r in results if r.system == system and r.server_memory.samples]
+        if len(runs) < 2:
+            continue
+        base = min(runs, key=lambda r: (r.row.devices, r.row.cohort))
+        steps = ", ".join(f"{r.row.label}: {r.server_memory.peak / 1e6:,.0f} MB "
+                          f"({(r.server_memory.peak - base.server_memory.peak) / 1e6:+,.0f} MB)"
+                          for r in runs if r is not base)
+        print(f"- {system} server peak RSS, against {base.row.label} ({base.server_memory.peak / 1e6:,.0f} MB): "
+              f"{steps}")
+
+
 def growth(result: RowResult | None) -> str:
     if result is None or not result.server_memory.at_round_1:
         return "n/a"
@@ -433,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     print_rows(results, args.rounds)
     print()
     print_ratios(results)
+    print_peak_growth(results)
     print("\n### Physical limits\n")
     for fanout in fanouts:
         print(f"- Mosquitto fan-out of one {MODEL_BYTES / 1e6:.1f} MB retained model: {fanout.text()}")
