@@ -537,6 +537,7 @@ class Coordinator:
     def _publish_state(self) -> None:
         """Publish the retained state now (a phase change, the end); the panel follows."""
         self.progress.state_changed(self.round, self.phase, detail=self._state_detail)
+        self.progress.sites_changed(self.sites.summary())
         self.node.publish_state(self._state_message("online", self._state_detail).encode())
         self._state_dirty = False
         self._state_published_at = time.monotonic()

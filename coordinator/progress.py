@@ -53,6 +53,7 @@ class ProgressState:
     last: RoundMetrics | None = None
     rounds_closed: int = 0
     problems: dict[str, str] = field(default_factory=dict)  # device -> why it can't train this run's model
+    sites: dict[str, int] = field(default_factory=dict)     # site relay online -> its devices online
 
 
 class RunProgress(LivePanel):
@@ -69,7 +70,7 @@ class RunProgress(LivePanel):
         with self._lock:
             return replace(self._state, online=set(self._state.online), seen=set(self._state.seen),
                            last_updates=deque(self._state.last_updates, maxlen=SHOWN_IDS),
-                           problems=dict(self._state.problems))
+                           problems=dict(self._state.problems), sites=dict(self._state.sites))
 
     # ---- what the engine reports --------------------------------------------------------------------
 
@@ -92,6 +93,11 @@ class RunProgress(LivePanel):
     def client_offline(self, client_id: str) -> None:
         with self._lock:
             self._state.online.discard(client_id)
+
+    def sites_changed(self, sites: dict[str, int]) -> None:
+        """The site relays online and their devices online (their devices are also among the online clients)."""
+        with self._lock:
+            self._state.sites = dict(sites)
 
     def round_started(self, round_: int, expected: int, deadline: float) -> None:
         with self._lock:
@@ -157,6 +163,12 @@ class RunProgress(LivePanel):
         if offline:
             clients.append(f"\n{len(offline)} offline: {first_ids(offline)}", style="red")
         grid.add_row("clients", clients)
+        if s.sites:
+            shown = sorted(s.sites.items())[:SHOWN_IDS]
+            sites = Text(f"{len(s.sites)} relays, {sum(s.sites.values())} devices: "
+                         + ", ".join(f"{site} {count}" for site, count in shown)
+                         + (f" and {len(s.sites) - len(shown)} more" if len(s.sites) > len(shown) else ""))
+            grid.add_row("sites", sites)
         if s.problems:
             problems = Text(style="red")
             for client_id, error in list(s.problems.items())[:5]:

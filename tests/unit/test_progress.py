@@ -123,3 +123,17 @@ def run_python(code: str, stderr: int | None = subprocess.PIPE) -> subprocess.Co
     env.update(PYTHONPATH=str(REPO_ROOT), TERM="xterm-256color")
     return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, text=True, timeout=60,
                           stdout=subprocess.PIPE, stderr=stderr)
+
+
+def test_coordinator_panel_shows_site_relays_and_their_device_counts() -> None:
+    """Issue 16: a site's presence comes summarized through its relay; the panel names sites and counts."""
+    progress = RunProgress("demo", 3)
+    assert "sites" not in text_of(progress.render(now=0.0))
+    progress.sites_changed({"factory-1": 50, "shop-2": 12})
+    text = text_of(progress.render(now=0.0))
+    assert "2 relays, 62 devices: factory-1 50, shop-2 12" in text
+    progress.sites_changed({f"site-{k:02d}": k for k in range(1, 11)})
+    assert "10 relays, 55 devices: site-01 1, site-02 2" in text_of(progress.render(now=0.0), width=200)
+    assert "and 2 more" in text_of(progress.render(now=0.0), width=200)
+    progress.sites_changed({})
+    assert "relays" not in text_of(progress.render(now=0.0))
