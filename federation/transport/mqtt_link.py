@@ -30,11 +30,13 @@ MessageHandler = Callable[[str, bytes, bool], None]  # topic, payload, retained
 _LOGIN_REFUSED = frozenset({134, 135, 138})
 _UNSUPPORTED_PROTOCOL = frozenset({1, 132})  # MQTT 3.1.1's and MQTT 5's "unacceptable protocol version"
 _RESUBSCRIBE_DELAY_S = 1.0
-# On a clustered broker, seconds after each connect at which the wildcard filters are subscribed again: NATS copies
+# On a clustered broker, seconds after each connect at which the wildcard filters (and our own will's topic) are
+# subscribed again: NATS copies
 # retained messages between nodes asynchronously, so one published on another node while we subscribed can be
 # missed (a birth the coordinator never sees); a repeated SUBSCRIBE delivers the retained messages again, and
 # loses nothing in flight (bench/nats_mqtt_checks.py).
 SECOND_LOOKS_S = (3.0, 15.0)
+LOOK_AGAIN_EVERY_S = 30.0   # ...and then this often while the connection lasts: a copy later still is seen then
 
 
 class CredentialsError(FedmqError, ValueError):
@@ -198,6 +200,7 @@ class MqttLink:
         self._client.max_queued_messages_set(0)
         if will:
             self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._will_topic = will[0] if will else None
         self._client.on_connect = self._handle_connect
         self._client.on_connect_fail = self._handle_connect_fail
         self.failure = ""             # why the last attempt failed, with the fix (federation.transport.connect_diagnosis)
@@ -276,10 +279,13 @@ class MqttLink:
         if self._subscriptions:
             self._subscribe(self._subscriptions)
         self._connections += 1
-        wildcards = [sub for sub in self._subscriptions if "+" in sub[0] or "#" in sub[0]]
-        if self._given.alternates and wildcards:
-            for delay in SECOND_LOOKS_S:
-                timer = threading.Timer(delay, self._second_look, (self._connections, wildcards))
+        # The wildcard filters (births, updates), and our own presence topic: a late copy of an old will of ours
+        # would otherwise say "offline" there for good, unseen by us (found by the failover test in CI).
+        looks = [sub for sub in self._subscriptions if "+" in sub[0] or "#" in sub[0] or sub[0] == self._will_topic]
+        if self._given.alternates and looks:
+            for k, delay in enumerate(SECOND_LOOKS_S):
+                timer = threading.Timer(delay, self._second_look,
+                                        (self._connections, looks, k == len(SECOND_LOOKS_S) - 1))
                 timer.daemon = True
                 timer.start()
         self.connected.set()
@@ -316,11 +322,18 @@ class MqttLink:
             timer.daemon = True
             timer.start()
 
-    def _second_look(self, connection: int, topics: list[tuple[str, int]]) -> None:
-        if connection == self._connections:
-            log.debug("%s: subscribing again to %s for retained messages copied late between nodes",
-                      self.client_id, ", ".join(topic for topic, _ in topics))
-            self._resubscribe(topics)
+    def _second_look(self, connection: int, topics: list[tuple[str, int]], last: bool = False) -> None:
+        """Subscribe again to `topics` if connection number `connection` is still the current one; after the last
+        of SECOND_LOOKS_S, again every LOOK_AGAIN_EVERY_S while it lasts."""
+        if connection != self._connections or self._stopping:
+            return
+        log.debug("%s: subscribing again to %s for retained messages copied late between nodes",
+                  self.client_id, ", ".join(topic for topic, _ in topics))
+        self._resubscribe(topics)
+        if last:
+            timer = threading.Timer(LOOK_AGAIN_EVERY_S, self._second_look, (connection, topics, True))
+            timer.daemon = True
+            timer.start()
 
     def _resubscribe(self, topics: list[tuple[str, int]]) -> None:
         if not self._stopping and self.connected.is_set():
