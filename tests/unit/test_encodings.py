@@ -61,9 +61,10 @@ def test_int8_round_trip_is_within_half_a_step_of_each_block(dtype: str, block: 
     used = int8_block_for(array.size, block)
     assert encoded.wire["block"] == used and array.size % used == 0
     blocks = array.astype(np.float64).reshape(-1, used)
-    step = (np.maximum(blocks.max(axis=1), 0) - np.minimum(blocks.min(axis=1), 0)) / 255
+    width = np.maximum(blocks.max(axis=1), 0) - np.minimum(blocks.min(axis=1), 0)
+    step = width / 255       # 0 where the width is a float64 subnormal: the division underflows (5e-324 / 255)
     scale = np.frombuffer(encoded.wire["scale"], "<f4").astype(np.float64)
-    spans = step > 0
+    spans = width > 0
     # The scale on the wire is the smallest float32 at or above the exact step (a subnormal's spacing is coarse).
     assert (scale[spans] >= step[spans]).all()
     assert (scale[spans] <= np.nextafter(step[spans].astype(np.float32), np.float32(np.inf)).astype(np.float64)
@@ -316,3 +317,14 @@ def test_int8_of_a_subnormal_range_still_spans_the_block() -> None:
     scale = float(np.frombuffer(encode_int8(array, 1).wire["scale"], "<f4")[0])
     assert scale * 255 >= float(array[0])
     assert abs(float(decoded[0]) - float(array[0])) <= scale / 2 + float(np.finfo(np.float32).smallest_subnormal)
+
+
+def test_int8_of_a_float64_range_too_small_to_divide_gets_a_positive_scale() -> None:
+    """(hi - lo) / 255 underflows to 0 for a float64 subnormal range: the scale on the wire must still be > 0 (a
+    receiver refuses 0), and the block decodes within half a step (hypothesis found 5e-324)."""
+    array = np.array([5e-324])
+    encoded = encode_int8(array, 1)
+    scale = np.frombuffer(encoded.wire["scale"], "<f4")
+    assert scale[0] > 0
+    decoded = over_the_wire(encoded)
+    assert abs(float(decoded.value[0]) - 5e-324) <= float(scale[0]) / 2
