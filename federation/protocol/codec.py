@@ -122,7 +122,7 @@ def encode_tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     arr = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<"))
     # A view of the array's bytes, not a copy: msgpack packs it as bin in one pass (a 0.9 MB tensor: 0.03 ms
     # instead of 1.1 ms with tobytes()). The array must not change before the map is packed.
-    return {"name": name, "dtype": dtype.name, "shape": shape, "data": memoryview(arr.reshape(-1)).cast("B")}
+    return {"name": name, "dtype": dtype.name, "shape": shape, "data": arr.reshape(-1).data.cast("B")}
 
 
 def decode_tensor(item: Any) -> tuple[str, np.ndarray]:
