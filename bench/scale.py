@@ -61,8 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-seconds", type=float, default=2.0, help="simulated training per round (default 2)")
     p.add_argument("--eval-examples", type=int, default=500, help="the coordinator's evaluation set (default 500)")
     p.add_argument("--connect-rate", type=float, default=500.0, help="simulator connections per second (default 500)")
-    p.add_argument("--devices-per-process", type=int, default=1000,
-                   help="simulator devices per process (default 1000)")
+    p.add_argument("--devices-per-process", type=int, default=250,
+                   help="simulator devices per process (default 250, as Flower's side runs 250 client threads per "
+                        "process: both sides' simulated devices then use both cores)")
     p.add_argument("--flower-python", type=Path, default=DEFAULT_FLOWER_PYTHON,
                    help=f"Python of the Flower virtual environment (default {DEFAULT_FLOWER_PYTHON})")
     p.add_argument("--flower-max", type=int, default=1000,
