@@ -558,11 +558,24 @@ class Coordinator:
                                       tracker.count if tracker else 0, tracker.target if tracker else 0,
                                       sum(self.drops.rejected.values()))
 
+    def _drain_after_last_round(self) -> None:
+        """Count what the inbox still holds once the last round closed: an update is `late` (nothing aggregates it
+        any more: in async mode the intake still accepts an older version's update), a bad message is counted by
+        the intake as always; births and departures no longer matter."""
+        intake = self.p.intake
+        intake.drain_admission_drops()
+        while (item := self.node.next(0)) is not None:
+            if self.node.is_own_topic(item.topic):
+                continue
+            event = intake.decode(item)
+            if isinstance(event, UpdateReceived):
+                self.drops.record(event.client_id, "late",
+                                  f"update for round {event.update.round}, after the last round closed")
+
     def _finish(self, result: RunResult) -> None:
         # What came in after the last round closed (a re-send, a straggler) is counted, not left unread: the inbox
         # holds at most a few messages; later ones, after this point, find nobody reading.
-        while len(self.node.inbox):
-            self._process_next(0)
+        self._drain_after_last_round()
         after_rejected, after_ignored = self.drops.take()
         if after_rejected or after_ignored:
             log.info("after the last round: ignored %s, rejected %s", after_ignored or "nothing",
