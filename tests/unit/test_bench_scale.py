@@ -108,7 +108,7 @@ def test_the_coordinator_waits_for_the_fleet_and_samples_the_cohort() -> None:
     assert overrides["sampling.fraction_train"] == "0.1" and overrides["quorum.min_clients"] == "500"
     assert overrides["training.rounds"] == "3" and overrides["export.tflite"] == []
     command = scale.simulator_command(args.rows[0], 1883, "run-x", scale.Path("s.json"), args)
-    assert command[command.index("--clients") + 1] == "5000" and command[command.index("--processes") + 1] == "5"
+    assert command[command.index("--clients") + 1] == "5000" and command[command.index("--processes") + 1] == "20"
     assert command[command.index("--run") + 1] == "run-x"
     quick = scale.parse_args(["--quick"])
     assert [(r.devices, r.cohort) for r in quick.rows] == [(10, 10), (50, 50)] and quick.rounds == 2 and quick.fanout == [10, 50]
