@@ -330,7 +330,8 @@ class EdgeClient:
         self.progress.training_started(message.round, message.total_rounds, plan.epochs)
         # Messages that arrive while training are handled between batches, on this thread.
         context = RoundContext(message.round, message.total_rounds, self.settings.seed, self._drain,
-                               [self.progress.keras_callback()] if isinstance(self.trainer, KerasTrainer) else [])
+                               [self.progress.keras_callback()] if isinstance(self.trainer, KerasTrainer) else [],
+                               stop_requested=lambda: self._run_ended(message.round))
         started = time.monotonic()
         try:
             result = checked_result(self.trainer.fit(weights, plan, message.model, context), message.tensors,
@@ -341,7 +342,13 @@ class EdgeClient:
             log.error("round %d: training failed", message.round, exc_info=not isinstance(self.trainer, KerasTrainer))
             raise IncompatibleModelError(f"training failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
                                          ) from None
-        self._simulate_slowdown(time.monotonic() - started)
+        self._simulate_slowdown(time.monotonic() - started, message.round)
+        if self._run_ended(message.round):
+            # A slow device (or one that started on the last model as the run closed) stops as soon as the run's
+            # end arrives, not after its whole fit: nothing would aggregate the update.
+            log.info("round %d: the run ended while this device trained; the update is not sent", message.round)
+            self.progress.set_phase(f"the run ended during round {message.round}; update not sent")
+            return False
         train_time = time.monotonic() - started
         metrics = {**result.metrics, "train_time_s": round(train_time, 4)}
         trained = self._update_weights(weights, result.weights)
@@ -381,11 +388,15 @@ class EdgeClient:
         """The weights to send: the trained ones, or what the transform_update hook (tests only) makes of them."""
         return trained if self.transform_update is None else self.transform_update(global_weights, trained)
 
-    def _simulate_slowdown(self, real_s: float) -> None:
+    def _run_ended(self, round_: int) -> bool:
+        """True once the run's end (for this round or later) has arrived: training for `round_` is no longer wanted."""
+        return self._end is not None and self._end.round >= round_
+
+    def _simulate_slowdown(self, real_s: float, round_: int) -> None:
         """--slowdown N: wait (N - 1) x the real training time, handling messages meanwhile, as a slower device
-        would (uneven fleets in tests and benchmarks; nothing on the wire changes)."""
+        would (uneven fleets in tests and benchmarks; nothing on the wire changes); a run's end cuts it short."""
         end = time.monotonic() + (self.settings.slowdown - 1.0) * real_s
-        while (left := end - time.monotonic()) > 0:
+        while (left := end - time.monotonic()) > 0 and not self._run_ended(round_):
             item = self.inbox.get(timeout=min(left, 0.5))
             if item is not None:
                 self._handle(item)

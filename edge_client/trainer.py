@@ -41,13 +41,15 @@ class FitResult:
 class RoundContext:
     """The round a fit is for, and the hooks of the client around it. `between_batches()` lets the client handle
     MQTT messages on the training thread (call it now and then in a long fit; KerasTrainer does after every
-    batch); `callbacks` are Keras callbacks (the progress panel)."""
+    batch); `stop_requested()` is True once the result is no longer wanted (the run ended meanwhile): a long fit
+    may then return at once, whatever it holds; `callbacks` are Keras callbacks (the progress panel)."""
 
     round: int
     total_rounds: int
     seed: int = 0
     between_batches: Callable[[], object] = lambda: None
     callbacks: list[Any] = field(default_factory=list)
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 class Trainer(ABC):
@@ -236,7 +238,12 @@ class KerasTrainer(Trainer):
             anchors = {w.path: t for w, t in zip(net.weights, weights)}
             net.optimizer = with_proximal_term(net.optimizer, anchors, plan.proximal_mu)
         keras.utils.set_random_seed(context.seed * 100003 + context.round)
-        between = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: context.between_batches())
+        def between_batches(batch: int, logs: object = None) -> None:
+            context.between_batches()
+            if context.stop_requested():   # the run ended while this device trained: stop after this batch
+                net.stop_training = True
+
+        between = keras.callbacks.LambdaCallback(on_train_batch_end=between_batches)
         history = net.fit(self.data_for(model).x, labels, epochs=plan.epochs, batch_size=plan.batch_size, shuffle=True,
                           verbose=0, callbacks=[*context.callbacks, between])
         metrics = {name: float(values[-1]) for name, values in history.history.items() if values}

@@ -17,4 +17,4 @@ tier() {  # tier NAME COMMAND...
 }
 tier "checks (ruff, mypy, lint-imports)" bash scripts/check.sh
 tier "unit tests" .venv/bin/python -m pytest -m unit tests/unit
-tier "integration and browser tests" .venv/bin/python -m pytest -m "not unit" tests
+tier "integration and browser tests" .venv/bin/python -m pytest -m "not unit" --durations=25 tests

@@ -1,13 +1,18 @@
-"""The edge client's checks before training: the coordinator's model must fit the local data."""
+"""The edge client's checks before training (the coordinator's model must fit the local data), its inbox, and
+the run's end stopping a device that is still training."""
 
 from __future__ import annotations
+
+import threading
+import time
 
 import numpy as np
 import pytest
 
 from edge_client.client import ClientSettings, EdgeClient, IncompatibleModelError, label_map
 from edge_client.local_data import LocalData
-from federation.protocol.messages import ModelInfo
+from edge_client.trainer import FitResult, RoundContext, Trainer
+from federation.protocol.messages import ModelInfo, TrainingPlan
 from federation.transport.mqtt_link import BrokerAddress
 
 
@@ -158,3 +163,84 @@ def test_the_loop_answers_another_status_on_its_own_topic_by_announcing_itself_a
     other = ClientStatus(run="r1", round=0, sender="dev-1", device={"instance": "another", "host": "h"}).encode()
     _deliver(client, own, other, retained=True)
     assert announced == [1, 1] and client._id_clashes == {"another"}
+
+
+# ---- the run's end stops a device that is still training ---------------------------------------------------------
+
+
+class BatchTrainer(Trainer):
+    """`batches` batches of `batch_s` seconds; at batch `end_at` the coordinator's run_end arrives (queued as
+    paho's thread would). `ran` counts the batches run."""
+
+    def __init__(self, batches: int, batch_s: float, end_at: int | None) -> None:
+        self.batches, self.batch_s, self.end_at = batches, batch_s, end_at
+        self.client: EdgeClient | None = None
+        self.ran = 0
+
+    def fit(self, weights: list[np.ndarray], plan: TrainingPlan, model: ModelInfo,
+            context: RoundContext) -> FitResult:
+        for batch in range(self.batches):
+            time.sleep(self.batch_s)
+            self.ran = batch + 1
+            if self.ran == self.end_at and self.client is not None:
+                _queue_run_end(self.client)
+            context.between_batches()
+            if context.stop_requested():
+                break
+        return FitResult([w + 1 for w in weights], 10, {})
+
+
+def _queue_run_end(client: EdgeClient) -> None:
+    from federation.protocol.messages import RunEnd
+
+    end = RunEnd(run="r1", round=3, sender="coordinator", reason="completed").encode()
+    client._on_message(client.topics.run_end, end, False)
+
+
+def _training_client(batches: int, batch_s: float, end_at: int | None,
+                     slowdown: float = 1.0) -> tuple[EdgeClient, BatchTrainer, list[str]]:
+    trainer = BatchTrainer(batches, batch_s, end_at)
+    client = EdgeClient(ClientSettings("dev-1", BrokerAddress("127.0.0.1", 1), run="r1", slowdown=slowdown),
+                        trainer=trainer)
+    trainer.client = client
+    sent: list[str] = []
+    client.link.publish_and_wait = lambda topic, payload, **kw: sent.append(topic) is None  # type: ignore[method-assign]
+    _deliver(client, client.topics.global_model, _model_message(3))
+    assert client._latest is not None
+    return client, trainer, sent
+
+
+def test_a_run_end_that_arrives_mid_training_stops_the_fit_and_nothing_is_sent() -> None:
+    """A slow device that took the last model as the run closed trained on for minutes, and a benchmark's run
+    failed waiting for it to exit (bench/uneven_devices.py, async, --slowdown 10)."""
+    client, trainer, sent = _training_client(batches=200, batch_s=0.005, end_at=5)
+    assert client._train_and_publish(client._latest) is False
+    assert trainer.ran == 5, "the fit stopped at the batch after the run's end arrived"
+    assert sent == [] and client.rounds_trained == []
+    assert client._end is not None
+
+
+def test_a_run_end_during_a_simulated_slowdown_cuts_the_wait_short() -> None:
+    client, trainer, sent = _training_client(batches=4, batch_s=0.02, end_at=None, slowdown=100)
+    threading.Timer(0.3, _queue_run_end, [client]).start()
+    started = time.monotonic()
+    assert client._train_and_publish(client._latest) is False
+    took = time.monotonic() - started
+    assert trainer.ran == 4 and took < 2.0, f"waited {took:.1f} s of a {99 * 0.08:.0f} s slowdown"
+    assert sent == []
+
+
+def test_without_a_run_end_the_update_is_published() -> None:
+    client, trainer, sent = _training_client(batches=3, batch_s=0.001, end_at=None)
+    assert client._train_and_publish(client._latest) is True
+    assert trainer.ran == 3 and sent == [client.topics.update("dev-1")]
+    assert client.rounds_trained == [3]
+
+
+def test_an_earlier_rounds_end_does_not_stop_a_later_rounds_training() -> None:
+    from federation.protocol.messages import RunEnd
+
+    client, trainer, sent = _training_client(batches=3, batch_s=0.001, end_at=None)
+    client._end = RunEnd(run="r1", round=2, sender="coordinator", reason="stopped")   # a stopped run, resumed
+    assert client._train_and_publish(client._latest) is True
+    assert trainer.ran == 3 and len(sent) == 1
