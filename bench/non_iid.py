@@ -90,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tune", action="store_true", help="first try each method's grid on a short run (--tune-rounds)")
     p.add_argument("--tune-rounds", type=int, default=5, help="rounds of a tuning run (default 5)")
     p.add_argument("--tune-alpha", type=float, default=0.1, help="alpha of the tuning runs (default 0.1)")
+    p.add_argument("--values", dest="values_text", default="",
+                   help="each method's tuned value, e.g. fedprox=0.01,fedavgm=0.5,fedadam=0.1 (what an earlier "
+                        "--tune run chose): used instead of the default, and not tuned again")
     p.add_argument("--local-epochs", type=int, default=1, help="training.local_epochs (default 1)")
     p.add_argument("--batch-size", type=int, default=32, help="training.batch_size (default 32)")
     p.add_argument("--learning-rate", type=float, default=0.001, help="training.learning_rate (default 0.001)")
@@ -118,6 +121,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.alphas = [float(a) for a in args.alpha.split(",") if a.strip()]
     args.method_keys = [m.strip() for m in args.methods.split(",") if m.strip()]
     args.report_at = [int(r) for r in args.report_rounds.split(",") if r.strip()]
+    args.values = {}
+    for item in (v.strip() for v in args.values_text.split(",") if v.strip()):
+        key, _, value = item.partition("=")
+        if key.strip() not in METHODS or not value.strip():
+            p.error(f"--values {item!r}: write method=value with a method among {', '.join(METHODS)}")
+        method = METHODS[key.strip()]
+        try:
+            float(value)
+        except ValueError:
+            p.error(f"--values {item!r}: the value must be a number (for example {(method.grid or ('0.1',))[0]})")
+        if not method.tuned_key:
+            p.error(f"--values {item!r}: {method.name} has no parameter to set")
+        args.values[key.strip()] = value.strip()
     for bad, known, what in ((set(args.datasets) - set(DATASETS), DATASETS, "data set"),
                              (set(args.method_keys) - set(METHODS), tuple(METHODS), "method")):
         if bad:
@@ -154,11 +170,19 @@ def one_run(args: argparse.Namespace, dataset: str, scheme: str, alpha: float, c
             "wall_s": round(wall_s, 1), "overrides": overrides, "run": report.to_json()}
 
 
+def chosen_methods(args: argparse.Namespace) -> dict[str, Method]:
+    """The methods to run, each with its --values value where one is given."""
+    return {key: METHODS[key].with_value(args.values[key]) if key in args.values else METHODS[key]
+            for key in args.method_keys}
+
+
 def tune(args: argparse.Namespace, dataset: str) -> tuple[dict[str, Method], list[dict[str, Any]]] | None:
     """Each method's grid on a short run at --tune-alpha; the best value by the last round's accuracy."""
     chosen: dict[str, Method] = {}
     tried: list[dict[str, Any]] = []
     for key in args.method_keys:
+        if key in args.values:
+            continue   # its value was given (--values)
         method = METHODS[key]
         best: tuple[float, Method] | None = None
         for value in method.grid or ("",):
@@ -183,12 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     tuning: dict[str, list[dict[str, Any]]] = {}
     for dataset in args.datasets:
-        methods = {key: METHODS[key] for key in args.method_keys}
+        methods = chosen_methods(args)
         if args.tune:
             tuned = tune(args, dataset)
             if tuned is None:
                 return 2
-            methods, tuning[dataset] = tuned
+            methods, tuning[dataset] = {**methods, **tuned[0]}, tuned[1]
         for alpha in args.alphas:
             for key, method in methods.items():
                 row = one_run(args, dataset, "dirichlet", alpha, args.clients, method, args.rounds,

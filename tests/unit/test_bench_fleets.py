@@ -81,6 +81,17 @@ def test_tuning_a_method_changes_only_its_parameter() -> None:
     assert non_iid.METHODS["fedavg"].with_value("1") is non_iid.METHODS["fedavg"]
 
 
+def test_values_chosen_by_an_earlier_tuning_run_are_used_and_checked() -> None:
+    args = non_iid.parse_args(["--values", "fedprox=0.01, fedavgm=0.5"])
+    methods = non_iid.chosen_methods(args)
+    assert methods["fedprox"].overrides["training.proximal_mu"] == "0.01"
+    assert methods["fedavgm"].overrides["server_optimizer.server_learning_rate"] == "1.0"
+    assert methods["fedadam"] is non_iid.METHODS["fedadam"], "no value given: the default"
+    for bad in ("fedprox=abc", "fedfoo=0.1", "fedprox", "fedavg=1"):
+        with pytest.raises(SystemExit):
+            non_iid.parse_args(["--values", bad])
+
+
 def test_the_alpha_01_check_compares_the_best_new_method_with_fedavg() -> None:
     args = non_iid.parse_args(["--dataset", "mnist", "--rounds", "20"])
 
