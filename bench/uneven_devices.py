@@ -4,11 +4,15 @@ Wall-clock seconds from the first round's start (metrics.jsonl elapsed_s) to 85%
 FedAvg (every round waits for the slow devices), asynchronous FedBuff ([aggregation] mode = "async") and synchronous
 FedAvg with a deadline that drops the stragglers (quorum.min_clients 8, fraction 0.8, round_deadline_s). Runs
 alternate (sync, async, deadline; again with --repeats) so that a change in the machine's load hits all of them.
-Target: async at least 1.5 times faster than synchronous FedAvg (the median of the repeats' ratios)."""
+Target: async at least 1.5 times faster than synchronous FedAvg (the median of the repeats' ratios).
+
+--speeds lognormal gives every device a speed of its own instead: slowdowns at the quantiles of a log-normal
+distribution, from 1 (the fastest device) to --slowdown (the slowest), like a real fleet's mix of laptops and Pis."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from dataclasses import dataclass
@@ -23,6 +27,7 @@ from fleet_setup import data_source, load_average, partition_args, seconds, time
 NAME = "uneven_devices"
 TARGET_SPEEDUP = 1.5
 MODES = ("sync", "async", "deadline")
+SPEEDS = ("fixed", "lognormal")
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="times the three modes are run, alternating (default 1)")
     p.add_argument("--clients", type=int, default=10, help="devices, each with an IID part K/N (default 10)")
     p.add_argument("--slow-clients", type=int, default=2, help="how many of them are slowed down (default 2)")
-    p.add_argument("--slowdown", type=float, default=10.0, help="their --slowdown factor (default 10)")
+    p.add_argument("--slowdown", type=float, default=10.0,
+                   help="their --slowdown factor; with --speeds lognormal the slowest device's (default 10)")
+    p.add_argument("--speeds", choices=SPEEDS, default="fixed",
+                   help="fixed: --slow-clients devices at --slowdown, the rest at full speed; lognormal: every "
+                        "device slowed down by a log-normal quantile from 1 to --slowdown, and the devices "
+                        "at half of --slowdown or more count as slow (default fixed)")
     p.add_argument("--target", type=float, default=0.85, help="test accuracy to reach (default 0.85)")
     p.add_argument("--sync-rounds", type=int, default=5, help="rounds of the sync and deadline runs (default 5)")
     p.add_argument("--async-steps", type=int, default=20, help="versions (steps) of an async run (default 20)")
@@ -95,7 +105,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"unknown mode(s) {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if not 0 <= args.slow_clients <= args.clients:
         p.error("--slow-clients must be between 0 and --clients")
+    if not 1.0 <= args.slowdown <= 1000:
+        p.error(f"--slowdown {args.slowdown:g} is out of range: 1 to 1000")
     return args
+
+
+def lognormal_slowdowns(clients: int, spread: float) -> list[float]:
+    """Each device's slowdown, fastest first: exp(sigma * z) at the normal quantiles (k + 0.5) / clients, scaled
+    so that the fastest device is 1 and the slowest `spread`. Deterministic: the same fleet in every run."""
+    if clients == 1:
+        return [1.0]
+    normal = statistics.NormalDist()
+    z = [normal.inv_cdf((k + 0.5) / clients) for k in range(clients)]
+    return [math.exp(math.log(spread) * (q - z[0]) / (z[-1] - z[0])) for q in z]
+
+
+def device_slowdowns(args: argparse.Namespace) -> list[float]:
+    """Every device's --slowdown factor, in fleet order (1.0: full speed)."""
+    if args.speeds == "lognormal":
+        return lognormal_slowdowns(args.clients, args.slowdown)
+    return [args.slowdown if k >= args.clients - args.slow_clients else 1.0 for k in range(args.clients)]
 
 
 def mode_plan(args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -134,14 +163,15 @@ def run_slug(label: str) -> str:
 
 
 def fleet(args: argparse.Namespace, client_args: list[str]) -> list[list[str]]:
-    """The devices' extra arguments: IID parts; the last --slow-clients devices slowed down."""
+    """The devices' extra arguments: IID parts and each one's slowdown (device_slowdowns). The slow ones (at half of
+    --slowdown or more) are called slow-K, the others fast-K; the table counts the slow ones' updates."""
     clients = []
-    for k in range(args.clients):
+    for k, slowdown in enumerate(device_slowdowns(args)):
         extra = [*client_args, *partition_args(k, args.clients, max_examples=args.max_examples)]
-        if k >= args.clients - args.slow_clients:
-            extra += ["--client-id", f"slow-{k + 1}", "--slowdown", f"{args.slowdown:g}"]
-        else:
-            extra += ["--client-id", f"fast-{k + 1}"]
+        slow = slowdown > 1.0 and slowdown >= args.slowdown / 2
+        extra += ["--client-id", f"{'slow' if slow else 'fast'}-{k + 1}"]
+        if slowdown > 1.0:
+            extra += ["--slowdown", f"{slowdown:.3g}"]
         clients.append(extra)
     return clients
 
@@ -182,8 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             runs.append({"label": label, "repeat": repeat, "overrides": overrides, "run": report.to_json()})
     load_end = load_average()
 
+    speeds = (f"{args.slow_clients} of them --slowdown {args.slowdown:g}" if args.speeds == "fixed" else
+              "log-normal slowdowns " + ", ".join(f"{x:.3g}" for x in device_slowdowns(args)))
     print(f"## Time to {100 * args.target:.0f}% test accuracy: Fashion-MNIST, {args.clients} devices (IID parts), "
-          f"{args.slow_clients} of them --slowdown {args.slowdown:g}\n")
+          f"{speeds}\n")
     print(f"Training images: {args.max_examples or 'all 60,000'}; test images: {args.eval_examples or 'all 10,000'}; "
           f"{args.local_epochs} local epoch(s), batch {args.batch_size}, Adam lr {args.learning_rate:g}. "
           f"Load average at start: {load_start}; at end: {load_end}.\n")

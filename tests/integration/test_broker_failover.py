@@ -15,7 +15,7 @@ from broker.nats_cluster import NatsCluster, find_nats_server
 from demo.local_federation import LocalFederation
 from tests.support import wait_for
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = pytest.mark.timeout(540)
 
 DATA = ["--dataset", "fashion_mnist", "--max-examples", "1500"]
 DEVICES = ["dev-1", "dev-2", "dev-3"]   # dev-k's first node is node k: node 1 serves dev-1 and the coordinator
@@ -27,9 +27,10 @@ def _rotated(urls: list[str], first: int) -> str:
     return ",".join(urls[first:] + urls[:first])
 
 
-def _retained(port: int, topic_filter: str, wait_s: float = 1.5) -> dict[str, dict]:
-    """The retained messages under `topic_filter` on the node at 127.0.0.1:port, decoded; {} when the node does not
-    answer the subscription yet (a cluster re-electing its leaders after a node's death)."""
+def _retained(port: int, topic_filter: str, wait_s: float = 1.5, suback_s: float = 30.0) -> dict[str, dict]:
+    """The retained messages under `topic_filter` on the node at 127.0.0.1:port, decoded. TimeoutError when the
+    node does not answer the subscription within `suback_s` (a cluster re-electing its leaders after a node's death
+    answers late: on a loaded 2-core machine, tens of seconds)."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
@@ -43,8 +44,9 @@ def _retained(port: int, topic_filter: str, wait_s: float = 1.5) -> dict[str, di
     client.connect("127.0.0.1", port)
     client.loop_start()
     try:
-        if subscribed.wait(20):
-            time.sleep(wait_s)
+        if not subscribed.wait(suback_s):
+            raise TimeoutError(f"node at port {port} sent no SUBACK within {suback_s:g} s")
+        time.sleep(wait_s)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -79,11 +81,20 @@ def test_node_killed_mid_round_everyone_fails_over_and_nothing_is_lost_or_counte
                      lambda: any(f"connected to {url}" in _log(fed, name) for url in urls[1:]), 120,
                      log=fed.procs[name].log_path)
         prefix = f"fedmq/{fed.run_name}"
-        state = wait_for("the retained model and the three births on node 2",
-                         lambda: (found := _retained(ports[1], f"{prefix}/#"))
-                         and f"{prefix}/model/global" in found
-                         and all(found.get(f"{prefix}/client/{d}/status", {}).get("status") == "online"
-                                 for d in DEVICES) and found, 120)
+        seen: dict[str, object] = {}
+
+        def _state_back() -> dict[str, dict] | None:
+            found = _retained(ports[1], f"{prefix}/#")
+            seen.clear()
+            seen.update({topic: value.get("status", value.get("round")) for topic, value in found.items()})
+            ready = f"{prefix}/model/global" in found and all(
+                found.get(f"{prefix}/client/{d}/status", {}).get("status") == "online" for d in DEVICES)
+            return found if ready else None
+
+        try:
+            state = wait_for("the retained model and the three births on node 2", _state_back, 180)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nlast retained on node 2 (status or round): {seen}") from None
         assert state[f"{prefix}/model/global"]["round"] >= 2
         failover_s = time.monotonic() - killed_at
 

@@ -65,6 +65,23 @@ def test_the_uneven_fleet_slows_down_the_last_devices_and_every_mode_waits_for_a
     assert all(o["sampling.min_available_clients"] == "4" for o in plan.values())
 
 
+def test_lognormal_speeds_spread_from_1_to_the_slowdown_and_name_the_slow_half() -> None:
+    args = uneven_devices.parse_args(["--speeds", "lognormal", "--slowdown", "10"])
+    slowdowns = uneven_devices.device_slowdowns(args)
+    assert len(slowdowns) == 10 and slowdowns == sorted(slowdowns)
+    assert slowdowns[0] == pytest.approx(1.0) and slowdowns[-1] == pytest.approx(10.0)
+    # log-normal: the logarithms are symmetric about the middle, so the geometric middle is sqrt(10)
+    assert slowdowns[4] * slowdowns[5] == pytest.approx(10.0)
+    assert slowdowns[1] / slowdowns[0] > slowdowns[5] / slowdowns[4]   # quantiles spread out at the tails
+    clients = uneven_devices.fleet(args, [])
+    ids = [c[c.index("--client-id") + 1] for c in clients]
+    assert ids[:7] == [f"fast-{k}" for k in range(1, 8)] and ids[7:] == ["slow-8", "slow-9", "slow-10"]
+    assert "--slowdown" not in clients[0] and clients[-1][clients[-1].index("--slowdown") + 1] == "10"
+    assert uneven_devices.lognormal_slowdowns(1, 10) == [1.0]
+    with pytest.raises(SystemExit):
+        uneven_devices.parse_args(["--slowdown", "0.5"])
+
+
 def test_dirichlet_partition_arguments() -> None:
     assert fleet_setup.partition_args(2, 10, "dirichlet", 0.1, 7, 5000) == [
         "--partition", "3/10", "--scheme", "dirichlet", "--seed", "7", "--alpha", "0.1", "--max-examples", "5000"]
