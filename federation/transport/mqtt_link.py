@@ -279,6 +279,7 @@ class MqttLink:
         if self._subscriptions:
             self._subscribe(self._subscriptions)
         self._connections += 1
+        self.connected.set()  # before the looks' timers: on a loaded machine a short one can fire at once
         # The wildcard filters (births, updates), and our own presence topic: a late copy of an old will of ours
         # would otherwise say "offline" there for good, unseen by us (found by the failover test in CI).
         looks = [sub for sub in self._subscriptions if "+" in sub[0] or "#" in sub[0] or sub[0] == self._will_topic]
@@ -288,7 +289,6 @@ class MqttLink:
                                         (self._connections, looks, k == len(SECOND_LOOKS_S) - 1))
                 timer.daemon = True
                 timer.start()
-        self.connected.set()
         if self._on_connected:
             self._on_connected()
 

@@ -226,7 +226,7 @@ def test_a_run_end_during_a_simulated_slowdown_cuts_the_wait_short() -> None:
     started = time.monotonic()
     assert client._train_and_publish(client._latest) is False
     took = time.monotonic() - started
-    assert trainer.ran == 4 and took < 2.0, f"waited {took:.1f} s of a {99 * 0.08:.0f} s slowdown"
+    assert trainer.ran == 4 and took < 5.0, f"waited {took:.1f} s of a {99 * 0.08:.0f} s slowdown"
     assert sent == []
 
 
