@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np
 
-from broker.mosquitto_process import MosquittoProcess, free_port
+from broker.mosquitto_process import MosquittoProcess
+from broker.ports import free_port
 from coordinator.checkpoint import load_checkpoint
 from demo.local_federation import LocalFederation
 

@@ -269,7 +269,8 @@ def model_shapes(path: Path) -> Path:
 
 
 def run_flower(row: Row, args: argparse.Namespace, out: Path, shapes: Path) -> RowResult:
-    from broker.mosquitto_process import free_port, port_accepts
+    from broker.mosquitto_process import port_accepts
+    from broker.ports import free_port
 
     result = RowResult(row, "Flower", load_before=load_average())
     slug = f"flower-{row.devices}-{row.cohort}"

@@ -8,9 +8,9 @@ from broker.mosquitto_process import (
     BrokerError,
     MosquittoProcess,
     find_mosquitto,
-    free_port,
     render_config,
 )
+from broker.ports import free_port
 
 __all__ = [
     "DEFAULT_CONFIG",

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import IO
 
 from broker.open_files import raising_open_files
+from broker.ports import free_port
 from federation.errors import FedmqError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ FALLBACK_PATHS: tuple[str, ...] = (
 _LISTENER_LINE = re.compile(r"^\s*listener\s+\d+\b.*$")
 _PROTOCOL_LINE = re.compile(r"^\s*protocol\s+(\S+)\s*$")
 _LOG_TAIL_LINES = 20
+_ADDRESS_IN_USE = "Address already in use"   # mosquitto's log line when it can't listen on its port
+BIND_RETRY_S = 5.0        # start(): how long to try again while the port is taken by something else for a moment
+BIND_RETRY_WAIT_S = 0.2
 _WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::"})
 
 
@@ -53,14 +57,6 @@ def find_mosquitto() -> str | None:
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on `host` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def listener_line(port: int, bind: str | None) -> str:
@@ -260,9 +256,20 @@ class MosquittoProcess:
                 raise BrokerError(f"port {port} on {self.host} is already in use")
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._render(), encoding="utf-8")
-        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        self._spawn(binary)
-        self._wait_until_listening(timeout, log_offset)
+        give_up = time.monotonic() + BIND_RETRY_S
+        while True:
+            log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._spawn(binary)
+            try:
+                self._wait_until_listening(timeout, log_offset)
+                break
+            except BrokerError as error:
+                # Something held the port for a moment (an outgoing connection that got it as its local port):
+                # try again for a few seconds rather than fail a restart.
+                if _ADDRESS_IN_USE not in str(error) or time.monotonic() > give_up:
+                    raise
+                log.warning("port %s is taken for now; starting mosquitto again in %.1f s", self.port, BIND_RETRY_WAIT_S)
+                time.sleep(BIND_RETRY_WAIT_S)
         log.info("mosquitto (pid %s) listening on %s:%s", self.pid, self.host, self.port)
 
     def stop(self, timeout: float = 5.0) -> None:

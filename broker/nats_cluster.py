@@ -20,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from broker.ports import free_ports
 from federation.errors import FedmqError
 
 log = logging.getLogger(__name__)
@@ -56,20 +57,6 @@ class NodePorts:
     client: int
     route: int
     http: int
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct TCP ports that nothing listens on right now (all held open while choosing)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def plan_ports(nodes: int, mqtt_port: int = 0, host: str = "127.0.0.1") -> list[NodePorts]:

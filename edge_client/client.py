@@ -30,6 +30,7 @@ from edge_client.errors import IncompatibleModelError
 from edge_client.labels import label_map
 from edge_client.model_builder import ModelBuilder
 from edge_client.progress import ClientProgress
+from edge_client.run_end_watch import RunEndWatch
 from edge_client.trainer import KerasTrainer, RoundContext, Trainer, checked_result
 from edge_client.update_encoding import ResidualStore, UpdateEncoder
 
@@ -65,8 +66,6 @@ class SentUpdate:
 INBOX_BYTES = 64 * 1024 * 1024    # undecoded messages held at least this much; a full inbox slows the broker down
 _REFUSED = ""                      # the inbox item that wakes the loop when the broker refused the login
 INSTANCE = secrets.token_hex(8)   # this process: tells its own status from another process's with the same id
-# Coordinator phases in which a run_end is expected; a run_end while it is in another phase is not honoured.
-_ENDING_PHASES = frozenset({"exporting", "done", "stopped"})
 
 
 def device_info() -> dict[str, object]:
@@ -99,8 +98,7 @@ class EdgeClient:
         self.inbox = Inbox(max(INBOX_BYTES, 2 * int(settings.max_payload_mb * 1024 * 1024)))
         self._latest: GlobalModel | None = None
         self._end: RunEnd | None = None
-        self._coordinator: CoordinatorState | None = None
-        self._seen_run_model = False
+        self.run_end_watch = RunEndWatch()   # the coordinator's state, this run's model seen, a held run_end
         self._error = ""                  # why the last model could not be trained here ("" when it could)
         self._birth_fixed_at = 0.0
         self._leaving = False
@@ -160,6 +158,8 @@ class EdgeClient:
             self._check_own_status(payload)
             return False
         if not payload:
+            if topic == self.topics.run_end:
+                self.run_end_watch.cleared()
             return False  # a cleared retained message
         try:
             received = self.receiver.receive(topic, payload)
@@ -175,25 +175,29 @@ class EdgeClient:
             log.warning("ignored a message for run %r on %s", message.run, topic)
             return False
         if topic == self.topics.global_model and isinstance(message, GlobalModel):
-            self._seen_run_model = True
+            self.run_end_watch.seen_run_model = True
             # The retained model topic holds one model, published by one coordinator: the last one received
             # is the current one, even with a lower round (the coordinator replaced a forged one).
             self._latest = message
         elif topic == self.topics.run_end and isinstance(message, RunEnd):
-            state = self._coordinator
-            if state is not None and state.status == "online" and state.phase not in _ENDING_PHASES:
-                # The coordinator says it is still running: a run_end it did not send (a broker without
-                # logins lets anyone publish). It replaces the forgery; keep going.
-                log.warning("ignored a run_end while the coordinator is %s in round %d", state.phase, state.round)
+            end = self.run_end_watch.end(message, retained)
+            if end is None:
+                state = self.run_end_watch.coordinator
+                if self.run_end_watch.held is not None and state is not None:
+                    # The coordinator says it is still running: a run_end it did not send (a broker without logins
+                    # lets anyone publish; it replaces the forgery), or one from after this client lost its
+                    # connection (the retained state comes next). Held until the coordinator's state says more.
+                    log.warning("held a run_end while the coordinator is %s in round %d", state.phase, state.round)
+                else:
+                    log.info("run %r ended earlier (%s); waiting for it to start again", message.run, message.reason)
                 return False
-            if not retained or self._seen_run_model:
-                self._end = message
-            else:
-                log.info("run %r ended earlier (%s); waiting for it to start again", message.run, message.reason)
-                return False
+            self._end = end
         elif topic == self.topics.coordinator_state and isinstance(message, CoordinatorState):
-            self._coordinator = message
-            return False
+            end = self.run_end_watch.state(message)
+            if end is None:
+                return False
+            log.info("the coordinator is %s (%s): the run_end held back counts now", message.status, message.phase)
+            self._end = end
         else:
             log.warning("ignored a %s message on %s", message.TYPE, topic)
             return False

@@ -1,14 +1,13 @@
 """What a simulated device does with what it receives, as pure rules that follow PROTOCOL.md and edge_client/client.py:
-train, re-send or wait when a global model comes; give up a training when a newer model comes; honour a run_end.
+train, re-send or wait when a global model comes; give up a training when a newer model comes. The run_end rule is
+edge_client/run_end_watch.py, shared with the edge client.
 
-The device (device.py) only applies them; tests/unit/test_simulator_rules.py drives them directly."""
+The device (device.py) only applies them; tests/unit/test_simulator.py drives them directly."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-
-ENDING_PHASES = frozenset({"exporting", "done", "stopped"})   # as edge_client.client._ENDING_PHASES
 
 
 class ModelAction(Enum):
@@ -41,12 +40,3 @@ def abandons_training(training_round: int, new_round: int, mode: str) -> bool:
     """A newer model came while training `training_round`: in sync mode the update would be late, so the device drops
     it and trains the newer one; in async mode it finishes and sends (a stale update still counts)."""
     return mode == "sync" and new_round > training_round
-
-
-def honours_run_end(coordinator_status: str | None, coordinator_phase: str | None, retained: bool,
-                    seen_run_model: bool) -> bool:
-    """PROTOCOL.md step 8: a run_end counts only while the coordinator is offline or ending (else it is a forgery),
-    and a retained one only after this run's model was seen (else it is an earlier run's end)."""
-    if coordinator_status == "online" and coordinator_phase not in ENDING_PHASES:
-        return False
-    return not retained or seen_run_model

@@ -19,7 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_client.simulator.counts import SimCounts
-from edge_client.simulator.decisions import ModelAction, SentRecord, abandons_training, honours_run_end, model_action
+from edge_client.run_end_watch import RunEndWatch
+from edge_client.simulator.decisions import ModelAction, SentRecord, abandons_training, model_action
 from edge_client.simulator.event_loop import EventLoop, Timer
 from edge_client.simulator.schedule import connect_delay, failure, num_examples, reconnect_delay, train_seconds
 from edge_client.simulator.settings import SimulationSettings
@@ -82,8 +83,7 @@ class SimDevice:
         self.deliveries = 0             # global models delivered (one decoded object may come many times: the cache)
         self.handled_delivery = 0       # the delivery acted on last
         self.pending_transfer = ""      # a chunked model's manifest came, its chunks not all yet
-        self.coordinator: CoordinatorState | None = None
-        self.seen_run_model = False
+        self.run_end = RunEndWatch()    # the coordinator's last state, this run's model seen, a held run_end
         self.training: _Training | None = None
         self.last: SentRecord | None = None
         self.attempts: Counter[int] = Counter()   # round -> trainings started (a death makes another attempt)
@@ -222,6 +222,8 @@ class SimDevice:
             self._check_own_status(payload)
             return
         if not payload:
+            if topic == self.ctx.topics.run_end:
+                self.run_end.cleared()
             return   # a cleared retained message
         message, transfer = self.ctx.shared.receive(topic, payload)
         if message is None:
@@ -236,17 +238,16 @@ class SimDevice:
         if isinstance(message, GlobalModel) and topic.startswith(t.global_model):
             self.pending_transfer = ""
             self.ctx.counts.models_received += 1
-            self.seen_run_model = True
+            self.run_end.seen_run_model = True
             self.latest = message
             self.deliveries += 1
             self._consider()
         elif isinstance(message, RunEnd) and topic == t.run_end:
-            state = self.coordinator
-            if honours_run_end(state.status if state else None, state.phase if state else None, bool(msg.retain),
-                               self.seen_run_model):
+            if self.run_end.end(message, bool(msg.retain)) is not None:
                 self.leave()
         elif isinstance(message, CoordinatorState) and topic == t.coordinator_state:
-            self.coordinator = message
+            if self.run_end.state(message) is not None:
+                self.leave()   # a run_end held while the state it knew said "training": a reconnect after the end
 
     # ---- rounds ----------------------------------------------------------------------------------------------
 
@@ -340,7 +341,10 @@ class SimDevice:
         self.reconnect_attempt = 0
         self.latest = None
         self.deliveries = self.handled_delivery = 0
-        self.last = None   # seen_run_model stays: a device back after the run ended leaves (a real one would wait)
+        self.last = None
+        # A new process knows no coordinator state; seen_run_model stays: a device back after the run ended leaves
+        # (a real one would wait for the next run).
+        self.run_end = RunEndWatch(seen_run_model=self.run_end.seen_run_model)
         self.pending_transfer = ""
         self.birth_mids.clear()
         self.update_mids.clear()

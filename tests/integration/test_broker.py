@@ -229,6 +229,38 @@ def test_mosquitto_process_refuses_a_taken_port(tmp_path: Path) -> None:
             broker.close()
 
 
+def test_a_restart_waits_out_a_socket_that_holds_the_port_for_a_moment(tmp_path: Path) -> None:
+    """The CI failure of a storm test: while the broker restarted, something held its port (an outgoing connection
+    that got it as its local port), and Mosquitto exited with "Address already in use". A restart now tries again
+    for a few seconds."""
+    broker = MosquittoProcess(workdir=tmp_path)
+    try:
+        broker.start()
+        broker.stop()
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.bind(("127.0.0.1", broker.port))       # bound, not listening: as a connected client socket
+        threading.Timer(1.0, holder.close).start()
+        started = time.monotonic()
+        broker.start()
+        assert broker.running and port_accepts(broker.host, broker.port)
+        assert time.monotonic() - started >= 0.9, "it waited for the holder to let go"
+        assert "Address already in use" in broker.log_path.read_text()
+    finally:
+        broker.close()
+
+
+def test_free_ports_lie_below_the_ephemeral_range_so_no_outgoing_connection_takes_one() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(50)]
+    assert all(10000 <= port < low for port in ports), (low, ports)
+    # Many clients dialling a stopped broker's port: none connects (to itself or anything), the port stays free.
+    port = ports[0]
+    for _ in range(3000):
+        assert not port_accepts("127.0.0.1", port, timeout=0.5)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))
+
+
 # -- (b) python -m broker --embedded -------------------------------------------------------------
 
 

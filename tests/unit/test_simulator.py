@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from edge_client.simulator.counts import SimCounts
 from edge_client.simulator.decisions import (
-    ModelAction, SentRecord, abandons_training, honours_run_end, model_action,
+    ModelAction, SentRecord, abandons_training, model_action,
 )
+from edge_client.simulator.device import FleetContext, SimDevice
+from edge_client.simulator.event_loop import EventLoop
 from edge_client.simulator.schedule import (
     connect_delay, failure, num_examples, reconnect_delay, train_seconds,
 )
@@ -23,7 +26,8 @@ from edge_client.simulator.update_maker import update_messages
 from federation.protocol.chunked_transfer import outgoing_messages
 from federation.protocol.encodings import EncodingPlan, SparseDelta
 from federation.protocol.messages import (
-    ChunkedMessage, GlobalModel, ModelInfo, TrainingPlan, Update, decode_message, weights_digest,
+    ChunkedMessage, CoordinatorState, GlobalModel, ModelInfo, RunEnd, TrainingPlan, Update, decode_message,
+    weights_digest,
 )
 from federation.protocol.topics import RunTopics
 from federation.transport.mqtt_link import BrokerAddress
@@ -65,19 +69,6 @@ def test_sync_drops_a_training_overtaken_by_a_newer_round_async_does_not() -> No
     assert abandons_training(2, 3, "sync")
     assert not abandons_training(2, 2, "sync")   # the same round offered again: finish, then re-send
     assert not abandons_training(2, 5, "async")
-
-
-@pytest.mark.parametrize(("status", "phase", "retained", "seen", "honoured"), [
-    ("online", "training", False, True, False),     # a forgery while the coordinator trains
-    ("online", "done", False, True, True),
-    ("offline", "training", False, True, True),
-    (None, None, True, False, False),               # a retained end of an earlier run, before any model
-    (None, None, True, True, True),
-    ("online", "exporting", True, True, True),
-])
-def test_run_end_is_honoured_as_protocol_step_8_says(status: str | None, phase: str | None, retained: bool,
-                                                     seen: bool, honoured: bool) -> None:
-    assert honours_run_end(status, phase, retained, seen) is honoured
 
 
 # ---- schedules -----------------------------------------------------------------------------------------------
@@ -235,3 +226,48 @@ def test_a_chunked_model_completes_for_every_device_whatever_the_order_it_got_th
     assert shared.completed(rest) is got[-1]
     again = [shared.receive(t, p)[0] for t, p in pieces]   # device B: the same pieces, in order, decoded from cache
     assert isinstance(again[-1], GlobalModel) and shared.decodes == len(pieces)
+
+
+# ---- a device and the run's end --------------------------------------------------------------------------------
+
+def _device_after_a_round() -> tuple[SimDevice, Any]:
+    """A device that saw round 1's model and a "training" state, then lost its connection (no broker needed)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    ctx = FleetContext(fleet(clients=1, run="r1"), EventLoop(), SharedMessages(1 << 20), SimCounts(), "tok")
+    ctx.remaining = 1
+    device = SimDevice(ctx, 1)
+    device.client = client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="d1")
+    training = CoordinatorState(run="r1", round=1, sender="coordinator", status="online", phase="training")
+    device._on_message(client, None, _message(ctx.topics.coordinator_state, training.encode(), retained=False))
+    assert device.run_end.coordinator is not None
+    return device, client
+
+
+def _message(topic: str, payload: bytes, retained: bool) -> Any:
+    import paho.mqtt.client as mqtt
+
+    msg = mqtt.MQTTMessage(topic=topic.encode())
+    msg.payload, msg.retain = payload, retained
+    return msg
+
+
+def test_a_device_back_after_the_run_ended_leaves_though_the_run_end_comes_before_the_new_state() -> None:
+    """The broker sends retained messages in the order of the subscription: run_end, then coordinator_state. The
+    state the device knew said "training"; the new one says the coordinator is offline, and the device leaves."""
+    device, client = _device_after_a_round()
+    device.run_end.seen_run_model = True
+    end = RunEnd(run="r1", round=3, sender="coordinator", reason="completed")
+    device._on_message(client, None, _message(device.ctx.topics.run_end, end.encode(), retained=True))
+    assert not device.done, "held: the state it knows says the coordinator trains"
+    offline = CoordinatorState(run="r1", round=3, sender="coordinator", status="offline", phase="done")
+    device._on_message(client, None, _message(device.ctx.topics.coordinator_state, offline.encode(), retained=True))
+    assert device.done and device.ctx.remaining == 0
+
+
+def test_a_device_that_died_forgets_the_coordinators_state() -> None:
+    device, _ = _device_after_a_round()
+    device.run_end.seen_run_model = True
+    device._die()
+    assert device.run_end.coordinator is None and device.run_end.seen_run_model
