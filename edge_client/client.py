@@ -184,10 +184,15 @@ class EdgeClient:
             if end is None:
                 state = self.run_end_watch.coordinator
                 if self.run_end_watch.held is not None and state is not None:
-                    # The coordinator says it is still running: a run_end it did not send (a broker without logins
-                    # lets anyone publish; it replaces the forgery), or one from after this client lost its
-                    # connection (the retained state comes next). Held until the coordinator's state says more.
-                    log.warning("held a run_end while the coordinator is %s in round %d", state.phase, state.round)
+                    # A retained end while the last state known says the coordinator runs: one from after this
+                    # client lost its connection (the new retained state comes next), or a forgery (the
+                    # coordinator replaces it). Held until a newer state, or until it is cleared.
+                    log.info("held a retained run_end: the coordinator's last state known is %s in round %d",
+                             state.phase, state.round)
+                elif state is not None and self.run_end_watch.coordinator_running():
+                    # A live run_end while the coordinator trains: it did not send it (a broker without logins
+                    # lets anyone publish).
+                    log.warning("ignored a run_end while the coordinator is %s in round %d", state.phase, state.round)
                 else:
                     log.info("run %r ended earlier (%s); waiting for it to start again", message.run, message.reason)
                 return False

@@ -1,9 +1,11 @@
 """What a device makes of the run's end (PROTOCOL.md step 8), for the edge client and the simulator alike.
 
 A run_end counts only while the coordinator is offline or ending (else it is a forgery), and a retained one only after
-this run's model was seen (else it is an earlier run's end). One held back because the coordinator's last known state
-said it was running is looked at again when a newer state comes: after a reconnect the broker delivers the retained
-run_end before the retained state, so the state the device knew was from before it lost its connection."""
+this run's model was seen (else it is an earlier run's end). A retained one refused because the coordinator's last
+known state said it was running is held, and looked at again when a newer state comes: after a reconnect the broker
+delivers the retained run_end before the retained state, so the state the device knew was from before it lost its
+connection. A live one is not held: the coordinator publishes its ending state before its run_end, on one
+connection, so a live run_end while it trains is a forgery."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ class RunEndWatch:
 
     seen_run_model: bool = False
     coordinator: CoordinatorState | None = None
-    held: tuple[RunEnd, bool] | None = None   # (run_end, retained), refused while the coordinator said it ran
+    held: RunEnd | None = None   # a retained run_end refused while the coordinator's last state said it ran
 
     def coordinator_running(self) -> bool:
         """True while the last state says the coordinator is online and not ending."""
@@ -38,7 +40,7 @@ class RunEndWatch:
 
     def end(self, message: RunEnd, retained: bool) -> RunEnd | None:
         """A run_end came: the end to honour now, or None (an earlier run's, or held while the coordinator runs)."""
-        self.held = (message, retained) if self.coordinator_running() else None
+        self.held = message if retained and self.coordinator_running() else None
         return self._honoured(message, retained)
 
     def cleared(self) -> None:
@@ -50,9 +52,8 @@ class RunEndWatch:
         self.coordinator = message
         if self.held is None or self.coordinator_running():
             return None
-        end, retained = self.held
-        self.held = None
-        return self._honoured(end, retained)
+        end, self.held = self.held, None
+        return self._honoured(end, retained=True)
 
     def _honoured(self, message: RunEnd, retained: bool) -> RunEnd | None:
         state = self.coordinator

@@ -30,7 +30,7 @@ def test_run_end_is_honoured_as_protocol_step_8_says(status: str | None, phase: 
 
 def test_an_end_held_while_the_coordinator_ran_counts_when_a_state_says_it_is_over() -> None:
     watch = RunEndWatch(seen_run_model=True, coordinator=_state("online", "training"))
-    assert watch.end(END, retained=True) is None and watch.held == (END, True)
+    assert watch.end(END, retained=True) is None and watch.held is END
     assert watch.state(_state("online", "aggregating")) is None, "still running: still held"
     assert watch.state(_state("offline", "done")) is END
     assert watch.held is None
@@ -52,3 +52,11 @@ def test_an_earlier_runs_retained_end_is_not_honoured_even_when_the_state_says_d
     watch = RunEndWatch(seen_run_model=False, coordinator=_state("online", "training"))
     assert watch.end(END, retained=True) is None
     assert watch.state(_state("offline", "done")) is None
+
+
+def test_a_live_end_while_the_coordinator_runs_is_a_forgery_and_not_held() -> None:
+    """The coordinator publishes its ending state before its run_end on one connection: a live run_end while it
+    trains was not sent by it, and must not count later (say when the coordinator dies and resumes)."""
+    watch = RunEndWatch(seen_run_model=True, coordinator=_state("online", "training"))
+    assert watch.end(END, retained=False) is None and watch.held is None
+    assert watch.state(_state("offline", "training")) is None
