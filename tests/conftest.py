@@ -13,8 +13,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# No per-example deadline: a loaded machine once took 417 ms for a 200 ms one (a broker address round trip), a
+# timing, not a property. Each property test still sets its number of examples.
+settings.register_profile("fedmq", deadline=None)
+settings.load_profile("fedmq")
 
 from broker import MosquittoProcess
 from demo.local_federation import LocalFederation
