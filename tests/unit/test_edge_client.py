@@ -107,35 +107,41 @@ def test_run_end_is_honoured_only_when_the_coordinator_may_have_sent_it() -> Non
     assert client._end is not None and client._end.reason == "completed"
 
 
+def _state(round_: int, status: str, phase: str) -> bytes:
+    from federation.protocol.messages import CoordinatorState
+
+    return CoordinatorState(run="r1", round=round_, sender="coordinator", status=status, phase=phase).encode()
+
+
+def _end(round_: int) -> bytes:
+    from federation.protocol.messages import RunEnd
+
+    return RunEnd(run="r1", round=round_, sender="coordinator", reason="completed").encode()
+
+
+def _client_in_round_1() -> EdgeClient:
+    """A client that has round 1's model and the coordinator's state "training"."""
+    client = _plain_client()
+    _deliver(client, client.topics.global_model, _model_message(1))
+    _deliver(client, client.topics.coordinator_state, _state(1, "online", "training"))
+    return client
+
+
 def test_a_retained_run_end_before_the_coordinators_new_state_is_honoured_once_the_state_comes() -> None:
     """Back after a lost connection, the broker sends the retained run_end before the retained state: the state the
     client knew said "training", so the end is held, and honoured when the new state says the run is over."""
-    from federation.protocol.messages import CoordinatorState, RunEnd
-
-    client = _plain_client()
-    _deliver(client, client.topics.global_model, _model_message(1))
-    training = CoordinatorState(run="r1", round=1, sender="coordinator", status="online", phase="training").encode()
-    _deliver(client, client.topics.coordinator_state, training)
-    end = RunEnd(run="r1", round=3, sender="coordinator", reason="completed").encode()
-    assert _deliver(client, client.topics.run_end, end, retained=True) is False
+    client = _client_in_round_1()
+    assert _deliver(client, client.topics.run_end, _end(3), retained=True) is False
     assert client._end is None
-    offline = CoordinatorState(run="r1", round=3, sender="coordinator", status="offline", phase="done").encode()
-    assert _deliver(client, client.topics.coordinator_state, offline, retained=True) is True
+    assert _deliver(client, client.topics.coordinator_state, _state(3, "offline", "done"), retained=True) is True
     assert client._end is not None and client._end.round == 3
 
 
 def test_a_held_run_end_that_the_coordinator_cleared_is_not_honoured_later() -> None:
-    from federation.protocol.messages import CoordinatorState, RunEnd
-
-    client = _plain_client()
-    _deliver(client, client.topics.global_model, _model_message(1))
-    training = CoordinatorState(run="r1", round=1, sender="coordinator", status="online", phase="training").encode()
-    _deliver(client, client.topics.coordinator_state, training)
-    forged = RunEnd(run="r1", round=1, sender="coordinator", reason="completed").encode()
-    assert _deliver(client, client.topics.run_end, forged, retained=True) is False
-    _deliver(client, client.topics.run_end, b"", retained=True)   # the coordinator replaced the forgery
-    offline = CoordinatorState(run="r1", round=1, sender="coordinator", status="offline", phase="training").encode()
-    assert _deliver(client, client.topics.coordinator_state, offline) is False
+    client = _client_in_round_1()
+    assert _deliver(client, client.topics.run_end, _end(1), retained=True) is False   # a forgery
+    _deliver(client, client.topics.run_end, b"", retained=True)   # the coordinator replaced it
+    assert _deliver(client, client.topics.coordinator_state, _state(1, "offline", "training")) is False
     assert client._end is None
 
 
