@@ -3,6 +3,9 @@ serving the coordinator and a third of the devices SIGKILLed in the middle of a 
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
 import sys
 import threading
 import time
@@ -19,7 +22,7 @@ pytestmark = pytest.mark.timeout(540)
 
 DATA = ["--dataset", "fashion_mnist", "--max-examples", "1500"]
 DEVICES = ["dev-1", "dev-2", "dev-3"]   # dev-k's first node is node k: node 1 serves dev-1 and the coordinator
-ROUNDS = 20   # the run must outlast the probe: at 3 rounds (1.3 s each) it ended before node 2 answered in CI
+ROUNDS = 6
 
 
 def _rotated(urls: list[str], first: int) -> str:
@@ -80,21 +83,30 @@ def test_node_killed_mid_round_everyone_fails_over_and_nothing_is_lost_or_counte
             wait_for(f"{name} connected to a surviving node",
                      lambda: any(f"connected to {url}" in _log(fed, name) for url in urls[1:]), 120,
                      log=fed.procs[name].log_path)
+        # The coordinator is paused while the test looks (SIGSTOP): the run can't end meanwhile and clear the retained
+        # model, however long a surviving node takes to answer a fresh session (a CI run waited over 40 s, and the
+        # 20 remaining rounds ended first).
+        coordinator_pid = fed.procs["coordinator"].popen.pid
+        os.kill(coordinator_pid, signal.SIGSTOP)
         prefix = f"fedmq/{fed.run_name}"
         seen: dict[str, object] = {}
+        looks = itertools.cycle(ports[1:])
 
         def _state_back() -> dict[str, dict] | None:
-            found = _retained(ports[1], f"{prefix}/#")
+            port = next(looks)   # either surviving node will do; the one re-electing its leaders answers late
+            found = _retained(port, f"{prefix}/#", suback_s=15)
             seen.clear()
-            seen.update({topic: value.get("status", value.get("round")) for topic, value in found.items()})
+            seen.update({"port": port, **{t: v.get("status", v.get("round")) for t, v in found.items()}})
             ready = f"{prefix}/model/global" in found and all(
                 found.get(f"{prefix}/client/{d}/status", {}).get("status") == "online" for d in DEVICES)
             return found if ready else None
 
         try:
-            state = wait_for("the retained model and the three births on node 2", _state_back, 180)
+            state = wait_for("the retained model and the three births on a surviving node", _state_back, 180)
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nlast retained on node 2 (status or round): {seen}") from None
+            raise AssertionError(f"{exc}\nlast retained on a surviving node (status or round): {seen}") from None
+        finally:
+            os.kill(coordinator_pid, signal.SIGCONT)
         assert state[f"{prefix}/model/global"]["round"] >= 2
         failover_s = time.monotonic() - killed_at
 
@@ -110,5 +122,5 @@ def test_node_killed_mid_round_everyone_fails_over_and_nothing_is_lost_or_counte
     assert "next broker node" in coordinator_log and "disconnected" in coordinator_log
     re_sent = sum(_log(fed, d).count("re-sending this client's update") for d in DEVICES)
     duplicates = sum(r.get("ignored", {}).get("duplicate", 0) for r in rows)
-    print(f"failover: retained state back on node 2 {failover_s:.1f} s after the kill; {re_sent} re-sends, "
+    print(f"failover: retained state back on the node at port {seen['port']} {failover_s:.1f} s after the kill; {re_sent} re-sends, "
           f"{duplicates} duplicates ignored; round times {[r['round_time_s'] for r in rows]}")
