@@ -46,7 +46,7 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
 
     from coordinator.evaluation import evaluate_keras, test_split
     from coordinator.run_data import load_run_dataset
-    from federation.learning.compile_recipe import compile_with
+    from federation.learning.compile_recipe import compile_with, fitting_labels
     from federation.learning.model_source import ModelChoice, dataset_outputs, load_model_source
 
     s = settings
@@ -76,13 +76,14 @@ def run_baseline(settings: Settings, max_train_examples: int = 0, out_dir: Path 
     model = source.model
     compile_with(model, source.recipe, metrics=None if source.task == "regression" else ("accuracy",))
     task = source.task
+    labels = fitting_labels(model, y)   # one-hot rows for a loss that takes them, else the class indices
     log.info("centralized baseline for run %r: %s on %d training examples of %s, %d x %d epochs, batch %d; "
              "evaluated on %d test examples; results in %s", s.run.name, source.label, n, dataset.name,
              s.training.rounds, epochs, s.training.batch_size, len(y_test), run_dir)
     rows: list[RoundMetrics] = []
     for r in range(1, s.training.rounds + 1):
         started = time.monotonic()
-        model.fit(x, y, epochs=r * epochs, initial_epoch=(r - 1) * epochs, batch_size=s.training.batch_size,
+        model.fit(x, labels, epochs=r * epochs, initial_epoch=(r - 1) * epochs, batch_size=s.training.batch_size,
                   shuffle=True, verbose=0)
         train_s = time.monotonic() - started
         t0 = time.monotonic()

@@ -19,6 +19,7 @@ from federation.config.settings import DataSettings
 from federation.learning.datasets import Dataset
 from federation.learning.own_data import TableOptions
 from federation.inference.runtime import TFLiteClassifier
+from federation.learning.compile_recipe import fitting_labels
 from federation.learning.models import compile_model
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ def evaluate_keras(model: "keras.Model", x: np.ndarray, y: np.ndarray, batch_siz
         return _evaluate_keras_regression(model, x, y, batch_size)
     if not getattr(model, "compiled", False):  # Keras 3.15 has no `optimizer` attribute before compile()
         compile_model(model)
-    loss, acc = model.evaluate(x, y, batch_size=batch_size, verbose=0)
+    loss, acc = model.evaluate(x, fitting_labels(model, y), batch_size=batch_size, verbose=0)
     return Evaluation(float(loss), float(acc), len(x))
 
 

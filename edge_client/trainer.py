@@ -218,7 +218,7 @@ class KerasTrainer(Trainer):
             context: RoundContext) -> FitResult:
         import keras  # here: start-up speed
 
-        from federation.learning.compile_recipe import RecipeError, compile_with
+        from federation.learning.compile_recipe import RecipeError, compile_with, fitting_labels
         from federation.learning.models import compile_model, set_model_weights
 
         self.check(weights, plan, model)
@@ -244,8 +244,8 @@ class KerasTrainer(Trainer):
                 net.stop_training = True
 
         between = keras.callbacks.LambdaCallback(on_train_batch_end=between_batches)
-        history = net.fit(self.data_for(model).x, labels, epochs=plan.epochs, batch_size=plan.batch_size, shuffle=True,
-                          verbose=0, callbacks=[*context.callbacks, between])
+        history = net.fit(self.data_for(model).x, fitting_labels(net, labels), epochs=plan.epochs,
+                          batch_size=plan.batch_size, shuffle=True, verbose=0, callbacks=[*context.callbacks, between])
         metrics = {name: float(values[-1]) for name, values in history.history.items() if values}
         return FitResult([w.numpy() for w in net.weights], len(labels), metrics)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from federation.errors import FedmqError
 from federation.protocol.architecture import CompileRecipe, keras_object_name
 
@@ -25,14 +27,15 @@ _REGRESSION_LOSSES = {
     "mse", "mae", "mape", "msle", "meansquarederror", "meanabsoluteerror", "meanabsolutepercentageerror",
     "meansquaredlogarithmicerror", "huber", "huberloss", "logcosh", "poisson", "cosinesimilarity",
 }
-# Losses that take one-hot labels: fedmq's labels are class indices (the order of class_names).
+# Losses that take one-hot labels: fedmq's labels are class indices (the order of class_names), made one-hot for
+# these on the device and the coordinator (fitting_labels).
 ONE_HOT_LOSSES = {"categoricalcrossentropy", "categoricalfocalcrossentropy", "categoricalhinge"}
 BINARY_LOSSES = {"binarycrossentropy", "binaryfocalcrossentropy", "hinge", "squaredhinge"}
 OPTIMIZERS = {"adam": "Adam", "sgd": "SGD"}   # [training] optimizer -> Keras class
 
 
 class RecipeError(FedmqError, ValueError):
-    """A compile recipe fedmq can't train with: an unknown loss, one-hot labels, several outputs."""
+    """A compile recipe fedmq can't train with: an unknown loss, several outputs."""
 
 
 def normalised(name: str) -> str:
@@ -52,12 +55,20 @@ def task_of(recipe: CompileRecipe) -> str:
         "log_cosh, mape or msle. Compile the model with one of those")
 
 
-def check_labels_fit(recipe: CompileRecipe) -> None:
-    """RecipeError when the loss wants one-hot labels: fedmq sends labels as class indices."""
-    if normalised(recipe.loss_name) in ONE_HOT_LOSSES:
-        raise RecipeError(
-            f"the loss {recipe.loss_name!r} takes one-hot labels, but fedmq's labels are class indices: compile the "
-            "model with sparse_categorical_crossentropy (the same loss on indices)")
+def takes_one_hot(loss: Any) -> bool:
+    """Whether a compiled model's loss (a name, a Keras loss object or function) takes one-hot labels."""
+    name = loss if isinstance(loss, str) else (getattr(loss, "name", None) or getattr(loss, "__name__", None) or "")
+    return normalised(str(name)) in ONE_HOT_LOSSES
+
+
+def fitting_labels(model: Any, y: np.ndarray) -> np.ndarray:
+    """The labels as the compiled `model`'s loss takes them: fedmq's labels are class indices (the order of
+    class_names); a loss that takes one-hot labels (categorical_crossentropy, categorical_focal_crossentropy,
+    categorical_hinge) gets one float32 row per example, as wide as the model's output."""
+    if not takes_one_hot(getattr(model, "loss", None)):
+        return y
+    classes = int(model.output_shape[-1])
+    return np.eye(classes, dtype=np.float32)[np.asarray(y, dtype=np.int64).reshape(-1)]
 
 
 def default_recipe(task: str, optimizer: str = "adam", learning_rate: float = 1e-3) -> CompileRecipe:

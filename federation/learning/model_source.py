@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from federation.errors import FedmqError
 from federation.learning.compile_recipe import (
-    BINARY_LOSSES, CLASSIFICATION, REGRESSION, RecipeError, check_labels_fit, default_recipe, normalised,
+    BINARY_LOSSES, CLASSIFICATION, REGRESSION, RecipeError, default_recipe, normalised,
     plan_optimizer, recipe_of, task_of,
 )
 from federation.learning.models import DEFAULT_MODEL, MODEL_REGISTRY, build_model
@@ -111,8 +111,6 @@ def load_model_source(choice: ModelChoice, input_shape: tuple[int, ...], outputs
                      recipe.loss_name, [m if isinstance(m, str) else m.get("class_name") for m in recipe.metrics],
                      recipe.optimizer_name, recipe.learning_rate)
         task = task_of(recipe)
-        if task == CLASSIFICATION:
-            check_labels_fit(recipe)
     except RecipeError as exc:
         raise ModelSourceError(f"{where}: {exc}") from None
     units = int(model.output_shape[-1])

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 
 def dense_bn(input_shape: tuple[int, ...], outputs: int, sample: np.ndarray | None = None) -> "keras.Model":
     """Normalization (adapted to `sample`: a float mean and variance, an int64 count), Dense, BatchNormalization,
-    Dropout and a softmax: state beyond trainable weights, of float and int dtypes. Compiled with its own recipe."""
+    Dropout and a softmax: state beyond trainable weights, of float and int dtypes. Compiled with its own recipe, a
+    loss that takes one-hot labels."""
     import keras
     from keras import layers
 
@@ -30,8 +31,10 @@ def dense_bn(input_shape: tuple[int, ...], outputs: int, sample: np.ndarray | No
         layers.Dropout(0.1, name="drop"),
         layers.Dense(outputs, activation="softmax", name="classes"),
     ], name="dense_bn")
-    model.compile(optimizer=keras.optimizers.Adam(0.002), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    # Compiled as many Keras tutorials do it: categorical_crossentropy (label smoothing 0.1) takes one-hot labels;
+    # fedmq's labels are class indices, made one-hot for it on the devices and in the coordinator's evaluation.
+    model.compile(optimizer=keras.optimizers.Adam(0.002),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["categorical_accuracy"])
     return model
 
 

@@ -1,5 +1,6 @@
-"""Any Keras model, defined once on the coordinator: devices build it from the wire (no registry entry), refuse a
-Lambda layer with a reason the coordinator logs, and a device may train with its own Python fit function.
+"""Any Keras model, defined once on the coordinator: devices build it from the wire (no registry entry) and train it
+with its own recipe (a loss that takes one-hot labels too), refuse a Lambda layer with a reason the coordinator
+logs, and a device may train with its own Python fit function.
 
 Real Mosquitto, real coordinator and device processes, real training on Fashion-MNIST subsets."""
 
@@ -52,9 +53,13 @@ def test_a_devices_trains_a_keras_file_model_it_only_knows_from_the_wire(federat
                          device_log), device_log[-3000:]
         assert device_log.count("built the model") == 1, "built once, then taken from the cache"
     coordinator_log = fed.procs["coordinator"].log_path.read_text()
-    # Local metrics come from the model's own recipe (loss and accuracy), whatever they are.
+    # Local metrics come from the model's own recipe (loss and categorical_accuracy), whatever they are. Its loss
+    # takes one-hot labels: the devices made them from class indices, and so did the coordinator's evaluation.
+    assert "its own compile recipe (loss CategoricalCrossentropy" in coordinator_log, coordinator_log[-3000:]
     lines = [line for line in coordinator_log.splitlines() if re.search(r"update \d/2 from dev-\d \(2000 examples, local", line)]
-    assert len(lines) == 4 and all(re.search(r"accuracy 0\.\d{4}", line) and re.search(r"loss \d", line) for line in lines), lines
+    assert len(lines) == 4 and all(re.search(r"categorical_accuracy 0\.\d{4}", line) and re.search(r"loss \d", line)
+                                   for line in lines), lines
+    assert rows[-1]["test_loss"] < rows[0]["test_loss"] < 2.31, "the categorical loss of a model that learns"
 
     # State beyond trainable weights travelled: BatchNormalization's moving statistics left their initial
     # zeros and ones (devices trained them, FedAvg averaged them); the Normalization layer's int64 count kept

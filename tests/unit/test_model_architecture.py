@@ -14,7 +14,7 @@ from edge_client.model_builder import lambda_layers
 from edge_client.trainer import FitResult, FunctionTrainer, RoundContext, checked_result
 from federation.config.settings import ConfigError, load_settings
 from federation.learning.compile_recipe import (
-    RecipeError, check_labels_fit, default_recipe, plan_optimizer, task_of,
+    RecipeError, default_recipe, fitting_labels, plan_optimizer, task_of,
 )
 from federation.protocol.architecture import MAX_CONFIG_BYTES, CompileRecipe, ModelArchitecture, config_digest
 from federation.protocol.codec import DecodeError
@@ -105,12 +105,40 @@ def test_the_task_follows_the_loss(loss: Any, task: str) -> None:
     assert task_of(CompileRecipe(loss, (), ADAM)) == task
 
 
-def test_an_unknown_loss_and_one_hot_labels_are_refused_with_the_fix() -> None:
+def test_an_unknown_loss_is_refused_with_the_fix() -> None:
     with pytest.raises(RecipeError, match="can't tell the task of the loss 'my_loss'.*Compile the model"):
         task_of(CompileRecipe("my_loss", (), ADAM))
-    with pytest.raises(RecipeError, match="one-hot labels.*sparse_categorical_crossentropy"):
-        check_labels_fit(CompileRecipe("categorical_crossentropy", (), ADAM))
-    check_labels_fit(RECIPE)
+
+
+class _Compiled:
+    """What fitting_labels reads of a compiled Keras model: its loss and output shape."""
+
+    def __init__(self, loss: Any, classes: int = 4) -> None:
+        self.loss, self.output_shape = loss, (None, classes)
+
+
+class CategoricalCrossentropy:   # the shape of a Keras loss object: a name attribute
+    name = "categorical_crossentropy"
+
+
+def categorical_hinge() -> None:   # the shape of a Keras loss function: its __name__
+    """A stand-in."""
+
+
+@pytest.mark.parametrize("loss", ["categorical_crossentropy", "CategoricalFocalCrossentropy",
+                                  CategoricalCrossentropy(), categorical_hinge])
+def test_a_loss_that_takes_one_hot_labels_gets_them(loss: Any) -> None:
+    y = np.array([2, 0, 3, 3], np.int64)
+    assert task_of(CompileRecipe("categorical_crossentropy", (), ADAM)) == "classification"
+    one_hot = fitting_labels(_Compiled(loss), y)
+    assert one_hot.dtype == np.float32 and one_hot.shape == (4, 4)
+    assert np.array_equal(one_hot.argmax(axis=1), y) and np.array_equal(one_hot.sum(axis=1), np.ones(4))
+
+
+@pytest.mark.parametrize("loss", ["sparse_categorical_crossentropy", "binary_crossentropy", "mse", None])
+def test_other_losses_keep_the_labels_as_they_are(loss: Any) -> None:
+    y = np.array([1, 0, 1])
+    assert fitting_labels(_Compiled(loss), y) is y
 
 
 def test_the_default_recipes_and_the_plans_optimizer() -> None:
