@@ -16,15 +16,6 @@ from federation.protocol.messages import CoordinatorState, RunEnd
 ENDING_PHASES = frozenset({"exporting", "done", "stopped"})   # coordinator phases in which a run_end is expected
 
 
-def honours_run_end(coordinator_status: str | None, coordinator_phase: str | None, retained: bool,
-                    seen_run_model: bool) -> bool:
-    """PROTOCOL.md step 8: a run_end counts only while the coordinator is offline or ending (else it is a forgery),
-    and a retained one only after this run's model was seen (else it is an earlier run's end)."""
-    if coordinator_status == "online" and coordinator_phase not in ENDING_PHASES:
-        return False
-    return not retained or seen_run_model
-
-
 @dataclass
 class RunEndWatch:
     """The coordinator's last state, whether this run's model was seen, and a run_end held back meanwhile."""
@@ -56,6 +47,8 @@ class RunEndWatch:
         return self._honoured(end, retained=True)
 
     def _honoured(self, message: RunEnd, retained: bool) -> RunEnd | None:
-        state = self.coordinator
-        return message if honours_run_end(state.status if state else None, state.phase if state else None, retained,
-                                          self.seen_run_model) else None
+        """PROTOCOL.md step 8: not while the coordinator runs (a forgery), and a retained one only after this run's
+        model was seen (else an earlier run's end)."""
+        if self.coordinator_running() or (retained and not self.seen_run_model):
+            return None
+        return message

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_client.run_end_watch import RunEndWatch, honours_run_end
+from edge_client.run_end_watch import RunEndWatch
 from federation.protocol.messages import CoordinatorState, RunEnd
 
 END = RunEnd(run="r1", round=3, sender="coordinator", reason="completed")
@@ -25,7 +25,8 @@ def _state(status: str, phase: str) -> CoordinatorState:
 ])
 def test_run_end_is_honoured_as_protocol_step_8_says(status: str | None, phase: str | None, retained: bool,
                                                      seen: bool, honoured: bool) -> None:
-    assert honours_run_end(status, phase, retained, seen) is honoured
+    watch = RunEndWatch(seen_run_model=seen, coordinator=_state(status, phase) if status and phase else None)
+    assert (watch.end(END, retained) is END) is honoured
 
 
 def test_an_end_held_while_the_coordinator_ran_counts_when_a_state_says_it_is_over() -> None:
